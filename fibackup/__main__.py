@@ -1,0 +1,3 @@
+from fibackup.cli import main
+
+main()

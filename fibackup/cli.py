@@ -1,0 +1,255 @@
+"""The command line: a thin typer layer over fibackup.commands.
+
+Every expected failure is a FibackupError: one line on stderr, the class's exit
+code (README.md, "Exit codes"); a traceback only with --debug.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from typing import Callable, List, Optional, TypeVar
+
+import typer
+from tabulate import tabulate
+
+from fibackup import __version__
+from fibackup.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, FibackupError
+from fibackup.fsutil import human
+from fibackup.report import Reporter
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+    help="Forward-incremental, verifiable backups of libvirt/QEMU domains.\n\n"
+         "Examples:\n\n"
+         "  fibackup snapshot -d web -b /backup        # snapshot + incremental backup\n\n"
+         "  fibackup list -b /backup                   # restore points\n\n"
+         "  fibackup verify -b /backup                 # re-read every stored byte\n\n"
+         "  fibackup restore -d web -b /backup --to /var/lib/libvirt/images/web-restored")
+
+T = TypeVar("T")
+
+DomainOpt = typer.Option(..., "-d", "--domain", help="Domain name (repeatable).")
+BackupOpt = typer.Option(None, "-b", "--backup-dir", help="Backup directory.")
+ConnectOpt = typer.Option(None, "--connect", "-c", envvar="LIBVIRT_DEFAULT_URI",
+                          help="libvirt URI [default: qemu:///system].")
+JsonOpt = typer.Option(False, "--json", help="Print a JSON result on stdout.")
+DebugOpt = typer.Option(False, "--debug", help="Show tracebacks of errors.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr.")
+
+
+def _run(debug: bool, action: Callable[[], int]) -> None:
+    try:
+        code = action()
+    except FibackupError as error:
+        if debug:
+            traceback.print_exc()
+        print(f"fibackup: {error}", file=sys.stderr)
+        raise typer.Exit(error.exit_code)
+    except KeyboardInterrupt:
+        print("fibackup: interrupted; nothing incomplete was published", file=sys.stderr)
+        raise typer.Exit(130)
+    except OSError as error:
+        if debug:
+            traceback.print_exc()
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"fibackup: {error.strerror or error}{where}", file=sys.stderr)
+        raise typer.Exit(EXIT_FAILURE)
+    raise typer.Exit(code)
+
+
+def _emit_json(document: object) -> None:
+    print(json.dumps(document, indent=2, sort_keys=True))
+
+
+def _connector(uri: Optional[str]):
+    def connect():
+        from fibackup.virt.libvirt_api import connect as open_connection
+        return open_connection(uri)
+    return connect
+
+
+@app.command()
+def snapshot(
+    domain: List[str] = DomainOpt,
+    backup_dir: Optional[str] = BackupOpt,
+    disk: List[str] = typer.Option([], "--disk", help="Only this disk target, e.g. vda (repeatable)."),
+    exclude_disk: List[str] = typer.Option([], "--exclude-disk", help="Leave this disk out (repeatable)."),
+    quiesce: bool = typer.Option(False, "--quiesce", help="Freeze guest filesystems through the guest agent; fail without one."),
+    no_space_check: bool = typer.Option(False, "--no-space-check", help="Skip the free-space check before copying."),
+    connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Take one atomic external snapshot of each domain's disks; with -b, back up what froze.
+
+    Example: fibackup snapshot -d web -d db -b /backup --exclude-disk vdc
+    """
+    from fibackup.commands.snapshot import SnapshotOptions, snapshot_domain
+
+    def action() -> int:
+        report = Reporter(quiet=quiet)
+        options = SnapshotOptions(backup_dir=backup_dir, disks=disk, exclude=exclude_disk,
+                                  quiesce=quiesce, space_check=not no_space_check)
+        conn = _connector(connect)()
+        results, failures = [], []
+        for name in domain:
+            try:
+                results.append(snapshot_domain(conn, name, options, report).to_json())
+            except FibackupError as error:
+                if len(domain) == 1:
+                    raise
+                failures.append(error)
+                print(f"fibackup: {name}: {error}", file=sys.stderr)
+                results.append({"domain": name, "error": str(error)})
+        if as_json:
+            _emit_json(results)
+        if not failures:
+            return EXIT_OK
+        return EXIT_PARTIAL if len(failures) < len(domain) else EXIT_FAILURE
+
+    _run(debug, action)
+
+
+@app.command("list")
+def list_command(
+    backup_dir: str = typer.Option(..., "-b", "--backup-dir", help="Backup directory."),
+    domain: Optional[str] = typer.Option(None, "-d", "--domain", help="Only this domain."),
+    as_json: bool = JsonOpt, debug: bool = DebugOpt,
+) -> None:
+    """List the restore points in a backup directory (no libvirt needed).
+
+    Example: fibackup list -b /backup -d web --json
+    """
+    from fibackup.commands.listing import list_points, point_row
+
+    def action() -> int:
+        rows = [point_row(point) for point in list_points(backup_dir, domain)]
+        if as_json:
+            _emit_json(rows)
+        elif not rows:
+            print("no restore points" + (f" for domain {domain}" if domain else ""))
+        else:
+            table = [[row["domain"], row["seq"], row["id"], row["time"], ",".join(row["disks"]),
+                      row["layers"], human(row["bytes_new"]), human(row["bytes_total"]),
+                      "yes" if row["quiesced"] else "no"] for row in rows]
+            print(tabulate(table, headers=["domain", "seq", "id", "time (UTC)", "disks", "layers",
+                                           "new", "restore size", "quiesced"]))
+        return EXIT_OK
+
+    _run(debug, action)
+
+
+@app.command()
+def status(
+    domain: str = typer.Option(..., "-d", "--domain", help="Domain name."),
+    backup_dir: Optional[str] = BackupOpt,
+    connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, debug: bool = DebugOpt,
+) -> None:
+    """Show each disk's live chain; with -b, which frozen layers that backup holds.
+
+    Example: fibackup status -d web -b /backup
+    """
+    from fibackup.commands.listing import domain_status
+
+    def action() -> int:
+        chains = domain_status(_connector(connect)(), domain, backup_dir)
+        if as_json:
+            _emit_json({target: [layer.__dict__ for layer in layers]
+                        for target, layers in chains.items()})
+            return EXIT_OK
+        for target, layers in chains.items():
+            print(f"{target}:")
+            rows = [[layer.role, layer.format, layer.path,
+                     "" if backup_dir is None else (layer.backed_up or
+                                                    ("-" if layer.role == "active" else "NOT BACKED UP"))]
+                    for layer in layers]
+            headers = ["role", "format", "path"] + (["in backup"] if backup_dir else [])
+            print(tabulate([row[:len(headers)] for row in rows], headers=headers))
+        return EXIT_OK
+
+    _run(debug, action)
+
+
+@app.command()
+def verify(
+    backup_dir: str = typer.Option(..., "-b", "--backup-dir", help="Backup directory."),
+    domain: Optional[str] = typer.Option(None, "-d", "--domain", help="Only this domain."),
+    at: Optional[str] = typer.Option(None, "--at", help="Only this restore point (id or seq)."),
+    as_json: bool = JsonOpt, quiet: bool = QuietOpt, debug: bool = DebugOpt,
+) -> None:
+    """Re-read every stored layer and check it against its checksums (no libvirt needed).
+
+    Example: fibackup verify -b /backup -d web --at 20261123-020000
+    """
+    from fibackup.commands.verify import verify as run_verify
+    from fibackup.errors import UsageError
+
+    def action() -> int:
+        if at is not None and domain is None:
+            raise UsageError("--at needs -d DOMAIN")
+        result = run_verify(backup_dir, domain, at, Reporter(quiet=quiet))
+        if as_json:
+            _emit_json(result.to_json())
+        elif result.ok:
+            print(f"ok: {result.points} restore point(s), {result.layers} layer(s), "
+                  f"{human(result.bytes_read)} read")
+        else:
+            for problem in result.problems:
+                print(f"DAMAGED: {problem}", file=sys.stderr)
+            print(f"fibackup: verify found {len(result.problems)} problem(s)", file=sys.stderr)
+        return EXIT_OK if result.ok else EXIT_FAILURE
+
+    _run(debug, action)
+
+
+@app.command()
+def restore(
+    domain: str = typer.Option(..., "-d", "--domain", help="Domain whose backup to restore."),
+    backup_dir: str = typer.Option(..., "-b", "--backup-dir", help="Backup directory."),
+    to: str = typer.Option(..., "--to", help="Directory for the restored images."),
+    at: Optional[str] = typer.Option(None, "--at", help="Restore point id or seq [default: newest]."),
+    disk: List[str] = typer.Option([], "--disk", help="Only this disk (repeatable)."),
+    flatten: bool = typer.Option(False, "--flatten", help="One standalone image per disk."),
+    no_define: bool = typer.Option(False, "--no-define", help="Only rebuild the images; no libvirt needed."),
+    as_name: Optional[str] = typer.Option(None, "--as", help="Define a copy under this new name."),
+    force: bool = typer.Option(False, "--force", help="Overwrite files already in --to."),
+    no_space_check: bool = typer.Option(False, "--no-space-check", help="Skip the free-space check."),
+    connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Rebuild a restore point's disks in --to and point the domain (or a copy) at them.
+
+    Examples: fibackup restore -d web -b /backup --to /srv/web --at 3;
+    fibackup restore -d web -b /backup --to /srv/web-copy --as web-copy
+    """
+    from fibackup.commands.restore import RestoreOptions, restore as run_restore
+
+    def action() -> int:
+        options = RestoreOptions(domain=domain, backup_dir=backup_dir, to=to, at=at, disks=disk,
+                                 flatten=flatten, define=not no_define, as_name=as_name,
+                                 force=force, space_check=not no_space_check)
+        result = run_restore(options, _connector(connect), Reporter(quiet=quiet))
+        if as_json:
+            _emit_json(result.to_json())
+        else:
+            for target, path in sorted(result.disks.items()):
+                print(f"{target}: {path}")
+        return EXIT_OK
+
+    _run(debug, action)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"fibackup {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Show the version and exit.")) -> None:
+    pass
+
+
+def main() -> None:
+    app()

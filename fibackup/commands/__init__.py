@@ -1,0 +1,1 @@
+"""One module per command: the orchestration of adapters, store and model."""

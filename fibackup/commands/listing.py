@@ -1,0 +1,66 @@
+"""``fibackup list`` and ``fibackup status``: what the store holds, what the live chain is."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from fibackup.commands.snapshot import live_chain
+from fibackup.fsutil import file_identity
+from fibackup.host import state as host_state
+from fibackup.model.chain import LayerIndex
+from fibackup.model.points import RestorePoint
+from fibackup.store.repo import BackupStore
+from fibackup.virt import domxml
+from fibackup.virt.libvirt_api import Connection
+
+
+def list_points(backup_dir: str, domain: Optional[str]) -> list[RestorePoint]:
+    store = BackupStore.open(backup_dir)
+    points = store.all_points()
+    if domain is not None:
+        points = [point for point in points if domain in (point.domain_name, point.domain_uuid)]
+    return sorted(points, key=lambda point: (point.domain_name, point.seq))
+
+
+def point_row(point: RestorePoint) -> dict[str, object]:
+    return {"id": point.id, "seq": point.seq, "time": point.time, "domain": point.domain_name,
+            "uuid": point.domain_uuid, "host": point.host,
+            "disks": sorted(point.disks), "layers": point.layer_count,
+            "bytes_new": point.bytes_new, "bytes_total": point.bytes_total,
+            "quiesced": point.quiesced}
+
+
+@dataclass
+class LayerStatus:
+    path: str
+    format: str
+    role: str
+    backed_up: Optional[str]
+
+
+def domain_status(conn: Connection, name: str,
+                  backup_dir: Optional[str]) -> dict[str, list[LayerStatus]]:
+    """Each selected disk's live chain, top first, with the stored layer it equals."""
+    domain = conn.domain(name)
+    running = domain.is_active()
+    index = None
+    if backup_dir is not None:
+        store = BackupStore.open(backup_dir)
+        index = LayerIndex(store.stored_layers(domain.uuid),
+                           host_state.load(domain.uuid).aliases(store.store_id))
+    status: dict[str, list[LayerStatus]] = {}
+    for spec in domxml.select_disks(domxml.disks(domxml.parse(domain.current_xml())), (), ()).selected:
+        chain = live_chain(spec, running)
+        rows: list[LayerStatus] = []
+        parent: Optional[str] = None
+        for position, layer in enumerate(chain):
+            active = position == len(chain) - 1
+            stored = None
+            if index is not None and not active and os.path.exists(layer.path):
+                match = index.find(file_identity(layer.path), parent)
+                stored = match.id if match else None
+                parent = stored if stored else "-"
+            rows.append(LayerStatus(layer.path, layer.format, "active" if active else "frozen", stored))
+        status[spec.target] = list(reversed(rows))
+    return status

@@ -1,0 +1,313 @@
+"""``fibackup restore``: rebuild a disk chain from the store and point a domain at it.
+
+The stored layers are copied into ``--to`` (every chunk checked against its
+checksum on the way) inside a hidden staging directory; backing pointers are
+rewritten to relative names; a new empty overlay goes on top so the restored
+layers stay identical to the stored ones.  Only when every disk is complete are
+the files moved to their final names, and only then is a domain (re)defined.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import stat
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+from fibackup.errors import (DestinationError, DomainStateError, RestorePointNotFoundError,
+                             UsageError)
+from fibackup.fsutil import ensure_space, file_identity, fsync_dir, publish
+from fibackup.host import state as host_state
+from fibackup.host.lock import DomainLock
+from fibackup.model.points import PointDisk, RestorePoint, select_point
+from fibackup.qemu import img
+from fibackup.report import Reporter
+from fibackup.store.repo import BackupStore
+from fibackup.virt import domxml
+from fibackup.virt.libvirt_api import Connection, Domain
+
+QEMU_USERS = ("libvirt-qemu", "qemu")
+
+
+@dataclass
+class RestoreOptions:
+    domain: str
+    backup_dir: str
+    to: str
+    at: Optional[str] = None
+    disks: Sequence[str] = ()
+    flatten: bool = False
+    define: bool = True
+    as_name: Optional[str] = None
+    force: bool = False
+    space_check: bool = True
+
+
+@dataclass
+class RestoreResult:
+    point: RestorePoint
+    disks: dict[str, str] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    defined: Optional[str] = None
+
+    def to_json(self) -> dict[str, object]:
+        return {"domain": self.point.domain_name, "point": self.point.id, "seq": self.point.seq,
+                "disks": self.disks, "files": self.files, "defined": self.defined}
+
+
+@dataclass
+class _DiskFiles:
+    """Final names of one disk's restored files inside --to."""
+
+    disk: PointDisk
+    layers: list[str]
+    top: str
+
+    @property
+    def all(self) -> list[str]:
+        return [*self.layers, self.top]
+
+
+def find_points(store: BackupStore, domain: str) -> list[RestorePoint]:
+    """The restore points of the domain named (or with UUID) ``domain``."""
+    points = [point for point in store.all_points()
+              if domain in (point.domain_name, point.domain_uuid)]
+    uuids = {point.domain_uuid for point in points}
+    if len(uuids) > 1:
+        newest = max(points, key=lambda point: point.time)
+        return [point for point in points if point.domain_uuid == newest.domain_uuid]
+    return points
+
+
+def restore(options: RestoreOptions, connect: Callable[[], Connection],
+            report: Reporter) -> RestoreResult:
+    _check_options(options)
+    store = BackupStore.open(options.backup_dir)
+    point = select_point(find_points(store, options.domain), options.at)
+    disks = _chosen_disks(point, options.disks)
+    conn = connect() if options.define else None
+    target_domain = _target_domain(conn, point, options) if conn else None
+    if target_domain is not None:
+        with DomainLock(target_domain.uuid, target_domain.name):
+            _require_shut_off(target_domain)
+            return _restore(store, point, disks, options, conn, target_domain, report)
+    return _restore(store, point, disks, options, conn, None, report)
+
+
+def _check_options(options: RestoreOptions) -> None:
+    if options.as_name is not None and not options.define:
+        raise UsageError("--as and --no-define exclude each other: --as defines a new domain")
+    if options.as_name is not None and not options.as_name.strip():
+        raise UsageError("--as needs a domain name")
+
+
+def _chosen_disks(point: RestorePoint, wanted: Sequence[str]) -> list[PointDisk]:
+    missing = [target for target in wanted if target not in point.disks]
+    if missing:
+        raise RestorePointNotFoundError(
+            f"restore point {point.id} has no disk {', '.join(missing)}; it holds "
+            f"{', '.join(sorted(point.disks))}")
+    return [point.disks[target] for target in (wanted or sorted(point.disks))]
+
+
+def _target_domain(conn: Connection, point: RestorePoint,
+                   options: RestoreOptions) -> Optional[Domain]:
+    if options.as_name is not None:
+        if conn.find_domain(options.as_name) is not None:
+            raise DestinationError(f"a domain named '{options.as_name}' already exists; "
+                                   "choose another name for --as")
+        return None
+    return conn.domain_by_uuid(point.domain_uuid) or conn.find_domain(point.domain_name)
+
+
+def _require_shut_off(domain: Domain) -> None:
+    if domain.is_active():
+        raise DomainStateError(
+            f"domain '{domain.name}' is {domain.state_name()}; restore repoints its disks and "
+            f"needs it shut off: 'virsh shutdown {domain.name}' (or restore a copy with "
+            "--as NEWNAME, or only the images with --no-define)")
+
+
+def _restore(store: BackupStore, point: RestorePoint, disks: list[PointDisk],
+             options: RestoreOptions, conn: Optional[Connection], domain: Optional[Domain],
+             report: Reporter) -> RestoreResult:
+    destination = _prepare_destination(options.to, options.define, report)
+    names = [_names(disk, point, options.flatten) for disk in disks]
+    _check_free_names(destination, names, options.force)
+    if options.space_check:
+        ensure_space(destination, _needed_bytes(store, point, disks),
+                     f"restore point {point.id}")
+    staging = os.path.join(destination, f".fibackup-restore-{secrets.token_hex(4)}")
+    os.mkdir(staging, 0o700)
+    try:
+        for files in names:
+            _build_disk(store, point, files, staging, options.flatten, report)
+        result = RestoreResult(point)
+        for files in names:
+            for name in files.all:
+                final = os.path.join(destination, name)
+                publish(os.path.join(staging, name), final, replace=options.force)
+                result.files.append(final)
+            result.disks[files.disk.target] = os.path.join(destination, files.top)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    fsync_dir(destination)
+    if not options.flatten and options.as_name is None:
+        _remember_restored(store, point, names, destination)
+    if conn is not None:
+        result.defined = _define(conn, point, domain, result.disks, options, report)
+    return result
+
+
+def _prepare_destination(path: str, define: bool, report: Reporter) -> str:
+    destination = os.path.abspath(path)
+    try:
+        os.makedirs(destination, exist_ok=True)
+    except OSError as error:
+        raise DestinationError(f"cannot create {destination} ({error.strerror})") from None
+    if not os.access(destination, os.W_OK | os.X_OK):
+        raise DestinationError(f"{destination} is not writable")
+    blocked = _unreachable_by_qemu(destination)
+    if blocked:
+        message = (f"QEMU runs as user {blocked[1]} and cannot reach {blocked[0]} "
+                   f"(mode {stat.filemode(os.stat(blocked[0]).st_mode)}); "
+                   f"'chmod o+x {blocked[0]}' or restore elsewhere")
+        if define:
+            raise DestinationError(message)
+        report.warn(message)
+    return destination
+
+
+def _unreachable_by_qemu(path: str) -> Optional[tuple[str, str]]:
+    """The first directory above ``path`` the qemu user cannot traverse, if any."""
+    for user in QEMU_USERS:
+        try:
+            account = pwd.getpwnam(user)
+            break
+        except KeyError:
+            continue
+    else:
+        return None
+    groups = {account.pw_gid} | {entry.gr_gid for entry in _groups_of(user)}
+    current = path
+    while True:
+        info = os.stat(current)
+        mode = info.st_mode
+        allowed = (mode & stat.S_IXOTH or (info.st_uid == account.pw_uid and mode & stat.S_IXUSR)
+                   or (info.st_gid in groups and mode & stat.S_IXGRP))
+        if not allowed:
+            return current, user
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
+
+
+def _groups_of(user: str) -> list:
+    import grp
+    return [entry for entry in grp.getgrall() if user in entry.gr_mem]
+
+
+def _names(disk: PointDisk, point: RestorePoint, flatten: bool) -> _DiskFiles:
+    stem = f"{disk.target}-{point.id}"
+    if flatten:
+        return _DiskFiles(disk, [], f"{stem}.qcow2")
+    layers = [f"{stem}-{index:02d}.{layer.image_format}" for index, layer in enumerate(disk.layers)]
+    return _DiskFiles(disk, layers, f"{stem}.qcow2")
+
+
+def _check_free_names(destination: str, names: Sequence[_DiskFiles], force: bool) -> None:
+    if force:
+        return
+    taken = [name for files in names for name in files.all
+             if os.path.lexists(os.path.join(destination, name))]
+    if taken:
+        raise DestinationError(
+            f"{destination} already holds {', '.join(taken)}; restore into an empty "
+            "directory or pass --force to overwrite")
+
+
+def _needed_bytes(store: BackupStore, point: RestorePoint, disks: Sequence[PointDisk]) -> int:
+    return sum(store.layer_record(point.domain_uuid, layer.id).chunks.data_bytes
+               for disk in disks for layer in disk.layers)
+
+
+def _build_disk(store: BackupStore, point: RestorePoint, files: _DiskFiles, staging: str,
+                flatten: bool, report: Reporter) -> None:
+    disk = files.disk
+    layer_names = files.layers or [f"{files.top}.layer{index:02d}.{layer.image_format}"
+                                   for index, layer in enumerate(disk.layers)]
+    report.info(f"restoring {disk.target} from restore point {point.id} "
+                f"({len(disk.layers)} layer(s))")
+    previous: Optional[tuple[str, str]] = None
+    for layer, name in zip(disk.layers, layer_names):
+        path = os.path.join(staging, name)
+        store.restore_layer(point.domain_uuid, layer.id, path)
+        if layer.image_format == "qcow2" and previous is not None:
+            img.rebase_unsafe(path, previous[0], previous[1])
+        elif layer.image_format == "qcow2":
+            _check_no_backing(path)
+        elif previous is not None:
+            raise DestinationError(f"stored layer {layer.id} is raw but rests on another layer; "
+                                   "the restore point is inconsistent")
+        previous = (name, layer.image_format)
+    assert previous is not None
+    top = os.path.join(staging, files.top)
+    if flatten:
+        img.convert(os.path.join(staging, previous[0]), previous[1], top, "qcow2")
+        for name in layer_names:
+            os.unlink(os.path.join(staging, name))
+    else:
+        img.create_overlay(top, previous[0], previous[1], disk.virtual_size)
+    os.chmod(top, 0o600)
+
+
+def _check_no_backing(path: str) -> None:
+    """The bottom layer must stand alone; a backing pointer would reach outside --to."""
+    info = img.info(path, "qcow2")
+    if info.backing_file:
+        raise DestinationError(
+            f"the base layer restored to {path} names a backing file ({info.backing_file}) "
+            "that is not part of the backup; refusing to restore an incomplete chain")
+
+
+def _remember_restored(store: BackupStore, point: RestorePoint, names: Sequence[_DiskFiles],
+                       destination: str) -> None:
+    """Record which restored files equal which stored layers (next backup: incremental)."""
+    state = host_state.load(point.domain_uuid)
+    for files in names:
+        for layer, name in zip(files.disk.layers, files.layers):
+            identity = file_identity(os.path.join(destination, name))
+            state.restored = [item for item in state.restored if item.identity.path != identity.path]
+            state.restored.append(host_state.RestoredFile(store.store_id, layer.id, identity))
+    state.save()
+
+
+def _define(conn: Connection, point: RestorePoint, domain: Optional[Domain],
+            images: dict[str, str], options: RestoreOptions, report: Reporter) -> str:
+    sources = {target: (path, "qcow2") for target, path in images.items()}
+    if options.as_name is not None:
+        xml, removed = domxml.as_copy(point.domain_xml, options.as_name, list(images))
+        if removed:
+            report.warn(f"the copy '{options.as_name}' leaves out disk(s) {', '.join(removed)}, "
+                        "which are not in the restored point")
+    else:
+        xml = domain.inactive_xml() if domain is not None else point.domain_xml
+        others = [target for target in domxml.disk_targets(xml)
+                  if target not in images and _is_writable_disk(xml, target)]
+        if others:
+            report.warn(f"disk(s) {', '.join(others)} of '{point.domain_name}' were not "
+                        "restored and still point at their current images")
+    defined = conn.define(domxml.repoint_disks(xml, sources))
+    report.info(f"domain '{defined.name}' now uses the restored images in "
+                f"{os.path.dirname(next(iter(images.values())))}")
+    return defined.name
+
+
+def _is_writable_disk(xml: str, target: str) -> bool:
+    for spec in domxml.disks(domxml.parse(xml)):
+        if spec.target == target:
+            return spec.device not in ("cdrom", "floppy") and not spec.readonly
+    return False

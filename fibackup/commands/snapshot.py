@@ -1,0 +1,264 @@
+"""``fibackup snapshot``: freeze every selected disk at once, then back up what froze.
+
+Order of work for one domain (the lock is held throughout):
+
+1. read the domain's disks and their chains, select disks, refuse what cannot work;
+2. with ``-b``: open the store, plan against the stored layers, check free space;
+3. one atomic external disk-only snapshot (new overlays ``<stem>.bimg-<tag>``);
+4. keep the persistent definition consistent (no stale explicit ``<backingStore>``);
+5. with ``-b``: copy each layer the store lacks (hash in the same pass), its
+   record after the data, and the restore point manifest last.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from fibackup.errors import (DomainStateError, InconsistentChainError, UnsupportedDiskError,
+                             UsageError)
+from fibackup.fsutil import allocated_bytes, ensure_space, file_identity, host_name, human
+from fibackup.host import state as host_state
+from fibackup.host.lock import DomainLock
+from fibackup.model import naming
+from fibackup.model.chain import (DiskPlan, FrozenLayer, LayerIndex, LiveDisk, LiveLayer,
+                                  StoredLayer, plan_disk)
+from fibackup.model.points import PointDisk, PointLayer, RestorePoint
+from fibackup.qemu import img
+from fibackup.report import Reporter
+from fibackup.store.repo import BackupStore
+from fibackup.virt import domxml
+from fibackup.virt.libvirt_api import Connection, Domain
+
+
+@dataclass
+class SnapshotOptions:
+    backup_dir: Optional[str] = None
+    disks: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    quiesce: bool = False
+    space_check: bool = True
+
+
+@dataclass
+class SnapshotResult:
+    domain: str
+    tag: str
+    overlays: dict[str, str]
+    point: Optional[RestorePoint] = None
+    bytes_copied: int = 0
+    new_generation: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {"domain": self.domain, "tag": self.tag, "overlays": self.overlays,
+                "point": self.point.id if self.point else None,
+                "seq": self.point.seq if self.point else None,
+                "bytes_copied": self.bytes_copied, "new_generation": self.new_generation,
+                "skipped": [{"disk": disk, "reason": why} for disk, why in self.skipped]}
+
+
+def snapshot_domain(conn: Connection, name: str, options: SnapshotOptions,
+                    report: Reporter) -> SnapshotResult:
+    domain = conn.domain(name)
+    with DomainLock(domain.uuid, domain.name):
+        return _snapshot_locked(domain, options, report)
+
+
+def _snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter) -> SnapshotResult:
+    _check_state(domain)
+    running = domain.is_active()
+    if options.quiesce and not running:
+        raise UsageError(f"domain '{domain.name}' is shut off: there is nothing to quiesce; "
+                         "run without --quiesce")
+    config_xml = domain.inactive_xml()
+    specs = domxml.disks(domxml.parse(domain.current_xml()))
+    selection = _select(domain.name, specs, options)
+    for target, why in selection.skipped:
+        report.info(f"{domain.name}: skipping disk {target} ({why})")
+    disks = [LiveDisk(spec.target, live_chain(spec, running)) for spec in selection.selected]
+
+    store = _open_store(options.backup_dir) if options.backup_dir else None
+    index = _layer_index(store, domain.uuid) if store else None
+    if store is not None and options.space_check:
+        ensure_space(store.root, _estimate(disks, index),
+                     f"the backup of domain '{domain.name}'")
+
+    moment = _dt.datetime.now(_dt.timezone.utc)
+    tag = _free_tag(naming.timestamp_tag(moment), disks, store, domain.uuid)
+    overlays = {disk.target: naming.overlay_path(disk.active.path, tag) for disk in disks}
+    domain.snapshot(domxml.snapshot_xml(overlays, [spec.target for spec in specs]), options.quiesce)
+    _remember_overlays(domain.uuid, overlays, tag)
+    report.info(f"{domain.name}: snapshot {tag} taken "
+                f"({', '.join(f'{t} -> {os.path.basename(p)}' for t, p in overlays.items())})")
+    _check_new_tops(domain, overlays)
+    _tidy_persistent_xml(domain, overlays)
+
+    result = SnapshotResult(domain.name, tag, overlays, skipped=list(selection.skipped))
+    if store is None or index is None:
+        return result
+    plans = [plan_disk(disk.target, _frozen(disk), index) for disk in disks]
+    point_disks = {}
+    for disk, plan in zip(disks, plans):
+        if plan.new_generation and index.has_disk(disk.target):
+            result.new_generation.append(disk.target)
+            report.info(f"{domain.name}: disk {disk.target} starts a new full copy ({plan.reason})")
+        point_disks[disk.target] = _back_up_disk(store, domain, disk, plan, tag, result, report)
+    point = RestorePoint(
+        id=tag, seq=store.next_seq(domain.uuid), time=moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        domain_name=domain.name, domain_uuid=domain.uuid, host=host_name(), disks=point_disks,
+        domain_xml=config_xml, quiesced=options.quiesce,
+        skipped_disks=tuple(target for target, _ in selection.skipped))
+    result.point = store.publish_point(point)
+    report.info(f"{domain.name}: restore point {tag} (#{result.point.seq}) stored in {store.root}: "
+                f"{human(result.bytes_copied)} copied")
+    return result
+
+
+def _select(name: str, specs: Sequence[domxml.DiskSpec], options: SnapshotOptions) -> domxml.Selection:
+    known = {spec.target for spec in specs}
+    unknown = [target for target in [*options.disks, *options.exclude] if target not in known]
+    if unknown:
+        raise UsageError(f"domain '{name}' has no disk {', '.join(unknown)}; "
+                         f"its disks are {', '.join(sorted(known)) or 'none'}")
+    selection = domxml.select_disks(specs, options.disks, options.exclude)
+    if selection.refused:
+        lines = "; ".join(f"disk {target} is {why}" for target, why in selection.refused)
+        raise UnsupportedDiskError(
+            f"domain '{name}': {lines}. Leave such disks out with --exclude-disk "
+            f"{' --exclude-disk '.join(target for target, _ in selection.refused)}")
+    if not selection.selected:
+        raise UsageError(f"domain '{name}' has no disk that fibackup can back up "
+                         "(all are skipped or excluded)")
+    return selection
+
+
+def live_chain(spec: domxml.DiskSpec, running: bool) -> tuple[LiveLayer, ...]:
+    """The disk's chain, base first, from the XML or (when incomplete) the image headers."""
+    assert spec.source is not None
+    top = LiveLayer(os.path.abspath(spec.source), spec.format)
+    if spec.backing_terminated:
+        return tuple(reversed((top, *spec.backing)))
+    if running and not spec.backing:
+        raise InconsistentChainError(
+            f"libvirt reports no backing chain for running disk {spec.target}; "
+            "refusing to guess which layers are frozen")
+    probe_from = spec.backing[-1] if spec.backing else top
+    known = [top, *spec.backing[:-1]] if spec.backing else []
+    probed = [LiveLayer(info.path, info.format)
+              for info in img.backing_chain(probe_from.path, probe_from.format)]
+    return tuple(reversed([*known, *probed]))
+
+
+def _open_store(path: str) -> BackupStore:
+    store = BackupStore.open(path, create=True)
+    store.check_writable()
+    return store
+
+
+def _layer_index(store: BackupStore, domain_uuid: str) -> LayerIndex:
+    aliases = host_state.load(domain_uuid).aliases(store.store_id)
+    return LayerIndex(store.stored_layers(domain_uuid), aliases)
+
+
+def _estimate(disks: Sequence[LiveDisk], index: Optional[LayerIndex]) -> int:
+    """Bytes the backup will write at most: layers the store does not hold yet."""
+    total = 0
+    for disk in disks:
+        parent: Optional[str] = None
+        matching = index is not None
+        for layer in disk.layers:
+            stored = index.find(file_identity(layer.path), parent) if matching and index else None
+            if stored is None:
+                matching = False
+                total += allocated_bytes(layer.path)
+            else:
+                parent = stored.id
+    return total
+
+
+def _free_tag(base: str, disks: Sequence[LiveDisk], store: Optional[BackupStore],
+              domain_uuid: str) -> str:
+    point_ids = {point.id for point in store.points(domain_uuid)} if store else set()
+
+    def taken(tag: str) -> bool:
+        return tag in point_ids or any(
+            os.path.lexists(naming.overlay_path(disk.active.path, tag)) for disk in disks)
+
+    return naming.unique_tag(base, taken)
+
+
+def _remember_overlays(domain_uuid: str, overlays: dict[str, str], tag: str) -> None:
+    state = host_state.load(domain_uuid)
+    state.overlays.extend({"disk": target, "path": path, "tag": tag}
+                          for target, path in overlays.items())
+    state.save()
+
+
+def _check_new_tops(domain: Domain, overlays: dict[str, str]) -> None:
+    specs = {spec.target: spec for spec in domxml.disks(domxml.parse(domain.current_xml()))}
+    for target, path in overlays.items():
+        spec = specs.get(target)
+        if spec is None or spec.source != path:
+            raise InconsistentChainError(
+                f"after the snapshot, disk {target} of '{domain.name}' does not point at "
+                f"{path}; check 'virsh domblklist {domain.name}' before going on")
+
+
+def _tidy_persistent_xml(domain: Domain, overlays: dict[str, str]) -> None:
+    """Drop the explicit chain libvirt writes into the persistent XML after a live snapshot.
+
+    An explicit ``<backingStore>`` wins over the image headers, so a stale one
+    (after any later offline change) would silently open the wrong files.
+    """
+    if not (domain.is_persistent() and domain.is_active()):
+        return
+    persistent = domain.inactive_xml()
+    specs = {spec.target: spec for spec in domxml.disks(domxml.parse(persistent))}
+    targets = [target for target, path in overlays.items()
+               if specs.get(target) is not None and specs[target].source == path]
+    xml, changed = domxml.strip_backing_stores(persistent, targets)
+    if changed:
+        domain.redefine(xml)
+
+
+def _frozen(disk: LiveDisk) -> list[FrozenLayer]:
+    """Facts about each now-frozen layer; qemu-img's lock check proves it is frozen."""
+    frozen = []
+    for layer in disk.layers:
+        info = img.info(layer.path, layer.format)
+        frozen.append(FrozenLayer(layer, file_identity(layer.path), info.virtual_size))
+    return frozen
+
+
+def _back_up_disk(store: BackupStore, domain: Domain, disk: LiveDisk, plan: DiskPlan, tag: str,
+                  result: SnapshotResult, report: Reporter) -> PointDisk:
+    layers = [_point_layer(stored, new=False) for stored in plan.reuse]
+    parent = plan.parent_of_first_copy
+    start = len(plan.reuse)
+    for position, item in enumerate(plan.copy, start=start):
+        layer_id = naming.new_layer_id(tag, disk.target, position)
+        report.info(f"{domain.name}: copying {disk.target} layer {item.layer.path}")
+        stored = store.store_layer(domain.uuid, layer_id, item.layer.path, item.layer.format,
+                                   item.virtual_size, parent, disk.target, item.identity)
+        if file_identity(item.layer.path) != item.identity:
+            raise InconsistentChainError(
+                f"{item.layer.path} changed while it was being copied although it should be "
+                "frozen; the copy was not used for a restore point")
+        layers.append(_point_layer(stored, new=True))
+        result.bytes_copied += stored.data_bytes
+        parent = stored.id
+    return PointDisk(target=disk.target, virtual_size=layers[-1].virtual_size,
+                     layers=tuple(layers), source_path=disk.active.path)
+
+
+def _point_layer(stored: StoredLayer, new: bool) -> PointLayer:
+    return PointLayer(stored.id, stored.image_format, stored.size, stored.virtual_size,
+                      stored.digest, new=new, data_bytes=stored.data_bytes)
+
+
+def _check_state(domain: Domain) -> None:
+    if domain.state_name() not in ("running", "paused", "shut off"):
+        raise DomainStateError(f"domain '{domain.name}' is {domain.state_name()}; "
+                               "snapshot needs it running, paused or shut off")

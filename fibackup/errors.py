@@ -1,0 +1,113 @@
+"""The exception hierarchy of fibackup.
+
+Every error fibackup raises on purpose derives from :class:`FibackupError`.
+Messages are complete sentences for a human at 3 a.m.: they name the problem
+and, where there is one, the fix.  They need no prefix; the CLI prints
+``fibackup: <message>`` and exits with the class's ``exit_code``.
+
+Hierarchy::
+
+    FibackupError                    exit 1
+    ├── UsageError                   exit 2  bad combination of options or values
+    ├── DomainLockedError            exit 4  another fibackup run holds the domain
+    ├── LibvirtError                         talking to libvirt failed
+    │   ├── ConnectionFailedError            libvirtd unreachable
+    │   ├── DomainNotFoundError
+    │   ├── DomainStateError                 domain in the wrong state for this
+    │   ├── UnsupportedDiskError             a disk fibackup cannot back up
+    │   └── SnapshotError                    libvirt/QEMU refused the snapshot
+    ├── ImageToolError                       qemu-img failed
+    ├── StoreError                           the backup directory
+    │   ├── StoreUnavailableError            missing, not a directory, not writable
+    │   ├── NotEnoughSpaceError
+    │   ├── CorruptStoreError                unreadable or inconsistent metadata
+    │   ├── RestorePointNotFoundError
+    │   └── IntegrityError                   stored bytes differ from their checksums
+    ├── DestinationError                     restore target unusable or in the way
+    └── InconsistentChainError               live chain differs from what fibackup expects
+"""
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+EXIT_LOCKED = 4
+
+
+class FibackupError(Exception):
+    """Root of all errors fibackup raises on purpose."""
+
+    exit_code: int = EXIT_FAILURE
+
+
+class UsageError(FibackupError):
+    """The command line asks for something impossible or contradictory."""
+
+    exit_code = EXIT_USAGE
+
+
+class DomainLockedError(FibackupError):
+    """Another fibackup run holds the domain's lock."""
+
+    exit_code = EXIT_LOCKED
+
+
+class LibvirtError(FibackupError):
+    """libvirt refused or failed an operation."""
+
+
+class ConnectionFailedError(LibvirtError):
+    """libvirtd could not be reached."""
+
+
+class DomainNotFoundError(LibvirtError):
+    """No domain of that name is defined."""
+
+
+class DomainStateError(LibvirtError):
+    """The domain is in the wrong state (running, paused, ...) for the operation."""
+
+
+class UnsupportedDiskError(LibvirtError):
+    """A selected disk cannot be backed up by fibackup."""
+
+
+class SnapshotError(LibvirtError):
+    """libvirt or QEMU refused to create the external snapshot."""
+
+
+class ImageToolError(FibackupError):
+    """qemu-img failed."""
+
+
+class StoreError(FibackupError):
+    """Something is wrong with the backup directory."""
+
+
+class StoreUnavailableError(StoreError):
+    """The backup directory is missing, not a directory, or not writable."""
+
+
+class NotEnoughSpaceError(StoreError):
+    """The target filesystem cannot hold what must be written."""
+
+
+class CorruptStoreError(StoreError):
+    """A manifest or layer record is unreadable or contradicts the store."""
+
+
+class RestorePointNotFoundError(StoreError):
+    """No restore point matches the request."""
+
+
+class IntegrityError(StoreError):
+    """Stored bytes do not match their recorded checksums."""
+
+
+class DestinationError(FibackupError):
+    """The restore destination is unusable or already holds files."""
+
+
+class InconsistentChainError(FibackupError):
+    """The live backing chain is not what fibackup expects."""

@@ -1,0 +1,122 @@
+"""Small file-system helpers: atomic write-once publishing, fsync, space."""
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import socket
+from typing import Optional
+
+from fibackup.errors import NotEnoughSpaceError
+from fibackup.model.chain import FileIdentity
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_name(directory: str, final_name: str) -> str:
+    """A hidden temporary name beside ``final_name`` in ``directory``."""
+    return os.path.join(directory, f".{final_name}.partial-{secrets.token_hex(4)}")
+
+
+def publish(temporary: str, final: str, replace: bool = False) -> None:
+    """Move a complete, fsynced file to its final name; never clobber unless asked.
+
+    Raises FileExistsError when ``final`` exists and ``replace`` is False.
+    """
+    if replace:
+        os.replace(temporary, final)
+    else:
+        try:
+            os.link(temporary, final)
+        except OSError as error:
+            if error.errno == errno.EEXIST:
+                raise FileExistsError(errno.EEXIST, "file exists", final) from None
+            if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            if os.path.lexists(final):
+                raise FileExistsError(errno.EEXIST, "file exists", final) from None
+            os.rename(temporary, final)
+        else:
+            os.unlink(temporary)
+    fsync_dir(os.path.dirname(final) or ".")
+
+
+def write_file(path: str, data: bytes, replace: bool = False, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, publish)."""
+    directory = os.path.dirname(path) or "."
+    temporary = temp_name(directory, os.path.basename(path))
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        remove_quietly(temporary)
+        raise
+    os.close(fd)
+    try:
+        publish(temporary, path, replace=replace)
+    except BaseException:
+        remove_quietly(temporary)
+        raise
+
+
+def remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def make_private_dirs(path: str) -> None:
+    """Create ``path`` and missing parents inside an existing store, mode 0700."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+
+
+def allocated_bytes(path: str) -> int:
+    """Bytes a file occupies on disk (holes excluded)."""
+    return os.stat(path).st_blocks * 512
+
+
+def free_bytes(path: str) -> int:
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
+
+
+def human(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count} B"
+
+
+def ensure_space(directory: str, needed: int, what: str, margin: Optional[int] = None) -> None:
+    """Refuse early, with the numbers, when ``directory`` cannot hold ``needed`` bytes."""
+    reserve = margin if margin is not None else 64 * 1024 * 1024
+    available = free_bytes(directory)
+    if needed + reserve > available:
+        raise NotEnoughSpaceError(
+            f"not enough space in {directory} for {what}: {human(needed)} needed "
+            f"(+{human(reserve)} reserve), {human(available)} free; free up space or "
+            "choose another directory (or pass --no-space-check if the filesystem "
+            "reports free space wrongly)")
+
+
+def host_name() -> str:
+    return socket.gethostname()
+
+
+def file_identity(path: str) -> FileIdentity:
+    """The identity fibackup records for a frozen image file (no content read)."""
+    stats = os.stat(path)
+    return FileIdentity(host=host_name(), path=os.path.abspath(path), dev=stats.st_dev,
+                        ino=stats.st_ino, size=stats.st_size, mtime_ns=stats.st_mtime_ns)

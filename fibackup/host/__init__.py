@@ -1,0 +1,1 @@
+"""What fibackup keeps on the host itself: per-domain locks and state files."""

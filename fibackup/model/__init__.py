@@ -1,0 +1,1 @@
+"""The pure model: chains, layers, restore points and names (no I/O)."""

@@ -1,0 +1,168 @@
+"""Backing chains, stored layers and the backup plan of a disk (pure, no I/O).
+
+A disk's live chain is a list of layers, base first, active layer last.  A
+snapshot freezes every layer of that list and puts a new empty overlay on top.
+What a backup must copy is decided here, from facts the adapters gathered:
+
+* a frozen live layer *is* a stored layer when its file identity (host, path,
+  device, inode, size, mtime) equals the identity recorded when that stored
+  layer was copied (or restored) -- never by file name alone;
+* the backup of a disk reuses the longest prefix of the live frozen chain that
+  maps, layer by layer, onto a chain of stored layers (each stored layer's
+  logical parent being the previous one), and copies the rest;
+* when nothing can be reused, or the disk was resized, the disk starts a new
+  generation: every frozen layer is copied.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Optional, Sequence
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What identifies the content of a frozen image file without reading it."""
+
+    host: str
+    path: str
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class LiveLayer:
+    """One image file of a live backing chain."""
+
+    path: str
+    format: str
+
+
+@dataclass(frozen=True)
+class LiveDisk:
+    """A disk of a domain as libvirt sees it: target name and chain (base first)."""
+
+    target: str
+    layers: tuple[LiveLayer, ...]
+
+    @property
+    def active(self) -> LiveLayer:
+        return self.layers[-1]
+
+    @property
+    def base(self) -> LiveLayer:
+        return self.layers[0]
+
+
+@dataclass(frozen=True)
+class StoredLayer:
+    """A layer copy held by the backup store (see docs/FORMAT.md, layer records)."""
+
+    id: str
+    disk: str
+    parent: Optional[str]
+    image_format: str
+    size: int
+    virtual_size: int
+    digest: str
+    source: FileIdentity
+    data_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class FrozenLayer:
+    """A frozen live layer about to be backed up, with its identity and size."""
+
+    layer: LiveLayer
+    identity: FileIdentity
+    virtual_size: int
+
+
+@dataclass
+class DiskPlan:
+    """What the backup of one disk reuses and what it copies."""
+
+    target: str
+    reuse: list[StoredLayer] = field(default_factory=list)
+    copy: list[FrozenLayer] = field(default_factory=list)
+    new_generation: bool = False
+    reason: str = ""
+
+    @property
+    def parent_of_first_copy(self) -> Optional[str]:
+        return self.reuse[-1].id if self.reuse else None
+
+
+class LayerIndex:
+    """Stored layers of one domain in one store, looked up by source identity."""
+
+    def __init__(self, layers: Iterable[StoredLayer],
+                 aliases: Iterable[tuple[FileIdentity, str]] = ()) -> None:
+        self._by_id: dict[str, StoredLayer] = {}
+        self._by_identity: dict[FileIdentity, list[StoredLayer]] = {}
+        for layer in layers:
+            self._by_id[layer.id] = layer
+            self._by_identity.setdefault(layer.source, []).append(layer)
+        for identity, layer_id in aliases:
+            stored = self._by_id.get(layer_id)
+            if stored is not None:
+                self._by_identity.setdefault(identity, []).append(stored)
+
+    def has_disk(self, target: str) -> bool:
+        return any(layer.disk == target for layer in self._by_id.values())
+
+    def get(self, layer_id: str) -> Optional[StoredLayer]:
+        return self._by_id.get(layer_id)
+
+    def find(self, identity: FileIdentity, parent: Optional[str]) -> Optional[StoredLayer]:
+        """The stored copy of the file ``identity`` whose logical parent is ``parent``."""
+        for stored in self._by_identity.get(identity, ()):
+            if stored.parent == parent:
+                return stored
+        return None
+
+
+def plan_disk(target: str, frozen: Sequence[FrozenLayer], index: LayerIndex) -> DiskPlan:
+    """Decide which frozen layers of a disk are already stored and which to copy."""
+    if not frozen:
+        raise ValueError(f"disk {target} has no frozen layer to back up")
+    plan = DiskPlan(target=target)
+    parent: Optional[str] = None
+    for position, item in enumerate(frozen):
+        stored = index.find(item.identity, parent)
+        if stored is None:
+            plan.copy = list(frozen[position:])
+            break
+        plan.reuse.append(stored)
+        parent = stored.id
+    if not plan.reuse:
+        plan.new_generation = True
+        plan.reason = "no layer of this disk is in the backup yet"
+        return plan
+    resized = _resized(plan.reuse[-1].virtual_size, plan.copy)
+    if resized:
+        return DiskPlan(target=target, copy=list(frozen), new_generation=True,
+                        reason="the disk was resized since its last backup")
+    return plan
+
+
+def _resized(stored_virtual_size: int, to_copy: Sequence[FrozenLayer]) -> bool:
+    return any(item.virtual_size != stored_virtual_size for item in to_copy)
+
+
+def chain_from_ids(layer_ids: Sequence[str], index: Mapping[str, StoredLayer]) -> list[StoredLayer]:
+    """Resolve ids to stored layers and check that each names the previous as parent."""
+    chain: list[StoredLayer] = []
+    parent: Optional[str] = None
+    for layer_id in layer_ids:
+        stored = index.get(layer_id)
+        if stored is None:
+            raise KeyError(layer_id)
+        if stored.parent != parent:
+            raise ValueError(
+                f"layer {layer_id} rests on {stored.parent or 'nothing'}, "
+                f"but the chain puts it on {parent or 'nothing'}")
+        chain.append(stored)
+        parent = layer_id
+    return chain

@@ -1,0 +1,71 @@
+"""Names fibackup gives to overlays, restore points and stored layers (pure)."""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import secrets
+from typing import Callable
+
+OVERLAY_MARK = ".bimg-"
+TAG_FORMAT = "%Y%m%d-%H%M%S"
+_TAG_RE = re.compile(r"^\d{8}-\d{6}(-\d+)?$")
+
+
+def timestamp_tag(when: _dt.datetime) -> str:
+    """The UTC timestamp tag ``YYYYmmdd-HHMMSS`` of a moment (no colon)."""
+    if when.tzinfo is not None:
+        when = when.astimezone(_dt.timezone.utc)
+    return when.strftime(TAG_FORMAT)
+
+
+def is_tag(text: str) -> bool:
+    """Whether ``text`` looks like a restore point id / overlay tag."""
+    return bool(_TAG_RE.match(text))
+
+
+def unique_tag(base: str, taken: Callable[[str], bool]) -> str:
+    """``base`` if free, else ``base-2``, ``base-3``... (two runs in one second)."""
+    candidate = base
+    counter = 1
+    while taken(candidate):
+        counter += 1
+        candidate = f"{base}-{counter}"
+    return candidate
+
+
+def image_stem(filename: str) -> str:
+    """An image's name without directory, extension or earlier ``.bimg-`` suffix.
+
+    ``disk.qcow2`` -> ``disk``; ``disk.bimg-20260101-000000`` -> ``disk``;
+    ``my.disk.img`` -> ``my.disk``.  Colons become ``_`` because QEMU reads
+    ``x:`` in a backing file name as a protocol prefix.
+    """
+    name = os.path.basename(filename)
+    mark = name.find(OVERLAY_MARK)
+    if mark > 0:
+        name = name[:mark]
+    else:
+        root, _ext = os.path.splitext(name)
+        if root:
+            name = root
+    name = name.replace(":", "_")
+    return name or "disk"
+
+
+def overlay_path(image_path: str, tag: str) -> str:
+    """The overlay ``<dir>/<stem>.bimg-<tag>`` for an image at ``image_path``."""
+    directory = os.path.dirname(image_path)
+    return os.path.join(directory, f"{image_stem(image_path)}{OVERLAY_MARK}{tag}")
+
+
+def new_layer_id(tag: str, target: str, position: int) -> str:
+    """A store-unique id for a layer copied in run ``tag`` (random suffix)."""
+    return f"{tag}-{safe_component(target)}-{position:03d}-{secrets.token_hex(3)}"
+
+
+def safe_component(text: str) -> str:
+    """``text`` reduced to characters that are safe in any file name."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", text)
+    cleaned = cleaned.lstrip(".")
+    return cleaned or "_"

@@ -1,0 +1,89 @@
+"""Restore points and how a user's ``--at`` selects one (pure, no I/O)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from fibackup.errors import RestorePointNotFoundError
+
+
+@dataclass(frozen=True)
+class PointLayer:
+    """One stored layer as a restore point lists it (base first)."""
+
+    id: str
+    image_format: str
+    size: int
+    virtual_size: int
+    digest: str
+    new: bool
+    data_bytes: int = 0
+    """Bytes of data in the stored file (its size less holes and zero chunks)."""
+
+
+@dataclass(frozen=True)
+class PointDisk:
+    """A disk of a restore point: the stored layers whose stacking gives its view."""
+
+    target: str
+    virtual_size: int
+    layers: tuple[PointLayer, ...]
+    source_path: str = ""
+
+    @property
+    def generation(self) -> str:
+        """The id of the full base copy this disk's chain rests on."""
+        return self.layers[0].id
+
+    @property
+    def top(self) -> PointLayer:
+        return self.layers[-1]
+
+
+@dataclass(frozen=True)
+class RestorePoint:
+    """The state of a domain's selected disks at one snapshot."""
+
+    id: str
+    seq: int
+    time: str
+    domain_name: str
+    domain_uuid: str
+    host: str
+    disks: dict[str, PointDisk]
+    domain_xml: str
+    quiesced: bool = False
+    skipped_disks: tuple[str, ...] = field(default=())
+
+    @property
+    def bytes_new(self) -> int:
+        """Bytes of data that this point stored for the first time."""
+        return sum(layer.data_bytes for disk in self.disks.values()
+                   for layer in disk.layers if layer.new)
+
+    @property
+    def bytes_total(self) -> int:
+        """Bytes of data that a restore of this point reads."""
+        return sum(layer.data_bytes for disk in self.disks.values() for layer in disk.layers)
+
+    @property
+    def layer_count(self) -> int:
+        return sum(len(disk.layers) for disk in self.disks.values())
+
+
+def select_point(points: Sequence[RestorePoint], at: Optional[str]) -> RestorePoint:
+    """The point ``at`` names (an id, a sequence number, or ``latest``/None)."""
+    if not points:
+        raise RestorePointNotFoundError(
+            "there is no restore point for this domain in the backup directory; "
+            "run 'fibackup snapshot -d DOMAIN -b DIR' first")
+    ordered = sorted(points, key=lambda point: point.seq)
+    if at is None or at == "latest":
+        return ordered[-1]
+    for point in ordered:
+        if point.id == at or str(point.seq) == at:
+            return point
+    available = ", ".join(point.id for point in ordered[-5:])
+    raise RestorePointNotFoundError(
+        f"no restore point '{at}' for domain {ordered[-1].domain_name}; "
+        f"newest ones: {available} (see 'fibackup list')")

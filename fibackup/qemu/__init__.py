@@ -1,0 +1,1 @@
+"""Adapters for QEMU's tools (qemu-img)."""

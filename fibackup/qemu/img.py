@@ -1,0 +1,78 @@
+"""A thin adapter over qemu-img (argument lists only, never a shell)."""
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from fibackup.errors import ImageToolError
+
+QEMU_IMG = "qemu-img"
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    path: str
+    format: str
+    virtual_size: int
+    backing_file: Optional[str]
+    backing_format: Optional[str]
+
+
+def _run(args: Sequence[str], what: str) -> str:
+    try:
+        completed = subprocess.run([QEMU_IMG, *args], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise ImageToolError("qemu-img is not installed (Debian package qemu-utils); "
+                             "run scripts/setup-host.sh") from None
+    if completed.returncode != 0:
+        detail = (completed.stderr or completed.stdout).strip().splitlines()
+        message = detail[-1] if detail else f"exit code {completed.returncode}"
+        raise ImageToolError(f"{what} failed: {message}")
+    return completed.stdout
+
+
+def info(path: str, image_format: Optional[str] = None, force_share: bool = False) -> ImageInfo:
+    """Image facts.  Without ``force_share`` this fails on an image QEMU writes to."""
+    args = ["info", "--output=json"]
+    if image_format:
+        args += ["-f", image_format]
+    if force_share:
+        args.append("-U")
+    document: dict[str, Any] = json.loads(_run([*args, path], f"qemu-img info {path}"))
+    return ImageInfo(path=path, format=document["format"],
+                     virtual_size=int(document["virtual-size"]),
+                     backing_file=document.get("full-backing-filename") or document.get("backing-filename"),
+                     backing_format=document.get("backing-filename-format"))
+
+
+def backing_chain(path: str, image_format: Optional[str] = None) -> list[ImageInfo]:
+    """The chain below and including ``path``, top first (offline images only)."""
+    args = ["info", "--output=json", "--backing-chain"]
+    if image_format:
+        args += ["-f", image_format]
+    documents = json.loads(_run([*args, path], f"qemu-img info {path}"))
+    return [ImageInfo(path=doc["filename"], format=doc["format"],
+                      virtual_size=int(doc["virtual-size"]),
+                      backing_file=doc.get("full-backing-filename") or doc.get("backing-filename"),
+                      backing_format=doc.get("backing-filename-format"))
+            for doc in documents]
+
+
+def create_overlay(path: str, backing: str, backing_format: str, virtual_size: int) -> None:
+    """A new empty qcow2 overlay on ``backing`` (name kept as given, may be relative)."""
+    _run(["create", "-q", "-f", "qcow2", "-u", "-b", backing, "-F", backing_format,
+          path, str(virtual_size)], f"creating overlay {path}")
+
+
+def rebase_unsafe(path: str, backing: str, backing_format: str) -> None:
+    """Rewrite the backing pointer of a qcow2 image without touching its data."""
+    _run(["rebase", "-q", "-u", "-f", "qcow2", "-b", backing, "-F", backing_format, path],
+         f"rewriting the backing file of {path}")
+
+
+def convert(source: str, source_format: str, destination: str, output_format: str) -> None:
+    """Flatten the chain under ``source`` into one new image."""
+    _run(["convert", "-q", "-f", source_format, "-O", output_format, source, destination],
+         f"flattening {source} into {destination}")

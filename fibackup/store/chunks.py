@@ -1,0 +1,220 @@
+"""Sparse-aware copy that hashes in the same pass, and verification of copies.
+
+A file is cut into fixed-size chunks at offsets ``k * chunk_size``.  A chunk
+holding only zeros (holes included) is not listed and never written; every
+other chunk is listed as ``(offset, length, xxh3-128 hex)``.  Holes found with
+``SEEK_DATA``/``SEEK_HOLE`` are neither read nor written.  The file digest is
+the xxh3-128 of the text lines ``"<offset> <length> <hex>\\n"`` of the listed
+chunks in order, followed by ``"size <file size>\\n"`` (docs/FORMAT.md).
+"""
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import xxhash
+
+CHUNK_SIZE = 4 * 1024 * 1024
+ALGORITHM = "xxh3-128"
+
+ProgressFn = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    offset: int
+    length: int
+    digest: str
+
+
+@dataclass(frozen=True)
+class ChunkList:
+    """The content of a file as listed data chunks; everything else is zeros."""
+
+    size: int
+    chunk_size: int
+    chunks: tuple[Chunk, ...]
+
+    @property
+    def digest(self) -> str:
+        return file_digest(self.size, self.chunks)
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(chunk.length for chunk in self.chunks)
+
+
+@dataclass
+class ScanResult:
+    """What a pass over a file found; ``mismatches`` only when checking."""
+
+    chunks: ChunkList
+    mismatches: list[int] = field(default_factory=list)
+    size_mismatch: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches and not self.size_mismatch
+
+
+def file_digest(size: int, chunks: tuple[Chunk, ...]) -> str:
+    hasher = xxhash.xxh3_128()
+    for chunk in chunks:
+        hasher.update(f"{chunk.offset} {chunk.length} {chunk.digest}\n".encode())
+    hasher.update(f"size {size}\n".encode())
+    return hasher.hexdigest()
+
+
+def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of each data extent of an open file (holes skipped)."""
+    position = 0
+    while position < size:
+        try:
+            start = os.lseek(fd, position, os.SEEK_DATA)
+        except OSError as error:
+            if error.errno == errno.ENXIO:
+                return
+            if error.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                yield position, size
+                return
+            raise
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        if start >= size:
+            return
+        yield start, end
+        position = end
+
+
+def chunk_ranges(fd: int, size: int, chunk_size: int) -> Iterator[tuple[int, list[tuple[int, int]]]]:
+    """For each chunk that holds data: its offset and its data ranges (absolute)."""
+    current: Optional[int] = None
+    ranges: list[tuple[int, int]] = []
+    for start, end in data_extents(fd, size):
+        while start < end:
+            index = start // chunk_size
+            chunk_end = min((index + 1) * chunk_size, size)
+            piece_end = min(end, chunk_end)
+            offset = index * chunk_size
+            if current != offset:
+                if current is not None:
+                    yield current, ranges
+                current, ranges = offset, []
+            ranges.append((start, piece_end))
+            start = piece_end
+    if current is not None:
+        yield current, ranges
+
+
+def _read_exact(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        count = os.preadv(fd, [view[done:]], offset + done)
+        if count == 0:
+            raise OSError(errno.EIO, "file shrank while being read")
+        done += count
+
+
+def _write_exact(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+class _Checker:
+    """Compares the chunks a pass finds with an expected chunk list."""
+
+    def __init__(self, expected: ChunkList) -> None:
+        self.expected = {chunk.offset: chunk for chunk in expected.chunks}
+        self.seen: set[int] = set()
+        self.mismatches: list[int] = []
+
+    def check(self, chunk: Optional[Chunk], offset: int) -> bool:
+        want = self.expected.get(offset)
+        self.seen.add(offset)
+        good = (want is None and chunk is None) or (
+            want is not None and chunk is not None
+            and (want.length, want.digest) == (chunk.length, chunk.digest))
+        if not good:
+            self.mismatches.append(offset)
+        return good
+
+    def finish(self) -> list[int]:
+        missing = [offset for offset in self.expected if offset not in self.seen]
+        return sorted(self.mismatches + missing)
+
+
+def scan_file(src_path: str, dst_path: Optional[str] = None, *,
+              expected: Optional[ChunkList] = None,
+              chunk_size: int = CHUNK_SIZE,
+              progress: Optional[ProgressFn] = None) -> ScanResult:
+    """Read ``src_path`` once: hash it, and copy it to ``dst_path`` if given.
+
+    With ``expected`` every chunk is compared with the list; the copy stops at
+    the first mismatch (the caller must discard ``dst_path``), a plain check
+    goes on and reports every damaged chunk.
+    """
+    if expected is not None:
+        chunk_size = expected.chunk_size
+    src = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC)
+    dst = -1
+    try:
+        size = os.fstat(src).st_size
+        if dst_path is not None:
+            dst = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            os.ftruncate(dst, size)
+        checker = _Checker(expected) if expected is not None else None
+        result = ScanResult(chunks=ChunkList(size, chunk_size, ()))
+        if expected is not None and expected.size != size:
+            result.size_mismatch = True
+            if dst >= 0:
+                return result
+        listed = _scan(src, dst, size, chunk_size, checker, progress)
+        result.chunks = ChunkList(size, chunk_size, tuple(listed))
+        if checker is not None:
+            result.mismatches = checker.finish()
+        if dst >= 0 and result.ok:
+            os.fsync(dst)
+            _drop_cache(dst)
+        _drop_cache(src)
+        return result
+    finally:
+        os.close(src)
+        if dst >= 0:
+            os.close(dst)
+
+
+def _scan(src: int, dst: int, size: int, chunk_size: int,
+          checker: Optional[_Checker], progress: Optional[ProgressFn]) -> list[Chunk]:
+    buffer = bytearray(chunk_size)
+    view = memoryview(buffer)
+    zeros = bytes(chunk_size)
+    listed: list[Chunk] = []
+    for offset, ranges in chunk_ranges(src, size, chunk_size):
+        length = min(chunk_size, size - offset)
+        data = view[:length]
+        covered = sum(end - start for start, end in ranges)
+        if covered < length:
+            data[:] = zeros[:length]
+        for start, end in ranges:
+            _read_exact(src, view[start - offset:end - offset], start)
+        chunk = None
+        if data != zeros[:length]:
+            chunk = Chunk(offset, length, xxhash.xxh3_128(data).hexdigest())
+            listed.append(chunk)
+        if checker is not None and not checker.check(chunk, offset) and dst >= 0:
+            break
+        if chunk is not None and dst >= 0:
+            for start, end in ranges:
+                _write_exact(dst, view[start - offset:end - offset], start)
+        if progress is not None:
+            progress(covered)
+    return listed
+
+
+def _drop_cache(fd: int) -> None:
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except (AttributeError, OSError):
+        pass

@@ -1,0 +1,225 @@
+"""JSON documents of the backup store (docs/FORMAT.md), read defensively.
+
+Everything read from a store is untrusted: a value of the wrong type, an id
+that could name a path outside the store, or an unknown format version raises
+:class:`CorruptStoreError` naming the file.  File paths are never taken from
+documents; they are derived from validated ids.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, TypeVar
+
+from fibackup.errors import CorruptStoreError
+from fibackup.model.chain import FileIdentity, StoredLayer
+from fibackup.model.points import PointDisk, PointLayer, RestorePoint
+from fibackup.store.chunks import ALGORITHM, Chunk, ChunkList
+
+FORMAT_VERSION = 1
+STORE_KIND = "fibackup-store"
+LAYER_KIND = "fibackup-layer"
+POINT_KIND = "fibackup-point"
+IMAGE_FORMATS = ("qcow2", "raw")
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_HEX_RE = re.compile(r"^[0-9a-f]{32}$")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """A stored layer with its chunk list (the layer's ``.json`` record)."""
+
+    layer: StoredLayer
+    chunks: ChunkList
+    stored_at: str
+
+
+def is_valid_id(text: str) -> bool:
+    return bool(_ID_RE.match(text)) and ".." not in text
+
+
+def is_valid_uuid(text: str) -> bool:
+    return bool(_UUID_RE.match(text))
+
+
+def dumps(document: Mapping[str, Any]) -> bytes:
+    return (json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def loads(data: bytes, origin: str) -> dict[str, Any]:
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorruptStoreError(f"{origin} is not valid JSON ({error}); "
+                                "the file is damaged or was edited by hand") from None
+    if not isinstance(document, dict):
+        raise CorruptStoreError(f"{origin} does not hold a JSON object")
+    return document
+
+
+def _field(document: Mapping[str, Any], key: str, kind: type[T], origin: str) -> T:
+    value = document.get(key)
+    if kind is int and isinstance(value, bool):
+        value = None
+    if not isinstance(value, kind):
+        raise CorruptStoreError(f"{origin}: field '{key}' is missing or not a {kind.__name__}")
+    return value
+
+
+def _checked(value: str, check: Callable[[str], bool], what: str, origin: str) -> str:
+    if not check(value):
+        raise CorruptStoreError(f"{origin}: {what} {value!r} is not valid")
+    return value
+
+
+def check_header(document: Mapping[str, Any], kind: str, origin: str) -> None:
+    if document.get("kind") != kind:
+        raise CorruptStoreError(f"{origin} is not a {kind} document")
+    version = document.get("version")
+    if version != FORMAT_VERSION:
+        raise CorruptStoreError(
+            f"{origin} has format version {version!r}; this fibackup reads version "
+            f"{FORMAT_VERSION} (upgrade fibackup to read it)")
+
+
+# -- file identity -------------------------------------------------------------
+
+def identity_to_dict(identity: FileIdentity) -> dict[str, Any]:
+    return {"host": identity.host, "path": identity.path, "dev": identity.dev,
+            "ino": identity.ino, "size": identity.size, "mtime_ns": identity.mtime_ns}
+
+
+def identity_from_dict(document: Mapping[str, Any], origin: str) -> FileIdentity:
+    return FileIdentity(
+        host=_field(document, "host", str, origin), path=_field(document, "path", str, origin),
+        dev=_field(document, "dev", int, origin), ino=_field(document, "ino", int, origin),
+        size=_field(document, "size", int, origin),
+        mtime_ns=_field(document, "mtime_ns", int, origin))
+
+
+# -- layer records -------------------------------------------------------------
+
+def layer_record_to_dict(record: LayerRecord) -> dict[str, Any]:
+    layer = record.layer
+    return {
+        "kind": LAYER_KIND, "version": FORMAT_VERSION,
+        "id": layer.id, "disk": layer.disk, "parent": layer.parent,
+        "image_format": layer.image_format, "size": layer.size,
+        "virtual_size": layer.virtual_size,
+        "checksum": {"algorithm": ALGORITHM, "chunk_size": record.chunks.chunk_size,
+                     "digest": layer.digest,
+                     "chunks": [[c.offset, c.length, c.digest] for c in record.chunks.chunks]},
+        "compression": None, "encryption": None,
+        "source": identity_to_dict(layer.source),
+        "stored_at": record.stored_at,
+    }
+
+
+def layer_record_from_dict(document: Mapping[str, Any], origin: str) -> LayerRecord:
+    check_header(document, LAYER_KIND, origin)
+    for transform in ("compression", "encryption"):
+        if document.get(transform) is not None:
+            raise CorruptStoreError(f"{origin} uses {transform} "
+                                    f"{document[transform]!r}, which this fibackup cannot read")
+    checksum = _field(document, "checksum", dict, origin)
+    if checksum.get("algorithm") != ALGORITHM:
+        raise CorruptStoreError(f"{origin}: unknown checksum algorithm {checksum.get('algorithm')!r}")
+    chunk_size = _field(checksum, "chunk_size", int, origin)
+    size = _field(document, "size", int, origin)
+    chunks = tuple(_chunk(entry, chunk_size, size, origin)
+                   for entry in _field(checksum, "chunks", list, origin))
+    chunk_list = ChunkList(size, chunk_size, chunks)
+    digest = _field(checksum, "digest", str, origin)
+    if digest != chunk_list.digest:
+        raise CorruptStoreError(f"{origin}: the chunk list does not match the recorded digest")
+    parent = document.get("parent")
+    if parent is not None:
+        parent = _checked(_field(document, "parent", str, origin), is_valid_id, "parent id", origin)
+    layer = StoredLayer(
+        id=_checked(_field(document, "id", str, origin), is_valid_id, "layer id", origin),
+        disk=_field(document, "disk", str, origin), parent=parent,
+        image_format=_checked(_field(document, "image_format", str, origin),
+                              lambda fmt: fmt in IMAGE_FORMATS, "image format", origin),
+        size=size, virtual_size=_field(document, "virtual_size", int, origin),
+        digest=digest,
+        source=identity_from_dict(_field(document, "source", dict, origin), origin),
+        data_bytes=chunk_list.data_bytes)
+    return LayerRecord(layer=layer, chunks=chunk_list,
+                       stored_at=str(document.get("stored_at", "")))
+
+
+def _chunk(entry: Any, chunk_size: int, size: int, origin: str) -> Chunk:
+    if (not isinstance(entry, list) or len(entry) != 3
+            or not all(isinstance(value, int) and not isinstance(value, bool) for value in entry[:2])
+            or not isinstance(entry[2], str) or not _HEX_RE.match(entry[2])):
+        raise CorruptStoreError(f"{origin}: malformed chunk entry {entry!r}")
+    offset, length, digest = entry
+    if offset % chunk_size or length <= 0 or length > chunk_size or offset + length > size:
+        raise CorruptStoreError(f"{origin}: chunk entry {entry!r} lies outside the file")
+    return Chunk(offset, length, digest)
+
+
+# -- restore points ------------------------------------------------------------
+
+def point_to_dict(point: RestorePoint) -> dict[str, Any]:
+    return {
+        "kind": POINT_KIND, "version": FORMAT_VERSION,
+        "id": point.id, "seq": point.seq, "time": point.time,
+        "domain": {"name": point.domain_name, "uuid": point.domain_uuid, "host": point.host},
+        "quiesced": point.quiesced,
+        "skipped_disks": list(point.skipped_disks),
+        "disks": {target: {
+            "virtual_size": disk.virtual_size, "source_path": disk.source_path,
+            "layers": [{"id": layer.id, "image_format": layer.image_format, "size": layer.size,
+                        "virtual_size": layer.virtual_size, "digest": layer.digest,
+                        "data_bytes": layer.data_bytes, "new": layer.new}
+                       for layer in disk.layers]}
+            for target, disk in sorted(point.disks.items())},
+        "bytes_new": point.bytes_new, "bytes_total": point.bytes_total,
+        "domain_xml": point.domain_xml,
+    }
+
+
+def point_from_dict(document: Mapping[str, Any], origin: str) -> RestorePoint:
+    check_header(document, POINT_KIND, origin)
+    domain = _field(document, "domain", dict, origin)
+    disks: dict[str, PointDisk] = {}
+    for target, entry in _field(document, "disks", dict, origin).items():
+        if not isinstance(entry, dict):
+            raise CorruptStoreError(f"{origin}: disk {target!r} is not an object")
+        layers = tuple(_point_layer(layer, origin) for layer in _field(entry, "layers", list, origin))
+        if not layers:
+            raise CorruptStoreError(f"{origin}: disk {target!r} lists no layer")
+        disks[target] = PointDisk(target=target, layers=layers,
+                                  virtual_size=_field(entry, "virtual_size", int, origin),
+                                  source_path=str(entry.get("source_path", "")))
+    if not disks:
+        raise CorruptStoreError(f"{origin} lists no disk")
+    skipped = document.get("skipped_disks", [])
+    return RestorePoint(
+        id=_checked(_field(document, "id", str, origin), is_valid_id, "point id", origin),
+        seq=_field(document, "seq", int, origin), time=_field(document, "time", str, origin),
+        domain_name=_field(domain, "name", str, origin),
+        domain_uuid=_checked(_field(domain, "uuid", str, origin), is_valid_uuid, "uuid", origin),
+        host=_field(domain, "host", str, origin), disks=disks,
+        domain_xml=_field(document, "domain_xml", str, origin),
+        quiesced=bool(document.get("quiesced", False)),
+        skipped_disks=tuple(str(name) for name in skipped) if isinstance(skipped, list) else ())
+
+
+def _point_layer(entry: Any, origin: str) -> PointLayer:
+    if not isinstance(entry, dict):
+        raise CorruptStoreError(f"{origin}: a layer entry is not an object")
+    return PointLayer(
+        id=_checked(_field(entry, "id", str, origin), is_valid_id, "layer id", origin),
+        image_format=_checked(_field(entry, "image_format", str, origin),
+                              lambda fmt: fmt in IMAGE_FORMATS, "image format", origin),
+        size=_field(entry, "size", int, origin),
+        virtual_size=_field(entry, "virtual_size", int, origin),
+        digest=_field(entry, "digest", str, origin), new=bool(entry.get("new", False)),
+        data_bytes=_field(entry, "data_bytes", int, origin))

@@ -1,0 +1,311 @@
+"""The backup directory: layer copies, layer records and restore-point manifests.
+
+Layout (docs/FORMAT.md)::
+
+    DIR/fibackup-store.json                       store marker (id, format version)
+    DIR/domains/<uuid>/layers/<layer-id>.<fmt>    a stored layer image (write-once)
+    DIR/domains/<uuid>/layers/<layer-id>.json     its record: chunk list, source identity
+    DIR/domains/<uuid>/points/<seq>.json          a restore point manifest (written last)
+
+Every file is written under a hidden temporary name, fsynced, then published
+under its final name without ever replacing an existing file.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import os
+import uuid as _uuid
+from typing import Iterator, Optional
+
+from fibackup.errors import (CorruptStoreError, IntegrityError, NotEnoughSpaceError,
+                             StoreUnavailableError)
+from fibackup.fsutil import (make_private_dirs, publish, remove_quietly, temp_name,
+                             write_file)
+from fibackup.model.chain import FileIdentity, StoredLayer
+from fibackup.model.points import RestorePoint
+from fibackup.store import format as fmt
+from fibackup.store.chunks import ChunkList, ProgressFn, scan_file
+
+MARKER = "fibackup-store.json"
+POINT_NAME_DIGITS = 8
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class BackupStore:
+    """A backup directory opened for reading or for writing."""
+
+    def __init__(self, root: str, store_id: str) -> None:
+        self.root = root
+        self.store_id = store_id
+
+    # -- opening -----------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str, create: bool = False) -> "BackupStore":
+        """Open the store at ``path``; with ``create``, initialise an empty directory."""
+        root = os.path.abspath(path)
+        if not os.path.exists(root):
+            if not create:
+                raise StoreUnavailableError(
+                    f"backup directory {root} does not exist; check the path (is the backup "
+                    "disk mounted?)")
+            parent = os.path.dirname(root)
+            if not os.path.isdir(parent):
+                raise StoreUnavailableError(
+                    f"cannot create backup directory {root}: its parent {parent} does not "
+                    "exist (is the backup disk mounted?)")
+            _mkdir(root)
+        if not os.path.isdir(root):
+            raise StoreUnavailableError(f"backup directory {root} is not a directory")
+        marker = os.path.join(root, MARKER)
+        if os.path.exists(marker):
+            return cls(root, _read_marker(marker))
+        if not create:
+            raise StoreUnavailableError(
+                f"{root} is not a fibackup backup directory (no {MARKER}); "
+                "check the path given with -b")
+        if os.listdir(root):
+            raise StoreUnavailableError(
+                f"{root} is not empty and is not a fibackup backup directory; "
+                "choose an empty or new directory for -b")
+        store_id = str(_uuid.uuid4())
+        document = {"kind": fmt.STORE_KIND, "version": fmt.FORMAT_VERSION,
+                    "store_id": store_id, "created": utc_now()}
+        _write(marker, fmt.dumps(document))
+        return cls(root, store_id)
+
+    def check_writable(self) -> None:
+        probe = temp_name(self.root, "write-probe")
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as error:
+            raise StoreUnavailableError(
+                f"backup directory {self.root} is not writable ({error.strerror}); "
+                "fix its permissions or mount it read-write") from None
+
+    # -- paths ---------------------------------------------------------------
+
+    def domain_dir(self, domain_uuid: str) -> str:
+        if not fmt.is_valid_uuid(domain_uuid):
+            raise CorruptStoreError(f"invalid domain uuid {domain_uuid!r}")
+        return os.path.join(self.root, "domains", domain_uuid)
+
+    def layer_path(self, domain_uuid: str, layer_id: str, image_format: str) -> str:
+        if not fmt.is_valid_id(layer_id) or image_format not in fmt.IMAGE_FORMATS:
+            raise CorruptStoreError(f"invalid layer id or format {layer_id!r}/{image_format!r}")
+        return os.path.join(self.domain_dir(domain_uuid), "layers", f"{layer_id}.{image_format}")
+
+    def _record_path(self, domain_uuid: str, layer_id: str) -> str:
+        return os.path.join(self.domain_dir(domain_uuid), "layers", f"{layer_id}.json")
+
+    # -- reading -------------------------------------------------------------
+
+    def domain_uuids(self) -> list[str]:
+        base = os.path.join(self.root, "domains")
+        try:
+            names = sorted(os.listdir(base))
+        except FileNotFoundError:
+            return []
+        return [name for name in names if fmt.is_valid_uuid(name)]
+
+    def points(self, domain_uuid: str) -> list[RestorePoint]:
+        """The domain's restore points, oldest first."""
+        directory = os.path.join(self.domain_dir(domain_uuid), "points")
+        points = []
+        for name in _listdir(directory):
+            if name.startswith(".") or not name.endswith(".json"):
+                continue
+            path = os.path.join(directory, name)
+            point = fmt.point_from_dict(fmt.loads(_read(path), path), path)
+            if point.domain_uuid != domain_uuid or name != _point_name(point.seq):
+                raise CorruptStoreError(f"{path} belongs to another domain or sequence number")
+            points.append(point)
+        return sorted(points, key=lambda point: point.seq)
+
+    def all_points(self) -> list[RestorePoint]:
+        return [point for uuid in self.domain_uuids() for point in self.points(uuid)]
+
+    def layer_record(self, domain_uuid: str, layer_id: str) -> fmt.LayerRecord:
+        path = self._record_path(domain_uuid, layer_id)
+        try:
+            data = _read(path)
+        except FileNotFoundError:
+            raise CorruptStoreError(f"layer record {path} is missing") from None
+        record = fmt.layer_record_from_dict(fmt.loads(data, path), path)
+        if record.layer.id != layer_id:
+            raise CorruptStoreError(f"{path} describes layer {record.layer.id}, not {layer_id}")
+        return record
+
+    def stored_layers(self, domain_uuid: str) -> list[StoredLayer]:
+        """Layers with a complete record and image file (candidates for reuse)."""
+        directory = os.path.join(self.domain_dir(domain_uuid), "layers")
+        layers = []
+        for name in _listdir(directory):
+            if name.startswith(".") or not name.endswith(".json"):
+                continue
+            layer_id = name[:-len(".json")]
+            try:
+                layer = self.layer_record(domain_uuid, layer_id).layer
+            except CorruptStoreError:
+                continue
+            image = self.layer_path(domain_uuid, layer.id, layer.image_format)
+            try:
+                if os.stat(image).st_size == layer.size:
+                    layers.append(layer)
+            except FileNotFoundError:
+                continue
+        return layers
+
+    # -- writing -------------------------------------------------------------
+
+    def store_layer(self, domain_uuid: str, layer_id: str, source: str, image_format: str,
+                    virtual_size: int, parent: Optional[str], disk: str,
+                    identity: FileIdentity, progress: Optional[ProgressFn] = None) -> StoredLayer:
+        """Copy ``source`` into the store (hashing in the same pass), then its record."""
+        directory = os.path.join(self.domain_dir(domain_uuid), "layers")
+        make_private_dirs(directory)
+        final = self.layer_path(domain_uuid, layer_id, image_format)
+        temporary = temp_name(directory, os.path.basename(final))
+        try:
+            chunks = scan_file(source, temporary, progress=progress).chunks
+            publish(temporary, final)
+        except OSError as error:
+            remove_quietly(temporary)
+            if error.errno == errno.ENOSPC:
+                raise NotEnoughSpaceError(
+                    f"the backup disk filled up while copying {source} into {self.root}; "
+                    "nothing incomplete was kept: free up space and run again") from None
+            raise
+        except BaseException:
+            remove_quietly(temporary)
+            raise
+        layer = StoredLayer(id=layer_id, disk=disk, parent=parent, image_format=image_format,
+                            size=chunks.size, virtual_size=virtual_size, digest=chunks.digest,
+                            source=identity, data_bytes=chunks.data_bytes)
+        record = fmt.LayerRecord(layer=layer, chunks=chunks, stored_at=utc_now())
+        _write(self._record_path(domain_uuid, layer_id), fmt.dumps(fmt.layer_record_to_dict(record)))
+        return layer
+
+    def publish_point(self, point: RestorePoint) -> RestorePoint:
+        """Write a restore point manifest under the next free sequence number."""
+        directory = os.path.join(self.domain_dir(point.domain_uuid), "points")
+        make_private_dirs(directory)
+        seq = point.seq
+        while True:
+            candidate = RestorePoint(**{**point.__dict__, "seq": seq})
+            path = os.path.join(directory, _point_name(seq))
+            try:
+                _write(path, fmt.dumps(fmt.point_to_dict(candidate)))
+                return candidate
+            except FileExistsError:
+                seq += 1
+
+    def next_seq(self, domain_uuid: str) -> int:
+        points = self.points(domain_uuid)
+        return points[-1].seq + 1 if points else 1
+
+    # -- checking ------------------------------------------------------------
+
+    def check_layer(self, domain_uuid: str, layer_id: str,
+                    progress: Optional[ProgressFn] = None) -> list[str]:
+        """Problems found re-reading one stored layer (empty when it is intact)."""
+        try:
+            record = self.layer_record(domain_uuid, layer_id)
+        except CorruptStoreError as error:
+            return [str(error)]
+        path = self.layer_path(domain_uuid, layer_id, record.layer.image_format)
+        try:
+            result = scan_file(path, expected=record.chunks, progress=progress)
+        except FileNotFoundError:
+            return [f"{path} is missing"]
+        except OSError as error:
+            return [f"{path} cannot be read ({error.strerror})"]
+        return describe_damage(path, record.chunks, result)
+
+    def restore_layer(self, domain_uuid: str, layer_id: str, destination: str,
+                      progress: Optional[ProgressFn] = None) -> fmt.LayerRecord:
+        """Copy a stored layer to ``destination``, checking every chunk on the way."""
+        record = self.layer_record(domain_uuid, layer_id)
+        path = self.layer_path(domain_uuid, layer_id, record.layer.image_format)
+        try:
+            result = scan_file(path, destination, expected=record.chunks, progress=progress)
+        except FileNotFoundError:
+            raise IntegrityError(f"stored layer {path} is missing; this restore point "
+                                 "cannot be restored (run 'fibackup verify')") from None
+        problems = describe_damage(path, record.chunks, result)
+        if problems:
+            remove_quietly(destination)
+            raise IntegrityError("; ".join(problems) + "; nothing was restored from it "
+                                 "(choose another restore point with --at)")
+        return record
+
+    def iter_point_layers(self, point: RestorePoint) -> Iterator[tuple[str, str]]:
+        for disk in point.disks.values():
+            for layer in disk.layers:
+                yield disk.target, layer.id
+
+
+def describe_damage(path: str, expected: ChunkList, result) -> list[str]:
+    problems = []
+    if result.size_mismatch:
+        problems.append(f"{path} has size {result.chunks.size}, expected {expected.size}")
+    if result.mismatches:
+        offsets = ", ".join(str(offset) for offset in result.mismatches[:8])
+        more = f" and {len(result.mismatches) - 8} more" if len(result.mismatches) > 8 else ""
+        problems.append(f"{path} is damaged: checksum mismatch in chunk(s) at offset "
+                        f"{offsets}{more}")
+    return problems
+
+
+def _point_name(seq: int) -> str:
+    return f"{seq:0{POINT_NAME_DIGITS}d}.json"
+
+
+def _mkdir(path: str) -> None:
+    try:
+        os.mkdir(path, 0o700)
+    except OSError as error:
+        raise StoreUnavailableError(f"cannot create backup directory {path} "
+                                    f"({error.strerror})") from None
+
+
+def _write(path: str, data: bytes) -> None:
+    try:
+        write_file(path, data)
+    except FileExistsError:
+        raise
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise NotEnoughSpaceError(f"the backup disk is full while writing {path}; "
+                                        "free up space and run again") from None
+        raise
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []
+
+
+def _read_marker(path: str) -> str:
+    try:
+        document = fmt.loads(_read(path), path)
+    except OSError as error:
+        raise StoreUnavailableError(f"cannot read {path} ({error.strerror})") from None
+    fmt.check_header(document, fmt.STORE_KIND, path)
+    store_id = document.get("store_id")
+    if not isinstance(store_id, str) or not fmt.is_valid_uuid(store_id):
+        raise CorruptStoreError(f"{path} has no valid store_id")
+    return store_id

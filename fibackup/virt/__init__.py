@@ -1,0 +1,1 @@
+"""Adapters for libvirt: connection, domains and domain XML."""

@@ -1,0 +1,235 @@
+"""Reading and rewriting libvirt domain XML with ElementTree (no string formatting)."""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+from fibackup.errors import CorruptStoreError
+from fibackup.model.chain import LiveLayer
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """A ``<disk>`` element as fibackup needs it."""
+
+    target: str
+    device: str
+    source_type: str
+    source: Optional[str]
+    format: str
+    readonly: bool
+    shareable: bool
+    transient: bool
+    encrypted: bool
+    backing: tuple[LiveLayer, ...]
+    """Layers below ``source`` from ``<backingStore>``, nearest first (may be empty)."""
+    backing_terminated: bool
+    """Whether the XML chain ends in an empty ``<backingStore/>`` (complete)."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which disks a backup takes, skips (harmless) and cannot take."""
+
+    selected: tuple[DiskSpec, ...]
+    skipped: tuple[tuple[str, str], ...]
+    refused: tuple[tuple[str, str], ...]
+
+
+def parse(xml: str) -> ET.Element:
+    try:
+        return ET.fromstring(xml)
+    except ET.ParseError as error:
+        raise CorruptStoreError(f"domain XML cannot be parsed ({error})") from None
+
+
+def domain_name(root: ET.Element) -> str:
+    return root.findtext("name", default="")
+
+
+def disks(root: ET.Element) -> list[DiskSpec]:
+    return [_disk_spec(element) for element in root.findall("./devices/disk")]
+
+
+def _disk_spec(element: ET.Element) -> DiskSpec:
+    source = element.find("source")
+    driver = element.find("driver")
+    source_type = element.get("type", "file")
+    path = None
+    if source is not None:
+        path = source.get("file") if source_type == "file" else source.get("dev")
+    backing, terminated = _backing(element)
+    return DiskSpec(
+        target=(element.find("target").get("dev", "") if element.find("target") is not None else ""),
+        device=element.get("device", "disk"), source_type=source_type, source=path,
+        format=(driver.get("type", "raw") if driver is not None else "raw"),
+        readonly=element.find("readonly") is not None,
+        shareable=element.find("shareable") is not None,
+        transient=element.find("transient") is not None,
+        encrypted=(source is not None and source.find("encryption") is not None)
+        or element.find("encryption") is not None,
+        backing=backing, backing_terminated=terminated)
+
+
+def _backing(element: ET.Element) -> tuple[tuple[LiveLayer, ...], bool]:
+    layers: list[LiveLayer] = []
+    node = element.find("backingStore")
+    while node is not None:
+        source = node.find("source")
+        if source is None or node.get("type") is None:
+            return tuple(layers), True
+        if node.get("type") != "file":
+            layers.append(LiveLayer(path=source.get("dev") or source.get("name") or "",
+                                    format="network:" + node.get("type", "")))
+            return tuple(layers), True
+        form = node.find("format")
+        layers.append(LiveLayer(path=source.get("file", ""),
+                                format=form.get("type", "raw") if form is not None else "raw"))
+        node = node.find("backingStore")
+    return tuple(layers), False
+
+
+def select_disks(specs: Sequence[DiskSpec], include: Sequence[str],
+                 exclude: Sequence[str]) -> Selection:
+    """Apply --disk / --exclude-disk and sort out what cannot be backed up."""
+    selected, skipped, refused = [], [], []
+    for spec in specs:
+        if include and spec.target not in include:
+            continue
+        if spec.target in exclude:
+            skipped.append((spec.target, "excluded with --exclude-disk"))
+            continue
+        harmless = _skip_reason(spec)
+        if harmless:
+            if spec.target in include:
+                refused.append((spec.target, f"cannot be backed up: it is {harmless}"))
+            else:
+                skipped.append((spec.target, harmless))
+            continue
+        problem = _refuse_reason(spec)
+        if problem:
+            refused.append((spec.target, problem))
+        else:
+            selected.append(spec)
+    return Selection(tuple(selected), tuple(skipped), tuple(refused))
+
+
+def _skip_reason(spec: DiskSpec) -> str:
+    if spec.device in ("cdrom", "floppy"):
+        return f"a {spec.device}"
+    if spec.readonly:
+        return "read-only"
+    if spec.source is None:
+        return "empty (no source)"
+    return ""
+
+
+def _refuse_reason(spec: DiskSpec) -> str:
+    if spec.device == "lun":
+        return "a pass-through LUN (device='lun'), which has no image to snapshot"
+    if spec.source_type != "file":
+        return (f"a {spec.source_type} disk; fibackup backs up file-based images only "
+                "(network, block device and pool volume disks cannot be copied)")
+    if spec.shareable:
+        return "shareable and writable; a qcow2 overlay cannot be shared between domains"
+    if spec.transient:
+        return "a <transient/> disk, whose changes are discarded at shutdown"
+    if spec.encrypted:
+        return "LUKS-encrypted, which fibackup does not support yet"
+    if spec.format not in ("qcow2", "raw"):
+        return f"in {spec.format} format; fibackup handles qcow2 and raw images"
+    for layer in spec.backing:
+        if layer.format not in ("qcow2", "raw"):
+            return f"backed by {layer.path or 'a non-file image'} ({layer.format}), which fibackup cannot copy"
+    return ""
+
+
+def snapshot_xml(overlays: Mapping[str, str], all_targets: Sequence[str]) -> str:
+    """A disk-only external snapshot: given targets get overlays, others none."""
+    root = ET.Element("domainsnapshot")
+    ET.SubElement(root, "description").text = "fibackup"
+    disks_element = ET.SubElement(root, "disks")
+    for target in all_targets:
+        disk = ET.SubElement(disks_element, "disk", name=target)
+        if target in overlays:
+            disk.set("snapshot", "external")
+            ET.SubElement(disk, "driver", type="qcow2")
+            ET.SubElement(disk, "source", file=overlays[target])
+        else:
+            disk.set("snapshot", "no")
+    return ET.tostring(root, encoding="unicode")
+
+
+def strip_backing_stores(xml: str, targets: Sequence[str]) -> tuple[str, bool]:
+    """Drop explicit ``<backingStore>`` chains of ``targets`` so libvirt probes headers."""
+    root = parse(xml)
+    changed = False
+    for element in root.findall("./devices/disk"):
+        target = element.find("target")
+        if target is None or target.get("dev") not in targets:
+            continue
+        for backing in element.findall("backingStore"):
+            element.remove(backing)
+            changed = True
+    return ET.tostring(root, encoding="unicode"), changed
+
+
+def repoint_disks(xml: str, images: Mapping[str, tuple[str, str]]) -> str:
+    """Point each disk target at ``(path, format)``; drop stale ``<backingStore>``."""
+    root = parse(xml)
+    for element in root.findall("./devices/disk"):
+        target = element.find("target")
+        if target is None or target.get("dev") not in images:
+            continue
+        path, image_format = images[target.get("dev", "")]
+        element.set("type", "file")
+        for backing in element.findall("backingStore"):
+            element.remove(backing)
+        source = element.find("source")
+        if source is None:
+            source = ET.SubElement(element, "source")
+        for key in list(source.attrib):
+            del source.attrib[key]
+        source.set("file", path)
+        driver = element.find("driver")
+        if driver is None:
+            driver = ET.SubElement(element, "driver", name="qemu")
+        driver.set("type", image_format)
+    return ET.tostring(root, encoding="unicode")
+
+
+def disk_targets(xml: str) -> list[str]:
+    return [spec.target for spec in disks(parse(xml))]
+
+
+def as_copy(xml: str, new_name: str, keep_targets: Sequence[str]) -> tuple[str, list[str]]:
+    """A definition for a copy: new name, no UUID, no MACs, only ``keep_targets`` disks.
+
+    Returns the XML and the targets of the writable disks that were removed.
+    """
+    root = parse(xml)
+    name = root.find("name")
+    if name is None:
+        name = ET.SubElement(root, "name")
+    name.text = new_name
+    for tag in ("uuid", "title"):
+        for element in root.findall(tag):
+            root.remove(element)
+    devices = root.find("devices")
+    removed: list[str] = []
+    if devices is not None:
+        for interface in devices.findall("interface"):
+            for mac in interface.findall("mac"):
+                interface.remove(mac)
+        for element in devices.findall("disk"):
+            spec = _disk_spec(element)
+            if spec.target in keep_targets or spec.device in ("cdrom", "floppy") or spec.readonly:
+                continue
+            devices.remove(element)
+            removed.append(spec.target)
+    os_element = root.find("os")
+    if os_element is not None:
+        for nvram in os_element.findall("nvram"):
+            os_element.remove(nvram)
+    return ET.tostring(root, encoding="unicode"), removed
