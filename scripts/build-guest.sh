@@ -11,7 +11,7 @@ set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 INIT_SRC="$SCRIPT_DIR/guest/init"
-OUT=${FIBACKUP_GUEST_DIR:-/var/cache/fibackup/guest}
+OUT=$(realpath -m "${FIBACKUP_GUEST_DIR:-/var/cache/fibackup/guest}")   # QEMU needs absolute paths
 # load order matters: virtio needs virtio_ring; virtio_pci needs the three before it
 MODULES=(virtio/virtio_ring virtio/virtio virtio/virtio_pci_modern_dev virtio/virtio_pci_legacy_dev
          virtio/virtio_pci block/virtio_blk char/virtio_console)
@@ -20,7 +20,6 @@ log() { echo "build-guest: $*" >&2; }
 die() { echo "build-guest: ERROR: $*" >&2; exit 1; }
 
 [ -r "$INIT_SRC" ] || die "missing $INIT_SRC"
-[ "$(id -u)" = 0 ] || die "must run as root"
 
 apt_updated=0
 apt_update_once() {
@@ -37,6 +36,7 @@ ensure_pkgs() {
     local missing=() p
     for p in "$@"; do pkg_installed "$p" || missing+=("$p"); done
     [ ${#missing[@]} = 0 ] && return 0
+    [ "$(id -u)" = 0 ] || die "must run as root to install ${missing[*]}"
     log "installing ${missing[*]}"
     if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2; then
         apt_update_once
@@ -96,6 +96,7 @@ finish() {
 
 if cache_ok; then finish; fi
 
+[ "$(id -u)" = 0 ] || die "must run as root to build (mknod, apt-get)"
 mkdir -p "$OUT"
 chmod 755 "$OUT"
 # serialize concurrent builds; re-check once we hold the lock
@@ -193,8 +194,9 @@ ls "$R"/lib64/ld-linux* >/dev/null 2>&1 || die "dynamic loader not copied"
 install -m 755 "$INIT_SRC" "$R/init"
 
 log "packing initramfs"
+find "$R" -exec touch -h -d @0 {} +   # fixed mtimes: same inputs, same initrd.img
 (cd "$R" && find . -mindepth 1 -print0 | LC_ALL=C sort -z |
-    cpio --null -o -H newc --owner=0:0 --quiet) | gzip -6 -n > "$WORK/initrd.img"
+    cpio --null -o -H newc --owner=0:0 --reproducible --quiet) | gzip -6 -n > "$WORK/initrd.img"
 
 install -m 644 "$VMLINUZ" "$OUT/.vmlinuz.new"
 install -m 644 "$WORK/initrd.img" "$OUT/.initrd.img.new"

@@ -129,6 +129,7 @@ class _Checker:
         self.expected = {chunk.offset: chunk for chunk in expected.chunks}
         self.seen: set[int] = set()
         self.mismatches: list[int] = []
+        self.stopped = False
 
     def check(self, chunk: Optional[Chunk], offset: int) -> bool:
         want = self.expected.get(offset)
@@ -141,6 +142,8 @@ class _Checker:
         return good
 
     def finish(self) -> list[int]:
+        if self.stopped:
+            return sorted(self.mismatches)
         missing = [offset for offset in self.expected if offset not in self.seen]
         return sorted(self.mismatches + missing)
 
@@ -204,6 +207,7 @@ def _scan(src: int, dst: int, size: int, chunk_size: int,
             chunk = Chunk(offset, length, xxhash.xxh3_128(data).hexdigest())
             listed.append(chunk)
         if checker is not None and not checker.check(chunk, offset) and dst >= 0:
+            checker.stopped = True
             break
         if chunk is not None and dst >= 0:
             for start, end in ranges:

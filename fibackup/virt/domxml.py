@@ -1,6 +1,7 @@
 """Reading and rewriting libvirt domain XML with ElementTree (no string formatting)."""
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
@@ -222,6 +223,7 @@ def as_copy(xml: str, new_name: str, keep_targets: Sequence[str]) -> tuple[str, 
         for interface in devices.findall("interface"):
             for mac in interface.findall("mac"):
                 interface.remove(mac)
+        _rename_chardev_files(devices, new_name)
         for element in devices.findall("disk"):
             spec = _disk_spec(element)
             if spec.target in keep_targets or spec.device in ("cdrom", "floppy") or spec.readonly:
@@ -233,3 +235,20 @@ def as_copy(xml: str, new_name: str, keep_targets: Sequence[str]) -> tuple[str, 
         for nvram in os_element.findall("nvram"):
             os_element.remove(nvram)
     return ET.tostring(root, encoding="unicode"), removed
+
+
+def _rename_chardev_files(devices: ET.Element, new_name: str) -> None:
+    """Give a copy its own console/serial log files: two QEMUs cannot share them."""
+    for tag in ("serial", "console", "parallel", "channel"):
+        for device in devices.findall(tag):
+            source = device.find("source")
+            if device.get("type") == "file" and source is not None and source.get("path"):
+                source.set("path", _prefixed(source.get("path", ""), new_name))
+            log = device.find("log")
+            if log is not None and log.get("file"):
+                log.set("file", _prefixed(log.get("file", ""), new_name))
+
+
+def _prefixed(path: str, prefix: str) -> str:
+    directory, base = os.path.split(path)
+    return os.path.join(directory, f"{prefix}.{base}")

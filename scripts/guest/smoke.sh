@@ -26,6 +26,7 @@ cleanup() {
     [ -n "$TMP" ] && rm -rf "$TMP"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 agent() { "${VIRSH[@]}" qemu-agent-command --timeout 10 "$DOM" "$1"; }
 json_get() {  # json_get KEYPATH  (reads JSON on stdin; KEYPATH like return.pid)
@@ -36,10 +37,18 @@ for k in sys.argv[1].split("."):
 print(json.dumps(v) if isinstance(v, (dict, list, bool)) else v)' "$1"
 }
 
+# libvirt 9 probes QEMU as root (KVM on) but validates the cache against what user libvirt-qemu may
+# open: with /dev/kvm root-only every virsh create re-probes QEMU for 35-60 s. udev normally does this:
+if [ -e /dev/kvm ] && ! runuser -u libvirt-qemu -- test -r /dev/kvm -a -w /dev/kvm 2>/dev/null; then
+    log "WARNING: /dev/kvm is not usable by libvirt-qemu; 'virsh create' will take ~35-60 s here" \
+        "(libvirt re-probes QEMU capabilities each time). Fix: chgrp kvm /dev/kvm && chmod 660 /dev/kvm"
+fi
+
 T=$(now)
-mapfile -t paths < <("$SCRIPT_DIR/../build-guest.sh")
-KERNEL=${paths[-2]}
-INITRD=${paths[-1]}
+build_out=$("$SCRIPT_DIR/../build-guest.sh") || fail "build-guest.sh failed"
+KERNEL=$(tail -n 2 <<<"$build_out" | head -n 1)
+INITRD=$(tail -n 1 <<<"$build_out")
+[ -r "$KERNEL" ] && [ -r "$INITRD" ] || fail "build-guest.sh did not print the kernel and initrd paths"
 log "build (or cache check) took $(since "$T") s: $KERNEL $INITRD"
 
 TMP=$(mktemp -d /tmp/fib-smoke.XXXXXX)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up the host and run the test suite that CI runs (real libvirtd + QEMU).
+#   scripts/test.sh              unit + integration tests (what CI runs, ~10 min)
+#   scripts/test.sh --stress     also the long stress runs (FIBACKUP_STRESS=1)
+#   scripts/test.sh -- ARGS      extra pytest arguments, e.g. -- -k restore
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extra=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --stress) export FIBACKUP_STRESS=1 ;;
+    --) shift; extra=("$@"); break ;;
+    *) echo "usage: scripts/test.sh [--stress] [-- PYTEST-ARGS]" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+bash scripts/setup-host.sh
+bash scripts/build-guest.sh >/dev/null
+exec .venv/bin/python -m pytest -ra "${extra[@]}"

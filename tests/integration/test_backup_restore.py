@@ -1,0 +1,199 @@
+"""Snapshot, backup and restore against a real libvirtd, compared byte for byte."""
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+
+import libvirt
+
+from tests.lab import MiB, assert_same, image_bytes, restore_and_read
+
+
+def _history(dom, backup_dir: str, rounds: int, start_pattern: int = 0x40):
+    """Write, then snapshot -b, ``rounds`` times; return {point id: expected content}."""
+    points = {}
+    for round_number in range(rounds):
+        pattern = start_pattern + round_number
+        dom.write("vda", pattern, (1 + round_number) * MiB, MiB)
+        dom.write("vda", pattern + 0x10, 64 * 1024, 4096)          # overwrite earlier data
+        dom.write("vdb", pattern + 0x20, (3 + 2 * round_number) * MiB, 512 * 1024)
+        result = dom.snapshot(backup_dir).json()[0]
+        points[result["point"]] = dom.expected_now()
+    return points
+
+
+def test_three_points_each_restore_exact(lab):
+    dom = lab.domain()
+    assert " " in dom.directory
+    backup = lab.path("backup one")
+    points = _history(dom, backup, 3)
+    listed = lab.cli("list", "-b", backup, "-d", dom.name, "--json").json()
+    assert [row["seq"] for row in listed] == [1, 2, 3]
+    assert [row["id"] for row in listed] == list(points)
+    assert all(":" not in row["id"] for row in listed)
+    # the first point holds both whole images, later ones only the layer frozen since
+    assert listed[0]["layers"] == 2 and listed[2]["layers"] == 6
+    assert listed[1]["bytes_new"] < listed[0]["bytes_new"]
+    for point_id, expected in points.items():
+        assert_same(restore_and_read(lab, dom.name, backup, point_id), expected, point_id)
+    assert "ok: 3 restore point(s)" in lab.cli("verify", "-b", backup).stdout
+    # overlays are named <stem>.bimg-<tag> beside the image, without a colon
+    top = dom.top("vda")
+    assert os.path.dirname(top) == dom.directory
+    assert os.path.basename(top) == f"vda.bimg-{listed[-1]['id']}" and ":" not in top
+
+
+def test_catch_up_after_snapshot_without_backup_dir(lab):
+    dom = lab.domain()
+    backup = lab.path("backup")
+    first = _history(dom, backup, 1)
+    dom.write("vda", 0x71, 5 * MiB, MiB)
+    dom.snapshot(None)                                # freezes a layer nobody copies
+    dom.write("vda", 0x72, 6 * MiB, MiB)
+    dom.write("vdb", 0x73, 7 * MiB, MiB)
+    result = dom.snapshot(backup).json()[0]
+    expected = dom.expected_now()
+    listed = lab.cli("list", "-b", backup, "--json").json()
+    assert len(listed) == 2                           # one point per snapshot -b run
+    assert listed[1]["layers"] == 6                   # base + first + caught-up + new, per disk
+    assert_same(restore_and_read(lab, dom.name, backup, result["point"]), expected, "caught up")
+    point_id = next(iter(first))
+    assert_same(restore_and_read(lab, dom.name, backup, point_id), first[point_id], "first")
+
+
+def test_new_empty_backup_dir_gets_complete_first_point(lab):
+    dom = lab.domain()
+    first_dir, second_dir = lab.path("first"), lab.path("second")
+    _history(dom, first_dir, 2)
+    dom.write("vdb", 0x55, 2 * MiB, MiB)
+    second = dom.snapshot(second_dir).json()[0]
+    expected_second = dom.expected_now()
+    assert_same(restore_and_read(lab, dom.name, second_dir, second["point"]), expected_second,
+                "first point of a new backup dir")
+    # the first directory catches up on the layer the second run froze
+    dom.write("vda", 0x56, 9 * MiB, MiB)
+    again = dom.snapshot(first_dir).json()[0]
+    assert_same(restore_and_read(lab, dom.name, first_dir, again["point"]), dom.expected_now(),
+                "first dir after a run into another dir")
+
+
+def test_shut_off_domain(lab):
+    dom = lab.domain(start=False)
+    backup = lab.path("backup")
+    dom.write("vda", 0x21, 2 * MiB, MiB)
+    first = dom.snapshot(backup).json()[0]
+    expected_first = dom.expected_now()
+    assert dom.top("vda", inactive=True) == first["overlays"]["vda"]
+    dom.write("vda", 0x22, 3 * MiB, MiB)
+    dom.write("vdb", 0x23, 4 * MiB, MiB)
+    second = dom.snapshot(backup).json()[0]
+    assert_same(restore_and_read(lab, dom.name, backup, first["point"]), expected_first, "offline 1")
+    assert_same(restore_and_read(lab, dom.name, backup, second["point"]), dom.expected_now(),
+                "offline 2")
+    # the definition is consistent: the domain starts on the new chain, with the data
+    dom.start()
+    assert dom.top("vda") == second["overlays"]["vda"]
+    dom.destroy()
+    assert image_bytes(dom.top("vda"), "qcow2") == dom.expected_now()["vda"]
+
+
+def test_persistent_xml_has_no_stale_backing_store(lab):
+    dom = lab.domain()
+    dom.snapshot(None)
+    dom.snapshot(None)
+    inactive = ET.fromstring(dom.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    for disk in inactive.findall("./devices/disk"):
+        assert disk.find("backingStore") is None
+    dom.destroy()
+    dom.start()                                     # probes the chain from the headers
+    assert dom.top("vda").endswith(os.path.basename(dom.top("vda", inactive=True)))
+
+
+def test_restore_repoints_domain_and_backup_continues_from_restored_point(lab):
+    dom = lab.domain()
+    backup = lab.path("backup")
+    points = _history(dom, backup, 3)
+    first_id = list(points)[0]
+    dom.destroy()
+    to = lab.path("restored here")
+    result = lab.cli("restore", "-d", dom.name, "-b", backup, "--to", to, "--at", first_id,
+                     "--json").json()
+    assert result["defined"] == dom.name
+    assert dom.top("vda", inactive=True) == result["disks"]["vda"]
+    dom.expected = {target: bytearray(content) for target, content in points[first_id].items()}
+    dom.start()
+    dom.write("vda", 0x7A, 10 * MiB, MiB)
+    dom.write("vdb", 0x7B, 11 * MiB, 256 * 1024)
+    after = dom.snapshot(backup).json()[0]
+    # incremental from the restored point: only the restored overlays were copied
+    assert after["bytes_copied"] < 4 * MiB, after
+    assert_same(restore_and_read(lab, dom.name, backup, after["point"]), dom.expected_now(),
+                "after restore and more writes")
+    for point_id, expected in points.items():
+        assert_same(restore_and_read(lab, dom.name, backup, point_id), expected, point_id)
+
+
+def test_flatten_gives_one_standalone_image_per_disk(lab):
+    dom = lab.domain()
+    backup = lab.path("backup")
+    points = _history(dom, backup, 2)
+    point_id = list(points)[-1]
+    to = lab.path("flat")
+    result = lab.cli("restore", "-d", dom.name, "-b", backup, "--to", to, "--at", point_id,
+                     "--flatten", "--no-define", "--json").json()
+    assert sorted(os.listdir(to)) == sorted(os.path.basename(p) for p in result["disks"].values())
+    for target, path in result["disks"].items():
+        info = json.loads(os.popen(f"qemu-img info --output=json '{path}'").read())
+        assert "backing-filename" not in info
+        assert image_bytes(path, "qcow2") == points[point_id][target]
+
+
+def test_flipped_byte_is_caught_by_verify_and_restore(lab):
+    dom = lab.domain()
+    backup = lab.path("backup")
+    points = _history(dom, backup, 2)
+    listed = lab.cli("list", "-b", backup, "--json").json()
+    uuid = listed[0]["uuid"]
+    layers_dir = os.path.join(backup, "domains", uuid, "layers")
+    victim = sorted(name for name in os.listdir(layers_dir) if name.endswith(".raw"))[0]
+    path = os.path.join(layers_dir, victim)
+    with open(path, "r+b") as handle:          # flip a byte of the base's initial data
+        handle.seek(100)
+        byte = handle.read(1)
+        handle.seek(100)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    result = lab.cli("verify", "-b", backup, expect=1)
+    assert victim in result.stderr and "offset 0" in result.stderr
+    to = lab.path("bad restore")
+    failed = lab.cli("restore", "-d", dom.name, "-b", backup, "--to", to, "--no-define", "-q",
+                     expect=1)
+    assert "damaged" in failed.stderr and failed.stderr.count("\n") == 1
+    leftovers = [name for name in os.listdir(to)] if os.path.isdir(to) else []
+    assert leftovers == [], leftovers          # nothing that looks like a usable image
+    # the other disk's chain is intact and restores alone
+    intact = lab.cli("restore", "-d", dom.name, "-b", backup, "--to", lab.path("vda only"),
+                     "--disk", "vda", "--no-define", "--json").json()
+    assert image_bytes(intact["disks"]["vda"], "qcow2") == points[list(points)[-1]]["vda"]
+
+
+def test_restore_as_copy_defines_independent_domain(lab):
+    mac = ET.fromstring("<interface type='user'><mac address='52:54:00:12:34:56'/>"
+                        "<model type='virtio'/></interface>")
+    dom = lab.domain(extra_devices=[mac])
+    backup = lab.path("backup")
+    points = _history(dom, backup, 1)
+    copy_name = dom.name + "-copy"
+    lab.forget_name(copy_name)
+    result = lab.cli("restore", "-d", dom.name, "-b", backup, "--to", lab.path("copy"),
+                     "--as", copy_name, "--disk", "vda", "--json").json()
+    assert result["defined"] == copy_name
+    copy = ET.fromstring(lab.conn.lookupByName(copy_name).XMLDesc(2))
+    original = ET.fromstring(dom.dom.XMLDesc(2))
+    assert copy.findtext("uuid") != original.findtext("uuid")
+    assert copy.find("./devices/interface/mac").get("address") != "52:54:00:12:34:56"
+    targets = [disk.find("target").get("dev") for disk in copy.findall("./devices/disk")]
+    assert targets == ["vda"]                     # vdb is not in the copy: no shared disk
+    lab.conn.lookupByName(copy_name).create()     # and it starts
+    assert dom.dom.isActive()
+    assert image_bytes(result["disks"]["vda"], "qcow2") == points[list(points)[0]]["vda"]
