@@ -1,0 +1,134 @@
+"""Every expected failure: non-zero exit, one line naming problem and fix, no
+traceback, and nothing half-done left looking valid (no snapshot taken when the
+backup cannot be made, no manifest without all its data)."""
+from __future__ import annotations
+
+import os
+
+from fibackup.host.lock import DomainLock
+from tests.lab import MiB, DiskDef, assert_same, restore_and_read
+
+
+def one_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("fibackup:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_unknown_domain(lab):
+    result = lab.cli("snapshot", "-d", "fibtest-no-such-domain", expect=1)
+    assert "not defined" in one_line(result)
+
+
+def test_libvirtd_unreachable(lab):
+    result = lab.cli("snapshot", "-d", "x", "--connect",
+                     "qemu+unix:///system?socket=/nonexistent/libvirt-sock", expect=1)
+    assert "cannot connect" in one_line(result) and "libvirtd" in one_line(result)
+
+
+def test_bad_disk_names_are_usage_errors(lab):
+    dom = lab.domain(disks=[DiskDef("vda")])
+    result = lab.cli("snapshot", "-d", dom.name, "--disk", "vdz", expect=2)
+    assert "no disk vdz" in one_line(result)
+
+
+def test_no_such_restore_point_and_missing_backup_dir(lab):
+    dom = lab.domain(disks=[DiskDef("vda")])
+    backup = lab.path("backup")
+    dom.snapshot(backup)
+    result = lab.cli("restore", "-d", dom.name, "-b", backup, "--to", lab.path("r"),
+                     "--at", "19990101-000000", "--no-define", expect=1)
+    assert "no restore point '19990101-000000'" in one_line(result)
+    for command in (["list"], ["verify"]):
+        result = lab.cli(*command, "-b", lab.path("missing"), expect=1)
+        assert "does not exist" in one_line(result)
+    before = dom.top("vda")
+    result = lab.cli("snapshot", "-d", dom.name, "-b", lab.path("no parent", "child"), expect=1)
+    assert "does not exist" in one_line(result)
+    assert dom.top("vda") == before            # refused before any snapshot
+
+
+def test_backup_dir_not_writable(lab):
+    dom = lab.domain(disks=[DiskDef("vda")])
+    readonly = lab.tmpfs("readonly", "8M", readonly=True)
+    before = dom.top("vda")
+    result = lab.cli("snapshot", "-d", dom.name, "-b", readonly, expect=1)
+    assert "not writable" in one_line(result) or "cannot create" in one_line(result) \
+        or "Read-only" in one_line(result)
+    assert dom.top("vda") == before
+
+
+def test_not_enough_space_is_refused_before_the_snapshot(lab):
+    dom = lab.domain(disks=[DiskDef("vda", "qcow2", 32 * MiB)])
+    dom.write("vda", 0x44, 0, 8 * MiB)
+    small = lab.tmpfs("small", "4M")
+    before = dom.top("vda")
+    result = lab.cli("snapshot", "-d", dom.name, "-b", small, expect=1)
+    line = one_line(result)
+    assert "not enough space" in line and "needed" in line and "free" in line
+    assert dom.top("vda") == before
+
+
+def test_disk_full_mid_copy_leaves_no_restore_point(lab):
+    dom = lab.domain(disks=[DiskDef("vda", "qcow2", 32 * MiB)])
+    dom.write("vda", 0x45, 0, 8 * MiB)
+    small = lab.tmpfs("full", "4M")
+    result = lab.cli("snapshot", "-d", dom.name, "-b", small, "--no-space-check", expect=1)
+    assert "filled up" in one_line(result)
+    assert lab.cli("list", "-b", small, "--json").json() == []
+    leftovers = [name for _, _, files in os.walk(small) for name in files
+                 if name != "fibackup-store.json"]
+    assert leftovers == [], leftovers
+    # the domain runs on an intact chain and the next run into a roomy dir works
+    assert dom.dom.isActive()
+    roomy = lab.path("roomy")
+    point = dom.snapshot(roomy).json()[0]["point"]
+    assert_same(restore_and_read(lab, dom.name, roomy, point), dom.expected_now(), "after ENOSPC")
+
+
+def test_domain_locked_by_another_run(lab):
+    dom = lab.domain(disks=[DiskDef("vda")])
+    os.environ["FIBACKUP_STATE_DIR"] = lab.state_dir
+    try:
+        with DomainLock(dom.dom.UUIDString(), dom.name):
+            result = lab.cli("snapshot", "-d", dom.name, expect=4)
+    finally:
+        del os.environ["FIBACKUP_STATE_DIR"]
+    assert "locked by another fibackup run" in one_line(result)
+
+
+def test_quiesce_without_agent_fails_clearly_and_takes_nothing(lab):
+    dom = lab.domain(disks=[DiskDef("vda")])            # firmware only: no agent answers
+    before = dom.top("vda")
+    result = lab.cli("snapshot", "-d", dom.name, "--quiesce", expect=1)
+    line = one_line(result)
+    assert "quiesce" in line and "agent" in line and "No snapshot was taken" in line
+    assert dom.top("vda") == before
+    assert not [name for name in os.listdir(dom.directory) if ".bimg-" in name]
+
+
+def test_restore_refuses_running_domain_and_existing_files(lab):
+    dom = lab.domain(disks=[DiskDef("vda")])
+    backup = lab.path("backup")
+    dom.snapshot(backup)
+    result = lab.cli("restore", "-d", dom.name, "-b", backup, "--to", lab.path("r"), expect=1)
+    assert "needs it shut off" in one_line(result)
+    to = lab.path("twice")
+    lab.cli("restore", "-d", dom.name, "-b", backup, "--to", to, "--no-define")
+    result = lab.cli("restore", "-d", dom.name, "-b", backup, "--to", to, "--no-define", expect=1)
+    assert "--force" in one_line(result)
+    lab.cli("restore", "-d", dom.name, "-b", backup, "--to", to, "--no-define", "--force")
+
+
+def test_unsupported_disks_are_named_with_the_way_out(lab):
+    import xml.etree.ElementTree as ET
+    block = ET.fromstring("<disk type='block' device='disk'><driver name='qemu' type='raw'/>"
+                          "<source dev='/dev/null'/><target dev='vdc' bus='virtio'/></disk>")
+    dom = lab.domain(disks=[DiskDef("vda")], start=False, extra_devices=[block])
+    result = lab.cli("snapshot", "-d", dom.name, expect=1)
+    line = one_line(result)
+    assert "vdc" in line and "--exclude-disk vdc" in line
+    backup = lab.path("backup")
+    lab.cli("snapshot", "-d", dom.name, "-b", backup, "--exclude-disk", "vdc")
+    listed = lab.cli("list", "-b", backup, "--json").json()
+    assert listed[0]["disks"] == ["vda"]
