@@ -64,7 +64,15 @@ make_venv() {
   if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
   fi
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+  local log
+  log=$(mktemp)
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    echo "installing fibackup into .venv failed (see above)" >&2
+    exit 1
+  fi
+  rm -f "$log"
 }
 
 need_root
