@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import xml.etree.ElementTree as ET
 
 import libvirt
@@ -197,3 +198,60 @@ def test_restore_as_copy_defines_independent_domain(lab):
     lab.conn.lookupByName(copy_name).create()     # and it starts
     assert dom.dom.isActive()
     assert image_bytes(result["disks"]["vda"], "qcow2") == points[list(points)[0]]["vda"]
+
+
+def test_restore_defines_a_domain_that_no_longer_exists(lab):
+    dom = lab.domain()
+    backup = lab.path("backup")
+    points = _history(dom, backup, 2)
+    dom.destroy()
+    dom.dom.undefine()
+    result = lab.cli("restore", "-d", dom.name, "-b", backup, "--to", lab.path("back"),
+                     "--json").json()
+    assert result["defined"] == dom.name
+    assert dom.top("vda", inactive=True) == result["disks"]["vda"]
+    dom.start()
+    dom.destroy()
+    assert image_bytes(result["disks"]["vdb"], "qcow2") == points[list(points)[-1]]["vdb"]
+
+
+def test_resized_disk_starts_a_new_full_copy(lab):
+    dom = lab.domain()
+    backup = lab.path("backup")
+    first = _history(dom, backup, 1)
+    dom.dom.blockResize("vda", 24 * MiB, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+    dom.expected["vda"].extend(bytes(8 * MiB))
+    dom.write("vda", 0x5A, 20 * MiB, MiB)
+    result = dom.snapshot(backup).json()[0]
+    assert result["new_generation"] == ["vda"]
+    assert_same(restore_and_read(lab, dom.name, backup, result["point"]), dom.expected_now(),
+                "after resize")
+    point_id = next(iter(first))
+    assert_same(restore_and_read(lab, dom.name, backup, point_id), first[point_id], "before resize")
+
+
+def test_modified_base_is_never_used_as_a_stored_layer(lab):
+    """A base changed behind fibackup's back (same name, new content) is copied again."""
+    dom = lab.domain(start=False)
+    backup = lab.path("backup")
+    first = dom.snapshot(backup).json()[0]
+    expected_first = dom.expected_now()
+    # commit the overlay into the base offline: the base keeps its name, changes content
+    top = dom.top("vda", inactive=True)
+    dom.write("vda", 0x66, 2 * MiB, MiB)
+    subprocess.run(["qemu-img", "commit", "-q", top], check=True)
+    base = os.path.join(dom.directory, "vda.qcow2")
+    subprocess.run(["qemu-img", "rebase", "-q", "-u", "-b", base, "-F", "qcow2", top], check=True)
+    second = dom.snapshot(backup).json()[0]
+    assert "vda" in second["new_generation"]
+    assert_same(restore_and_read(lab, dom.name, backup, second["point"]), dom.expected_now(),
+                "after the base changed")
+    assert_same(restore_and_read(lab, dom.name, backup, first["point"]), expected_first,
+                "the point taken before the base changed")
+
+
+def test_several_domains_partial_failure_exit_code(lab):
+    dom = lab.domain()
+    result = lab.cli("snapshot", "-d", dom.name, "-d", "fibtest-missing", "--json", expect=3)
+    rows = result.json()
+    assert rows[0]["domain"] == dom.name and "error" in rows[1]

@@ -132,3 +132,17 @@ def test_unsupported_disks_are_named_with_the_way_out(lab):
     lab.cli("snapshot", "-d", dom.name, "-b", backup, "--exclude-disk", "vdc")
     listed = lab.cli("list", "-b", backup, "--json").json()
     assert listed[0]["disks"] == ["vda"]
+
+
+def test_restore_target_unreachable_by_qemu_is_named(lab):
+    dom = lab.domain(disks=[DiskDef("vda")])
+    backup = lab.path("backup")
+    dom.snapshot(backup)
+    dom.destroy()
+    private = lab.path("private")
+    os.mkdir(private, 0o700)
+    result = lab.cli("restore", "-d", dom.name, "-b", backup, "--to",
+                     os.path.join(private, "images"), expect=1)
+    line = one_line(result)
+    assert "libvirt-qemu" in line and "chmod o+x" in line and private in line
+    assert not os.path.exists(os.path.join(private, "images", "vda")) 
