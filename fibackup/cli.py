@@ -29,9 +29,9 @@ app = typer.Typer(
 
 T = TypeVar("T")
 
-DomainOpt = typer.Option(..., "-d", "--domain", help="Domain name (repeatable).")
-BackupOpt = typer.Option(None, "-b", "--backup-dir", help="Backup directory.")
-ConnectOpt = typer.Option(None, "--connect", "-c", envvar="LIBVIRT_DEFAULT_URI",
+DomainOpt = typer.Option(..., "-d", "--domain", metavar="NAME", help="Domain name (repeatable).")
+BackupOpt = typer.Option(None, "-b", "--backup-dir", metavar="DIR", help="Backup directory.")
+ConnectOpt = typer.Option(None, "--connect", "-c", envvar="LIBVIRT_DEFAULT_URI", metavar="URI",
                           help="libvirt URI [default: qemu:///system].")
 JsonOpt = typer.Option(False, "--json", help="Print a JSON result on stdout.")
 DebugOpt = typer.Option(False, "--debug", help="Show tracebacks of errors.")
@@ -73,8 +73,8 @@ def _connector(uri: Optional[str]):
 def snapshot(
     domain: List[str] = DomainOpt,
     backup_dir: Optional[str] = BackupOpt,
-    disk: List[str] = typer.Option([], "--disk", help="Only this disk target, e.g. vda (repeatable)."),
-    exclude_disk: List[str] = typer.Option([], "--exclude-disk", help="Leave this disk out (repeatable)."),
+    disk: List[str] = typer.Option([], "--disk", metavar="DISK", help="Only this disk target, e.g. vda (repeatable)."),
+    exclude_disk: List[str] = typer.Option([], "--exclude-disk", metavar="DISK", help="Leave this disk out (repeatable)."),
     quiesce: bool = typer.Option(False, "--quiesce", help="Freeze guest filesystems through the guest agent; fail without one."),
     no_space_check: bool = typer.Option(False, "--no-space-check", help="Skip the free-space check before copying."),
     connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt,
@@ -112,8 +112,8 @@ def snapshot(
 
 @app.command("list")
 def list_command(
-    backup_dir: str = typer.Option(..., "-b", "--backup-dir", help="Backup directory."),
-    domain: Optional[str] = typer.Option(None, "-d", "--domain", help="Only this domain."),
+    backup_dir: str = typer.Option(..., "-b", "--backup-dir", metavar="DIR", help="Backup directory."),
+    domain: Optional[str] = typer.Option(None, "-d", "--domain", metavar="NAME", help="Only this domain."),
     as_json: bool = JsonOpt, debug: bool = DebugOpt,
 ) -> None:
     """List the restore points in a backup directory (no libvirt needed).
@@ -141,7 +141,7 @@ def list_command(
 
 @app.command()
 def status(
-    domain: str = typer.Option(..., "-d", "--domain", help="Domain name."),
+    domain: str = typer.Option(..., "-d", "--domain", metavar="NAME", help="Domain name."),
     backup_dir: Optional[str] = BackupOpt,
     connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, debug: bool = DebugOpt,
 ) -> None:
@@ -172,9 +172,9 @@ def status(
 
 @app.command()
 def verify(
-    backup_dir: str = typer.Option(..., "-b", "--backup-dir", help="Backup directory."),
-    domain: Optional[str] = typer.Option(None, "-d", "--domain", help="Only this domain."),
-    at: Optional[str] = typer.Option(None, "--at", help="Only this restore point (id or seq)."),
+    backup_dir: str = typer.Option(..., "-b", "--backup-dir", metavar="DIR", help="Backup directory."),
+    domain: Optional[str] = typer.Option(None, "-d", "--domain", metavar="NAME", help="Only this domain."),
+    at: Optional[str] = typer.Option(None, "--at", metavar="ID", help="Only this restore point (id or seq)."),
     as_json: bool = JsonOpt, quiet: bool = QuietOpt, debug: bool = DebugOpt,
 ) -> None:
     """Re-read every stored layer and check it against its checksums (no libvirt needed).
@@ -204,14 +204,14 @@ def verify(
 
 @app.command()
 def restore(
-    domain: str = typer.Option(..., "-d", "--domain", help="Domain whose backup to restore."),
-    backup_dir: str = typer.Option(..., "-b", "--backup-dir", help="Backup directory."),
-    to: str = typer.Option(..., "--to", help="Directory for the restored images."),
-    at: Optional[str] = typer.Option(None, "--at", help="Restore point id or seq [default: newest]."),
-    disk: List[str] = typer.Option([], "--disk", help="Only this disk (repeatable)."),
+    domain: str = typer.Option(..., "-d", "--domain", metavar="NAME", help="Domain whose backup to restore (name or UUID)."),
+    backup_dir: str = typer.Option(..., "-b", "--backup-dir", metavar="DIR", help="Backup directory."),
+    to: str = typer.Option(..., "--to", metavar="DIR", help="Directory for the restored images."),
+    at: Optional[str] = typer.Option(None, "--at", metavar="ID", help="Restore point id or seq [default: newest]."),
+    disk: List[str] = typer.Option([], "--disk", metavar="DISK", help="Only this disk (repeatable)."),
     flatten: bool = typer.Option(False, "--flatten", help="One standalone image per disk."),
     no_define: bool = typer.Option(False, "--no-define", help="Only rebuild the images; no libvirt needed."),
-    as_name: Optional[str] = typer.Option(None, "--as", help="Define a copy under this new name."),
+    as_name: Optional[str] = typer.Option(None, "--as", metavar="NEWNAME", help="Define a copy under this new name."),
     force: bool = typer.Option(False, "--force", help="Overwrite files already in --to."),
     no_space_check: bool = typer.Option(False, "--no-space-check", help="Skip the free-space check."),
     connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt,

@@ -77,8 +77,17 @@ def remove_quietly(path: str) -> None:
 
 
 def make_private_dirs(path: str) -> None:
-    """Create ``path`` and missing parents inside an existing store, mode 0700."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    """Create ``path`` and its missing parents, each mode 0700 (guest data is secret)."""
+    missing = []
+    current = os.path.abspath(path)
+    while not os.path.isdir(current):
+        missing.append(current)
+        current = os.path.dirname(current)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
 
 
 def allocated_bytes(path: str) -> int:

@@ -66,6 +66,5 @@ def new_layer_id(tag: str, target: str, position: int) -> str:
 
 def safe_component(text: str) -> str:
     """``text`` reduced to characters that are safe in any file name."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", text)
-    cleaned = cleaned.lstrip(".")
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip(".").replace("..", "__")
     return cleaned or "_"

@@ -81,7 +81,7 @@ def check_header(document: Mapping[str, Any], kind: str, origin: str) -> None:
     if document.get("kind") != kind:
         raise CorruptStoreError(f"{origin} is not a {kind} document")
     version = document.get("version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:
         raise CorruptStoreError(
             f"{origin} has format version {version!r}; this fibackup reads version "
             f"{FORMAT_VERSION} (upgrade fibackup to read it)")
@@ -131,6 +131,8 @@ def layer_record_from_dict(document: Mapping[str, Any], origin: str) -> LayerRec
         raise CorruptStoreError(f"{origin}: unknown checksum algorithm {checksum.get('algorithm')!r}")
     chunk_size = _field(checksum, "chunk_size", int, origin)
     size = _field(document, "size", int, origin)
+    if chunk_size <= 0 or size < 0 or _field(document, "virtual_size", int, origin) < 0:
+        raise CorruptStoreError(f"{origin}: chunk size, size or virtual size out of range")
     chunks = tuple(_chunk(entry, chunk_size, size, origin)
                    for entry in _field(checksum, "chunks", list, origin))
     chunk_list = ChunkList(size, chunk_size, chunks)
@@ -159,7 +161,7 @@ def _chunk(entry: Any, chunk_size: int, size: int, origin: str) -> Chunk:
             or not isinstance(entry[2], str) or not _HEX_RE.match(entry[2])):
         raise CorruptStoreError(f"{origin}: malformed chunk entry {entry!r}")
     offset, length, digest = entry
-    if offset % chunk_size or length <= 0 or length > chunk_size or offset + length > size:
+    if offset < 0 or offset % chunk_size or length <= 0 or length > chunk_size or offset + length > size:
         raise CorruptStoreError(f"{origin}: chunk entry {entry!r} lies outside the file")
     return Chunk(offset, length, digest)
 
@@ -208,7 +210,7 @@ def point_from_dict(document: Mapping[str, Any], origin: str) -> RestorePoint:
         domain_uuid=_checked(_field(domain, "uuid", str, origin), is_valid_uuid, "uuid", origin),
         host=_field(domain, "host", str, origin), disks=disks,
         domain_xml=_field(document, "domain_xml", str, origin),
-        quiesced=bool(document.get("quiesced", False)),
+        quiesced=document.get("quiesced") is True,
         skipped_disks=tuple(str(name) for name in skipped) if isinstance(skipped, list) else ())
 
 
@@ -221,5 +223,5 @@ def _point_layer(entry: Any, origin: str) -> PointLayer:
                               lambda fmt: fmt in IMAGE_FORMATS, "image format", origin),
         size=_field(entry, "size", int, origin),
         virtual_size=_field(entry, "virtual_size", int, origin),
-        digest=_field(entry, "digest", str, origin), new=bool(entry.get("new", False)),
+        digest=_field(entry, "digest", str, origin), new=entry.get("new") is True,
         data_bytes=_field(entry, "data_bytes", int, origin))

@@ -233,11 +233,10 @@ class BackupStore:
         """Copy a stored layer to ``destination``, checking every chunk on the way."""
         record = self.layer_record(domain_uuid, layer_id)
         path = self.layer_path(domain_uuid, layer_id, record.layer.image_format)
-        try:
-            result = scan_file(path, destination, expected=record.chunks, progress=progress)
-        except FileNotFoundError:
+        if not os.path.isfile(path):
             raise IntegrityError(f"stored layer {path} is missing; this restore point "
-                                 "cannot be restored (run 'fibackup verify')") from None
+                                 "cannot be restored (run 'fibackup verify')")
+        result = scan_file(path, destination, expected=record.chunks, progress=progress)
         problems = describe_damage(path, record.chunks, result)
         if problems:
             remove_quietly(destination)

@@ -59,7 +59,8 @@ def _disk_spec(element: ET.Element) -> DiskSpec:
     source_type = element.get("type", "file")
     path = None
     if source is not None:
-        path = source.get("file") if source_type == "file" else source.get("dev")
+        path = (source.get("file") or source.get("dev") or source.get("name")
+                or source.get("volume"))
     backing, terminated = _backing(element)
     return DiskSpec(
         target=(element.find("target").get("dev", "") if element.find("target") is not None else ""),

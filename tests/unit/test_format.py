@@ -203,7 +203,7 @@ def test_unknown_image_format(image_format):
 @pytest.mark.parametrize("entry", [
     [CHUNK * 3, 1, "a" * 32],            # beyond the end of the file
     [CHUNK * 2, CHUNK, "a" * 32],        # last chunk longer than the file
-    [-CHUNK, 10, "a" * 32],              # negative offset
+    [-1, 10, "a" * 32],                  # negative, not aligned
     [0, 0, "a" * 32],                    # empty chunk
     [0, -5, "a" * 32],                   # negative length
     [0, CHUNK + 1, "a" * 32],            # longer than a chunk
@@ -303,13 +303,19 @@ def test_unknown_compression_or_encryption(transform, value):
     assert transform in message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "format.py _chunk: 'offset % chunk_size' with chunk_size 0 raises ZeroDivisionError "
-    "instead of CorruptStoreError"))
-def test_zero_chunk_size():
-    document = with_chunks(layer_doc(), [[0, 10, "a" * 32]])
-    document["checksum"]["chunk_size"] = 0
-    refuse_layer(document)
+def test_negative_aligned_chunk_offset():
+    refuse_layer(with_chunks(layer_doc(), [[-CHUNK, 10, "a" * 32]]))
+
+
+@pytest.mark.parametrize("chunk_size, entries", [
+    (0, [[0, 10, "a" * 32]]),
+    (0, []),
+    (-CHUNK, []),
+])
+def test_chunk_size_not_positive(chunk_size, entries):
+    document = layer_doc()
+    document["checksum"]["chunk_size"] = chunk_size
+    refuse_layer(with_chunks(document, entries))
 
 
 # -- hostile documents: restore points ------------------------------------------

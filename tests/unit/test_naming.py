@@ -122,9 +122,6 @@ def test_new_layer_id_is_safe(target):
     assert is_valid_id(layer_id)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "safe_component keeps an inner '..', which format.is_valid_id rejects, so the "
-    "store refuses the id new_layer_id produced"))
 def test_new_layer_id_is_valid_for_target_with_double_dot():
     assert is_valid_id(naming.new_layer_id("20260101-000000", "a..b", 0))
 
