@@ -6,6 +6,15 @@ import pytest
 from tests.lab import Lab, GUEST_DIR
 
 
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("FIBACKUP_STRESS") == "1":
+        return
+    skip = pytest.mark.skip(reason="stress run: set FIBACKUP_STRESS=1 (scripts/test.sh --stress)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 def _libvirt_ready() -> bool:
     try:
         return subprocess.run(["virsh", "-q", "-c", "qemu:///system", "version"],

@@ -118,9 +118,7 @@ class BackupStore:
         """The domain's restore points, oldest first."""
         directory = os.path.join(self.domain_dir(domain_uuid), "points")
         points = []
-        for name in _listdir(directory):
-            if name.startswith(".") or not name.endswith(".json"):
-                continue
+        for name in _documents(directory):
             path = os.path.join(directory, name)
             point = fmt.point_from_dict(fmt.loads(_read(path), path), path)
             if point.domain_uuid != domain_uuid or name != _point_name(point.seq):
@@ -146,9 +144,7 @@ class BackupStore:
         """Layers with a complete record and image file (candidates for reuse)."""
         directory = os.path.join(self.domain_dir(domain_uuid), "layers")
         layers = []
-        for name in _listdir(directory):
-            if name.startswith(".") or not name.endswith(".json"):
-                continue
+        for name in _documents(directory):
             layer_id = name[:-len(".json")]
             try:
                 layer = self.layer_record(domain_uuid, layer_id).layer
@@ -291,11 +287,13 @@ def _read(path: str) -> bytes:
         return handle.read()
 
 
-def _listdir(path: str) -> list[str]:
+def _documents(path: str) -> list[str]:
+    """Names of the published JSON documents in ``path`` (temporary names skipped)."""
     try:
-        return sorted(os.listdir(path))
+        names = sorted(os.listdir(path))
     except FileNotFoundError:
         return []
+    return [name for name in names if not name.startswith(".") and name.endswith(".json")]
 
 
 def _read_marker(path: str) -> str:
