@@ -87,7 +87,7 @@ def _snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter)
 
     moment = _dt.datetime.now(_dt.timezone.utc)
     tag = _free_tag(naming.timestamp_tag(moment), disks, store, domain.uuid)
-    overlays = {disk.target: naming.overlay_path(disk.active.path, tag) for disk in disks}
+    overlays = naming.overlay_paths(_actives(disks), tag)
     domain.snapshot(domxml.snapshot_xml(overlays, [spec.target for spec in specs]), options.quiesce)
     _remember_overlays(domain.uuid, overlays, tag)
     report.info(f"{domain.name}: snapshot {tag} taken "
@@ -184,9 +184,13 @@ def _free_tag(base: str, disks: Sequence[LiveDisk], store: Optional[BackupStore]
 
     def taken(tag: str) -> bool:
         return tag in point_ids or any(
-            os.path.lexists(naming.overlay_path(disk.active.path, tag)) for disk in disks)
+            os.path.lexists(path) for path in naming.overlay_paths(_actives(disks), tag).values())
 
     return naming.unique_tag(base, taken)
+
+
+def _actives(disks: Sequence[LiveDisk]) -> dict[str, str]:
+    return {disk.target: disk.active.path for disk in disks}
 
 
 def _remember_overlays(domain_uuid: str, overlays: dict[str, str], tag: str) -> None:

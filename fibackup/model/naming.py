@@ -5,7 +5,8 @@ import datetime as _dt
 import os
 import re
 import secrets
-from typing import Callable
+from collections import Counter
+from typing import Callable, Mapping
 
 OVERLAY_MARK = ".bimg-"
 TAG_FORMAT = "%Y%m%d-%H%M%S"
@@ -57,6 +58,20 @@ def overlay_path(image_path: str, tag: str) -> str:
     """The overlay ``<dir>/<stem>.bimg-<tag>`` for an image at ``image_path``."""
     directory = os.path.dirname(image_path)
     return os.path.join(directory, f"{image_stem(image_path)}{OVERLAY_MARK}{tag}")
+
+
+def overlay_paths(actives: Mapping[str, str], tag: str) -> dict[str, str]:
+    """Overlay paths for each disk target's active image, never two alike.
+
+    Two disks whose images share a directory and stem (``vm.qcow2`` and
+    ``vm.img``) get ``<stem>.<target>.bimg-<tag>`` instead of one shared name.
+    """
+    plain = {target: overlay_path(path, tag) for target, path in actives.items()}
+    counts = Counter(plain.values())
+    return {target: path if counts[path] == 1 else os.path.join(
+                os.path.dirname(path), f"{image_stem(actives[target])}.{safe_component(target)}"
+                f"{OVERLAY_MARK}{tag}")
+            for target, path in plain.items()}
 
 
 def new_layer_id(tag: str, target: str, position: int) -> str:

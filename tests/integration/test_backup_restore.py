@@ -255,3 +255,21 @@ def test_several_domains_partial_failure_exit_code(lab):
     result = lab.cli("snapshot", "-d", dom.name, "-d", "fibtest-missing", "--json", expect=3)
     rows = result.json()
     assert rows[0]["domain"] == dom.name and "error" in rows[1]
+
+
+def test_paused_and_transient_domains(lab):
+    dom = lab.domain()
+    backup = lab.path("backup")
+    dom.dom.suspend()
+    dom.write("vda", 0x31, 2 * MiB, MiB)
+    paused = dom.snapshot(backup).json()[0]
+    assert dom.dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+    assert_same(restore_and_read(lab, dom.name, backup, paused["point"]), dom.expected_now(),
+                "paused")
+    dom.dom.resume()
+    dom.dom.undefine()                                  # running on: now transient
+    assert not dom.dom.isPersistent()
+    dom.write("vdb", 0x32, 5 * MiB, MiB)
+    transient = dom.snapshot(backup).json()[0]
+    assert_same(restore_and_read(lab, dom.name, backup, transient["point"]), dom.expected_now(),
+                "transient")

@@ -131,3 +131,15 @@ def test_safe_component():
     assert naming.safe_component("...x") == "x"
     assert naming.safe_component("") == "_"
     assert naming.safe_component("...") == "_"
+
+
+def test_overlay_paths_never_collide_for_disks_sharing_a_stem():
+    paths = naming.overlay_paths({"vda": "/img/vm.qcow2", "vdb": "/img/vm.img",
+                                  "vdc": "/other/vm.qcow2"}, "20260101-000000")
+    assert len(set(paths.values())) == 3
+    assert paths["vdc"] == "/other/vm.bimg-20260101-000000"
+    assert paths["vda"] == "/img/vm.vda.bimg-20260101-000000"
+    # the next snapshot of such an overlay keeps a distinct stem
+    again = naming.overlay_paths({"vda": paths["vda"], "vdb": paths["vdb"]}, "20260102-000000")
+    assert again == {"vda": "/img/vm.vda.bimg-20260102-000000",
+                     "vdb": "/img/vm.vdb.bimg-20260102-000000"}
