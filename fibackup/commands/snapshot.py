@@ -98,7 +98,7 @@ def _snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter)
     result = SnapshotResult(domain.name, tag, overlays, skipped=list(selection.skipped))
     if store is None or index is None:
         return result
-    plans = [plan_disk(disk.target, _frozen(disk), index) for disk in disks]
+    plans = [plan_disk(disk.target, _frozen(disk, index), index) for disk in disks]
     point_disks = {}
     for disk, plan in zip(disks, plans):
         if plan.new_generation and index.has_disk(disk.target):
@@ -227,12 +227,20 @@ def _tidy_persistent_xml(domain: Domain, overlays: dict[str, str]) -> None:
         domain.redefine(xml)
 
 
-def _frozen(disk: LiveDisk) -> list[FrozenLayer]:
-    """Facts about each now-frozen layer; qemu-img's lock check proves it is frozen."""
+def _frozen(disk: LiveDisk, index: LayerIndex) -> list[FrozenLayer]:
+    """Facts about each now-frozen layer.
+
+    A layer the store already holds (same identity) takes its virtual size from
+    the store; any other is inspected with qemu-img without -U, whose lock check
+    fails on an image QEMU still writes to, i.e. one that is not frozen.
+    """
     frozen = []
     for layer in disk.layers:
-        info = img.info(layer.path, layer.format)
-        frozen.append(FrozenLayer(layer, file_identity(layer.path), info.virtual_size))
+        identity = file_identity(layer.path)
+        stored = index.find_any(identity)
+        virtual_size = (stored.virtual_size if stored is not None
+                        else img.info(layer.path, layer.format).virtual_size)
+        frozen.append(FrozenLayer(layer, identity, virtual_size))
     return frozen
 
 

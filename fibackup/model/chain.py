@@ -115,6 +115,11 @@ class LayerIndex:
     def get(self, layer_id: str) -> Optional[StoredLayer]:
         return self._by_id.get(layer_id)
 
+    def find_any(self, identity: FileIdentity) -> Optional[StoredLayer]:
+        """Some stored copy of the file ``identity`` (its content, whatever its parent)."""
+        matches = self._by_identity.get(identity)
+        return matches[0] if matches else None
+
     def find(self, identity: FileIdentity, parent: Optional[str]) -> Optional[StoredLayer]:
         """The stored copy of the file ``identity`` whose logical parent is ``parent``."""
         for stored in self._by_identity.get(identity, ()):
