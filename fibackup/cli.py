@@ -55,6 +55,14 @@ def _run(debug: bool, action: Callable[[], int]) -> None:
         where = f" ({error.filename})" if error.filename else ""
         print(f"fibackup: {error.strerror or error}{where}", file=sys.stderr)
         raise typer.Exit(EXIT_FAILURE)
+    except Exception as error:  # noqa: BLE001 - last resort: one line, never a traceback
+        if type(error).__module__ != "libvirt":
+            raise
+        if debug:
+            traceback.print_exc()
+        print(f"fibackup: libvirt failed: {error}; check 'virsh list --all' and libvirtd's "
+              "log, then run again", file=sys.stderr)
+        raise typer.Exit(EXIT_FAILURE)
     raise typer.Exit(code)
 
 
@@ -123,7 +131,7 @@ def list_command(
     from fibackup.commands.listing import list_points, point_row
 
     def action() -> int:
-        rows = [point_row(point) for point in list_points(backup_dir, domain)]
+        rows = [point_row(point) for point in list_points(backup_dir, domain, Reporter())]
         if as_json:
             _emit_json(rows)
         elif not rows:

@@ -242,6 +242,13 @@ class LabDomain:
                 return disk.find("source").get("file")
         raise KeyError(target)
 
+    def live_xml_inactive_disk(self, target: str) -> ET.Element:
+        root = ET.fromstring(self.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        for disk in root.findall("./devices/disk"):
+            if disk.find("target").get("dev") == target:
+                return disk
+        raise KeyError(target)
+
     def alias(self, target: str) -> str:
         for disk in self.live_xml().findall("./devices/disk"):
             if disk.find("target").get("dev") == target:

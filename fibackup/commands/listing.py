@@ -10,14 +10,18 @@ from fibackup.fsutil import file_identity
 from fibackup.host import state as host_state
 from fibackup.model.chain import LayerIndex
 from fibackup.model.points import RestorePoint
+from fibackup.report import Reporter
 from fibackup.store.repo import BackupStore
 from fibackup.virt import domxml
 from fibackup.virt.libvirt_api import Connection
 
 
-def list_points(backup_dir: str, domain: Optional[str]) -> list[RestorePoint]:
+def list_points(backup_dir: str, domain: Optional[str], report: Reporter) -> list[RestorePoint]:
     store = BackupStore.open(backup_dir)
-    points = store.all_points()
+    problems: list[str] = []
+    points = store.all_points(problems)
+    for problem in problems:
+        report.warn(f"{problem} (not listed; run 'fibackup verify')")
     if domain is not None:
         points = [point for point in points if domain in (point.domain_name, point.domain_uuid)]
     return sorted(points, key=lambda point: (point.domain_name, point.seq))

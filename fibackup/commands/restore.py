@@ -16,11 +16,13 @@ import stat
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-from fibackup.errors import (DestinationError, DomainStateError, RestorePointNotFoundError,
-                             UsageError)
+from fibackup.errors import (DestinationError, DomainStateError, IntegrityError,
+                             RestorePointNotFoundError, UsageError)
 from fibackup.fsutil import ensure_space, file_identity, fsync_dir, publish
 from fibackup.host import state as host_state
 from fibackup.host.lock import DomainLock
+from fibackup.model.chain import chain_from_ids
+from fibackup.model.naming import safe_component
 from fibackup.model.points import PointDisk, RestorePoint, select_point
 from fibackup.qemu import img
 from fibackup.report import Reporter
@@ -70,24 +72,36 @@ class _DiskFiles:
         return [*self.layers, self.top]
 
 
-def find_points(store: BackupStore, domain: str) -> list[RestorePoint]:
-    """The restore points of the domain named (or with UUID) ``domain``."""
-    points = [point for point in store.all_points()
+def find_points(store: BackupStore, domain: str, problems: Optional[list[str]] = None,
+                defined_uuid: Optional[str] = None) -> list[RestorePoint]:
+    """The restore points of the domain named (or with UUID) ``domain``.
+
+    When the store holds several domains of that name (one deleted and
+    recreated), the one defined now is meant; otherwise the user must choose.
+    """
+    points = [point for point in store.all_points(problems)
               if domain in (point.domain_name, point.domain_uuid)]
-    uuids = {point.domain_uuid for point in points}
-    if len(uuids) > 1:
-        newest = max(points, key=lambda point: point.time)
-        return [point for point in points if point.domain_uuid == newest.domain_uuid]
-    return points
+    uuids = sorted({point.domain_uuid for point in points})
+    if len(uuids) <= 1:
+        return points
+    if defined_uuid in uuids:
+        return [point for point in points if point.domain_uuid == defined_uuid]
+    raise UsageError(f"the backup holds restore points of {len(uuids)} different domains named "
+                     f"'{domain}' (UUIDs {', '.join(uuids)}); name one with -d UUID")
 
 
 def restore(options: RestoreOptions, connect: Callable[[], Connection],
             report: Reporter) -> RestoreResult:
     _check_options(options)
     store = BackupStore.open(options.backup_dir)
-    point = select_point(find_points(store, options.domain), options.at)
-    disks = _chosen_disks(point, options.disks)
     conn = connect() if options.define else None
+    named = conn.find_domain(options.domain) if conn and options.as_name is None else None
+    problems: list[str] = []
+    points = find_points(store, options.domain, problems, named.uuid if named else None)
+    for problem in problems:
+        report.warn(f"{problem} (that restore point is not offered)")
+    point = select_point(points, options.at)
+    disks = _chosen_disks(point, options.disks)
     target_domain = _target_domain(conn, point, options) if conn else None
     if target_domain is not None:
         with DomainLock(target_domain.uuid, target_domain.name):
@@ -119,20 +133,31 @@ def _target_domain(conn: Connection, point: RestorePoint,
             raise DestinationError(f"a domain named '{options.as_name}' already exists; "
                                    "choose another name for --as")
         return None
-    return conn.domain_by_uuid(point.domain_uuid) or conn.find_domain(point.domain_name)
+    domain = conn.domain_by_uuid(point.domain_uuid)
+    if domain is not None:
+        return domain
+    other = conn.find_domain(point.domain_name)
+    if other is not None:
+        raise DestinationError(
+            f"domain '{other.name}' (UUID {other.uuid}) is not the domain this backup was taken "
+            f"from (UUID {point.domain_uuid}); restore a copy with --as NEWNAME, or undefine "
+            f"'{other.name}' first")
+    return None
 
 
 def _require_shut_off(domain: Domain) -> None:
     if domain.is_active():
+        stop = "destroy" if domain.state_name() == "paused" else "shutdown"
         raise DomainStateError(
             f"domain '{domain.name}' is {domain.state_name()}; restore repoints its disks and "
-            f"needs it shut off: 'virsh shutdown {domain.name}' (or restore a copy with "
+            f"needs it shut off: 'virsh {stop} {domain.name}' (or restore a copy with "
             "--as NEWNAME, or only the images with --no-define)")
 
 
 def _restore(store: BackupStore, point: RestorePoint, disks: list[PointDisk],
              options: RestoreOptions, conn: Optional[Connection], domain: Optional[Domain],
              report: Reporter) -> RestoreResult:
+    definition = _base_definition(point, domain, disks, options) if conn is not None else None
     destination = _prepare_destination(options.to, options.define, report)
     names = [_names(disk, point, options.flatten) for disk in disks]
     _check_free_names(destination, names, options.force)
@@ -156,8 +181,8 @@ def _restore(store: BackupStore, point: RestorePoint, disks: list[PointDisk],
     fsync_dir(destination)
     if not options.flatten and options.as_name is None:
         _remember_restored(store, point, names, destination)
-    if conn is not None:
-        result.defined = _define(conn, point, domain, result.disks, options, report)
+    if conn is not None and definition is not None:
+        result.defined = _define(conn, point, definition, result.disks, options, report)
     return result
 
 
@@ -211,7 +236,7 @@ def _groups_of(user: str) -> list:
 
 
 def _names(disk: PointDisk, point: RestorePoint, flatten: bool) -> _DiskFiles:
-    stem = f"{disk.target}-{point.id}"
+    stem = f"{safe_component(disk.target)}-{point.id}"
     if flatten:
         return _DiskFiles(disk, [], f"{stem}.qcow2")
     layers = [f"{stem}-{index:02d}.{layer.image_format}" for index, layer in enumerate(disk.layers)]
@@ -237,6 +262,7 @@ def _needed_bytes(store: BackupStore, point: RestorePoint, disks: Sequence[Point
 def _build_disk(store: BackupStore, point: RestorePoint, files: _DiskFiles, staging: str,
                 flatten: bool, report: Reporter) -> None:
     disk = files.disk
+    _check_stacking(store, point, disk)
     layer_names = files.layers or [f"{files.top}.layer{index:02d}.{layer.image_format}"
                                    for index, layer in enumerate(disk.layers)]
     report.info(f"restoring {disk.target} from restore point {point.id} "
@@ -245,6 +271,8 @@ def _build_disk(store: BackupStore, point: RestorePoint, files: _DiskFiles, stag
     for layer, name in zip(disk.layers, layer_names):
         path = os.path.join(staging, name)
         store.restore_layer(point.domain_uuid, layer.id, path)
+        if layer.image_format == "qcow2":
+            _refuse_data_file(path)
         if layer.image_format == "qcow2" and previous is not None:
             img.rebase_unsafe(path, previous[0], previous[1])
         elif layer.image_format == "qcow2":
@@ -262,6 +290,25 @@ def _build_disk(store: BackupStore, point: RestorePoint, files: _DiskFiles, stag
     else:
         img.create_overlay(top, previous[0], previous[1], disk.virtual_size)
     os.chmod(top, 0o600)
+
+
+def _check_stacking(store: BackupStore, point: RestorePoint, disk: PointDisk) -> None:
+    """Each stored layer must name the one below it as its parent (layer records)."""
+    records = {layer.id: store.layer_record(point.domain_uuid, layer.id).layer
+               for layer in disk.layers}
+    try:
+        chain_from_ids([layer.id for layer in disk.layers], records)
+    except (KeyError, ValueError) as error:
+        raise IntegrityError(f"restore point {point.id}, disk {disk.target}: the layers do not "
+                             f"stack ({error}); choose another restore point with --at") from None
+
+
+def _refuse_data_file(path: str) -> None:
+    info = img.info(path, "qcow2")
+    if info.data_file:
+        raise DestinationError(
+            f"the stored layer restored to {path} keeps its data in the external file "
+            f"{info.data_file}, which is not in the backup; refusing an incomplete restore")
 
 
 def _check_no_backing(path: str) -> None:
@@ -285,16 +332,33 @@ def _remember_restored(store: BackupStore, point: RestorePoint, names: Sequence[
     state.save()
 
 
-def _define(conn: Connection, point: RestorePoint, domain: Optional[Domain],
-            images: dict[str, str], options: RestoreOptions, report: Reporter) -> str:
-    sources = {target: (path, "qcow2") for target, path in images.items()}
+def _base_definition(point: RestorePoint, domain: Optional[Domain], disks: Sequence[PointDisk],
+                     options: RestoreOptions) -> str:
+    """The XML to repoint, with every restored disk present; refuse before copying if not."""
+    targets = [disk.target for disk in disks]
     if options.as_name is not None:
-        xml, removed = domxml.as_copy(point.domain_xml, options.as_name, list(images))
-        if removed:
-            report.warn(f"the copy '{options.as_name}' leaves out disk(s) {', '.join(removed)}, "
-                        "which are not in the restored point")
+        xml, _removed = domxml.as_copy(point.domain_xml, options.as_name, targets)
     else:
         xml = domain.inactive_xml() if domain is not None else point.domain_xml
+    xml, unplaced = domxml.add_missing_disks(xml, point.domain_xml, targets)
+    if unplaced:
+        raise DestinationError(
+            f"disk(s) {', '.join(unplaced)} of restore point {point.id} appear in no definition "
+            "fibackup could repoint (hot-plugged and never in the persistent XML); restore "
+            "them with --no-define and attach them by hand, or leave them out with --disk")
+    return xml
+
+
+def _define(conn: Connection, point: RestorePoint, xml: str, images: dict[str, str],
+            options: RestoreOptions, report: Reporter) -> str:
+    sources = {target: (path, "qcow2") for target, path in images.items()}
+    if options.as_name is not None:
+        removed = [target for target in domxml.disk_targets(point.domain_xml)
+                   if target not in images and _is_writable_disk(point.domain_xml, target)]
+        if removed:
+            report.warn(f"the copy '{options.as_name}' leaves out disk(s) {', '.join(removed)}, "
+                        "which were not restored")
+    else:
         others = [target for target in domxml.disk_targets(xml)
                   if target not in images and _is_writable_disk(xml, target)]
         if others:

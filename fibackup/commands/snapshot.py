@@ -16,14 +16,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from fibackup.errors import (DomainStateError, InconsistentChainError, UnsupportedDiskError,
-                             UsageError)
+from fibackup.errors import (DomainStateError, InconsistentChainError, SnapshotError,
+                             UnsupportedDiskError, UsageError)
 from fibackup.fsutil import allocated_bytes, ensure_space, file_identity, host_name, human
 from fibackup.host import state as host_state
 from fibackup.host.lock import DomainLock
 from fibackup.model import naming
-from fibackup.model.chain import (DiskPlan, FrozenLayer, LayerIndex, LiveDisk, LiveLayer,
-                                  StoredLayer, plan_disk)
+from fibackup.model.chain import (DiskPlan, FileIdentity, FrozenLayer, LayerIndex, LiveDisk,
+                                  LiveLayer, StoredLayer, plan_disk)
 from fibackup.model.points import PointDisk, PointLayer, RestorePoint
 from fibackup.qemu import img
 from fibackup.report import Reporter
@@ -78,27 +78,30 @@ def _snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter)
     for target, why in selection.skipped:
         report.info(f"{domain.name}: skipping disk {target} ({why})")
     disks = [LiveDisk(spec.target, live_chain(spec, running)) for spec in selection.selected]
+    for disk in disks:
+        _check_chain(domain.name, disk)
 
     store = _open_store(options.backup_dir) if options.backup_dir else None
     index = _layer_index(store, domain.uuid) if store else None
-    if store is not None and options.space_check:
-        ensure_space(store.root, _estimate(disks, index),
-                     f"the backup of domain '{domain.name}'")
+    if store is not None and index is not None:
+        needed = _preflight(domain.name, disks, index)
+        if options.space_check:
+            ensure_space(store.root, needed, f"the backup of domain '{domain.name}'")
 
     moment = _dt.datetime.now(_dt.timezone.utc)
     tag = _free_tag(naming.timestamp_tag(moment), disks, store, domain.uuid)
     overlays = naming.overlay_paths(_actives(disks), tag)
-    domain.snapshot(domxml.snapshot_xml(overlays, [spec.target for spec in specs]), options.quiesce)
+    _take_snapshot(domain, overlays, [spec.target for spec in specs], options.quiesce)
     _remember_overlays(domain.uuid, overlays, tag)
     report.info(f"{domain.name}: snapshot {tag} taken "
                 f"({', '.join(f'{t} -> {os.path.basename(p)}' for t, p in overlays.items())})")
-    _check_new_tops(domain, overlays)
+    _check_new_chains(domain, disks, overlays)
     _tidy_persistent_xml(domain, overlays)
 
     result = SnapshotResult(domain.name, tag, overlays, skipped=list(selection.skipped))
     if store is None or index is None:
         return result
-    plans = [plan_disk(disk.target, _frozen(disk, index), index) for disk in disks]
+    plans = [plan_disk(disk.target, _frozen(domain.name, disk, index), index) for disk in disks]
     point_disks = {}
     for disk, plan in zip(disks, plans):
         if plan.new_generation and index.has_disk(disk.target):
@@ -162,25 +165,58 @@ def _layer_index(store: BackupStore, domain_uuid: str) -> LayerIndex:
     return LayerIndex(store.stored_layers(domain_uuid), aliases)
 
 
-def _estimate(disks: Sequence[LiveDisk], index: Optional[LayerIndex]) -> int:
-    """Bytes the backup will write at most: layers the store does not hold yet."""
+def _check_chain(name: str, disk: LiveDisk) -> None:
+    """Every layer must be a local qcow2 or raw file fibackup can read and rebuild."""
+    for layer in disk.layers:
+        if layer.format not in ("qcow2", "raw") or not os.path.isfile(layer.path):
+            raise UnsupportedDiskError(
+                f"domain '{name}': disk {disk.target} rests on {layer.path or '?'} "
+                f"({layer.format}), which is not a local qcow2 or raw file fibackup can copy; "
+                f"leave the disk out with --exclude-disk {disk.target}")
+
+
+def _preflight(name: str, disks: Sequence[LiveDisk], index: LayerIndex) -> int:
+    """Check the layers the backup will copy; return the bytes it will write at most."""
     total = 0
     for disk in disks:
         parent: Optional[str] = None
-        matching = index is not None
+        matching = True
         for layer in disk.layers:
-            stored = index.find(file_identity(layer.path), parent) if matching and index else None
-            if stored is None:
-                matching = False
-                total += allocated_bytes(layer.path)
-            else:
+            stored = index.find(file_identity(layer.path), parent) if matching else None
+            if stored is not None:
                 parent = stored.id
+                continue
+            matching = False
+            _refuse_data_file(name, disk.target, img.info(layer.path, layer.format, force_share=True))
+            total += allocated_bytes(layer.path)
     return total
+
+
+def _refuse_data_file(name: str, target: str, info: img.ImageInfo) -> None:
+    if info.data_file:
+        raise UnsupportedDiskError(
+            f"domain '{name}': disk {target} layer {info.path} keeps its data in the external "
+            f"file {info.data_file}, which fibackup does not back up; leave the disk out with "
+            f"--exclude-disk {target}")
+
+
+def _take_snapshot(domain: Domain, overlays: dict[str, str], targets: Sequence[str],
+                   quiesce: bool) -> None:
+    try:
+        domain.snapshot(domxml.snapshot_xml(overlays, targets), quiesce)
+    except SnapshotError as error:
+        moved = [target for target, path in _tops(domain).items() if overlays.get(target) == path]
+        if not moved:
+            raise SnapshotError(f"{error}. No snapshot was taken") from None
+        raise SnapshotError(
+            f"{error}. The snapshot was nevertheless taken: disk(s) {', '.join(moved)} now "
+            "write to new overlays; no backup was made, and the next 'fibackup snapshot -b' "
+            "will copy the frozen layers") from None
 
 
 def _free_tag(base: str, disks: Sequence[LiveDisk], store: Optional[BackupStore],
               domain_uuid: str) -> str:
-    point_ids = {point.id for point in store.points(domain_uuid)} if store else set()
+    point_ids = {point.id for point in store.points(domain_uuid, problems=[])} if store else set()
 
     def taken(tag: str) -> bool:
         return tag in point_ids or any(
@@ -200,14 +236,23 @@ def _remember_overlays(domain_uuid: str, overlays: dict[str, str], tag: str) -> 
     state.save()
 
 
-def _check_new_tops(domain: Domain, overlays: dict[str, str]) -> None:
+def _tops(domain: Domain) -> dict[str, Optional[str]]:
+    return {spec.target: spec.source for spec in domxml.disks(domxml.parse(domain.current_xml()))}
+
+
+def _check_new_chains(domain: Domain, disks: Sequence[LiveDisk], overlays: dict[str, str]) -> None:
+    """After the snapshot each disk must be exactly its old chain plus the new overlay."""
+    running = domain.is_active()
     specs = {spec.target: spec for spec in domxml.disks(domxml.parse(domain.current_xml()))}
-    for target, path in overlays.items():
-        spec = specs.get(target)
-        if spec is None or spec.source != path:
+    for disk in disks:
+        spec = specs.get(disk.target)
+        chain = [layer.path for layer in live_chain(spec, running)] if spec and spec.source else []
+        expected = [layer.path for layer in disk.layers] + [overlays[disk.target]]
+        if chain != expected:
             raise InconsistentChainError(
-                f"after the snapshot, disk {target} of '{domain.name}' does not point at "
-                f"{path}; check 'virsh domblklist {domain.name}' before going on")
+                f"after the snapshot, disk {disk.target} of '{domain.name}' has the chain "
+                f"{' <- '.join(chain) or 'none'} instead of {' <- '.join(expected)}; no backup "
+                f"was made: check 'virsh domblklist {domain.name}' before going on")
 
 
 def _tidy_persistent_xml(domain: Domain, overlays: dict[str, str]) -> None:
@@ -216,7 +261,7 @@ def _tidy_persistent_xml(domain: Domain, overlays: dict[str, str]) -> None:
     An explicit ``<backingStore>`` wins over the image headers, so a stale one
     (after any later offline change) would silently open the wrong files.
     """
-    if not (domain.is_persistent() and domain.is_active()):
+    if not domain.is_persistent():
         return
     persistent = domain.inactive_xml()
     specs = {spec.target: spec for spec in domxml.disks(domxml.parse(persistent))}
@@ -227,7 +272,7 @@ def _tidy_persistent_xml(domain: Domain, overlays: dict[str, str]) -> None:
         domain.redefine(xml)
 
 
-def _frozen(disk: LiveDisk, index: LayerIndex) -> list[FrozenLayer]:
+def _frozen(name: str, disk: LiveDisk, index: LayerIndex) -> list[FrozenLayer]:
     """Facts about each now-frozen layer.
 
     A layer the store already holds (same identity) takes its virtual size from
@@ -238,8 +283,12 @@ def _frozen(disk: LiveDisk, index: LayerIndex) -> list[FrozenLayer]:
     for layer in disk.layers:
         identity = file_identity(layer.path)
         stored = index.find_any(identity)
-        virtual_size = (stored.virtual_size if stored is not None
-                        else img.info(layer.path, layer.format).virtual_size)
+        if stored is None:
+            info = img.info(layer.path, layer.format)
+            _refuse_data_file(name, disk.target, info)
+            virtual_size = info.virtual_size
+        else:
+            virtual_size = stored.virtual_size
         frozen.append(FrozenLayer(layer, identity, virtual_size))
     return frozen
 
@@ -253,16 +302,21 @@ def _back_up_disk(store: BackupStore, domain: Domain, disk: LiveDisk, plan: Disk
         layer_id = naming.new_layer_id(tag, disk.target, position)
         report.info(f"{domain.name}: copying {disk.target} layer {item.layer.path}")
         stored = store.store_layer(domain.uuid, layer_id, item.layer.path, item.layer.format,
-                                   item.virtual_size, parent, disk.target, item.identity)
-        if file_identity(item.layer.path) != item.identity:
-            raise InconsistentChainError(
-                f"{item.layer.path} changed while it was being copied although it should be "
-                "frozen; the copy was not used for a restore point")
+                                   item.virtual_size, parent, disk.target, item.identity,
+                                   check_source=lambda path=item.layer.path, want=item.identity:
+                                   _unchanged(path, want))
         layers.append(_point_layer(stored, new=True))
         result.bytes_copied += stored.data_bytes
         parent = stored.id
     return PointDisk(target=disk.target, virtual_size=layers[-1].virtual_size,
                      layers=tuple(layers), source_path=disk.active.path)
+
+
+def _unchanged(path: str, identity: FileIdentity) -> None:
+    if file_identity(path) != identity:
+        raise InconsistentChainError(
+            f"{path} changed while it was being copied although it should be frozen; the "
+            "copy was discarded and no restore point was made")
 
 
 def _point_layer(stored: StoredLayer, new: bool) -> PointLayer:

@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from fibackup.commands.restore import find_points
-from fibackup.errors import CorruptStoreError
 from fibackup.model.points import select_point
 from fibackup.report import Reporter
 from fibackup.store.repo import BackupStore
@@ -31,17 +30,17 @@ def verify(backup_dir: str, domain: Optional[str], at: Optional[str],
            report: Reporter) -> VerifyResult:
     store = BackupStore.open(backup_dir)
     result = VerifyResult()
-    try:
-        if domain is not None:
-            points = find_points(store, domain)
-            points = [select_point(points, at)] if at is not None else points
-            if not points:
-                select_point(points, None)
-        else:
-            points = store.all_points()
-    except CorruptStoreError as error:
-        result.problems.append(str(error))
-        return result
+    unreadable: list[str] = []
+    if domain is not None:
+        points = find_points(store, domain, unreadable)
+        points = [select_point(points, at)] if at is not None else points
+        if not points and not unreadable:
+            select_point(points, None)
+    else:
+        points = store.all_points(unreadable)
+    for problem in unreadable:
+        result.problems.append(problem)
+        report.warn(problem)
     checked: set[tuple[str, str]] = set()
     for point in points:
         result.points += 1

@@ -64,14 +64,26 @@ def overlay_paths(actives: Mapping[str, str], tag: str) -> dict[str, str]:
     """Overlay paths for each disk target's active image, never two alike.
 
     Two disks whose images share a directory and stem (``vm.qcow2`` and
-    ``vm.img``) get ``<stem>.<target>.bimg-<tag>`` instead of one shared name.
+    ``vm.img``) get ``<stem>.<target>.bimg-<tag>`` instead of one shared name
+    (with ``-2``, ``-3``... in the unlikely case that is taken too).
     """
     plain = {target: overlay_path(path, tag) for target, path in actives.items()}
     counts = Counter(plain.values())
-    return {target: path if counts[path] == 1 else os.path.join(
-                os.path.dirname(path), f"{image_stem(actives[target])}.{safe_component(target)}"
-                f"{OVERLAY_MARK}{tag}")
-            for target, path in plain.items()}
+    result: dict[str, str] = {}
+    for target in sorted(actives):
+        if counts[plain[target]] == 1:
+            result[target] = plain[target]
+    for target in sorted(actives):
+        if target in result:
+            continue
+        directory = os.path.dirname(plain[target])
+        stem = f"{image_stem(actives[target])}.{safe_component(target)}"
+        candidate, counter = os.path.join(directory, f"{stem}{OVERLAY_MARK}{tag}"), 1
+        while candidate in result.values():
+            counter += 1
+            candidate = os.path.join(directory, f"{stem}-{counter}{OVERLAY_MARK}{tag}")
+        result[target] = candidate
+    return {target: result[target] for target in actives}
 
 
 def new_layer_id(tag: str, target: str, position: int) -> str:

@@ -18,6 +18,8 @@ class ImageInfo:
     virtual_size: int
     backing_file: Optional[str]
     backing_format: Optional[str]
+    data_file: Optional[str] = None
+    """An external data file (qcow2 ``data_file``): the data is not in this file."""
 
 
 def _run(args: Sequence[str], what: str) -> str:
@@ -29,7 +31,8 @@ def _run(args: Sequence[str], what: str) -> str:
     if completed.returncode != 0:
         detail = (completed.stderr or completed.stdout).strip().splitlines()
         message = detail[-1] if detail else f"exit code {completed.returncode}"
-        raise ImageToolError(f"{what} failed: {message}")
+        raise ImageToolError(f"{what} failed: {message} (is qemu-utils installed and the "
+                             "image readable? 'qemu-img info' on it tells more)")
     return completed.stdout
 
 
@@ -40,11 +43,7 @@ def info(path: str, image_format: Optional[str] = None, force_share: bool = Fals
         args += ["-f", image_format]
     if force_share:
         args.append("-U")
-    document: dict[str, Any] = json.loads(_run([*args, path], f"qemu-img info {path}"))
-    return ImageInfo(path=path, format=document["format"],
-                     virtual_size=int(document["virtual-size"]),
-                     backing_file=document.get("full-backing-filename") or document.get("backing-filename"),
-                     backing_format=document.get("backing-filename-format"))
+    return _image_info(json.loads(_run([*args, path], f"qemu-img info {path}")), path)
 
 
 def backing_chain(path: str, image_format: Optional[str] = None) -> list[ImageInfo]:
@@ -53,11 +52,16 @@ def backing_chain(path: str, image_format: Optional[str] = None) -> list[ImageIn
     if image_format:
         args += ["-f", image_format]
     documents = json.loads(_run([*args, path], f"qemu-img info {path}"))
-    return [ImageInfo(path=doc["filename"], format=doc["format"],
-                      virtual_size=int(doc["virtual-size"]),
-                      backing_file=doc.get("full-backing-filename") or doc.get("backing-filename"),
-                      backing_format=doc.get("backing-filename-format"))
-            for doc in documents]
+    return [_image_info(document, document["filename"]) for document in documents]
+
+
+def _image_info(document: dict[str, Any], path: str) -> ImageInfo:
+    specific = document.get("format-specific", {}).get("data", {})
+    return ImageInfo(path=path, format=document["format"],
+                     virtual_size=int(document["virtual-size"]),
+                     backing_file=document.get("full-backing-filename") or document.get("backing-filename"),
+                     backing_format=document.get("backing-filename-format"),
+                     data_file=specific.get("data-file"))
 
 
 def create_overlay(path: str, backing: str, backing_format: str, virtual_size: int) -> None:

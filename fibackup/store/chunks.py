@@ -151,16 +151,19 @@ class _Checker:
 def scan_file(src_path: str, dst_path: Optional[str] = None, *,
               expected: Optional[ChunkList] = None,
               chunk_size: int = CHUNK_SIZE,
-              progress: Optional[ProgressFn] = None) -> ScanResult:
+              progress: Optional[ProgressFn] = None,
+              follow_symlinks: bool = True) -> ScanResult:
     """Read ``src_path`` once: hash it, and copy it to ``dst_path`` if given.
 
     With ``expected`` every chunk is compared with the list; the copy stops at
     the first mismatch (the caller must discard ``dst_path``), a plain check
-    goes on and reports every damaged chunk.
+    goes on and reports every damaged chunk.  Stored files are read with
+    ``follow_symlinks=False``: a link inside a store never leads outside it.
     """
     if expected is not None:
         chunk_size = expected.chunk_size
-    src = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC)
+    flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    src = os.open(src_path, flags)
     dst = -1
     try:
         size = os.fstat(src).st_size

@@ -144,7 +144,8 @@ def layer_record_from_dict(document: Mapping[str, Any], origin: str) -> LayerRec
         parent = _checked(_field(document, "parent", str, origin), is_valid_id, "parent id", origin)
     layer = StoredLayer(
         id=_checked(_field(document, "id", str, origin), is_valid_id, "layer id", origin),
-        disk=_field(document, "disk", str, origin), parent=parent,
+        disk=_checked(_field(document, "disk", str, origin), is_valid_id, "disk target", origin),
+        parent=parent,
         image_format=_checked(_field(document, "image_format", str, origin),
                               lambda fmt: fmt in IMAGE_FORMATS, "image format", origin),
         size=size, virtual_size=_field(document, "virtual_size", int, origin),
@@ -192,6 +193,7 @@ def point_from_dict(document: Mapping[str, Any], origin: str) -> RestorePoint:
     domain = _field(document, "domain", dict, origin)
     disks: dict[str, PointDisk] = {}
     for target, entry in _field(document, "disks", dict, origin).items():
+        _checked(target, is_valid_id, "disk target", origin)
         if not isinstance(entry, dict):
             raise CorruptStoreError(f"{origin}: disk {target!r} is not an object")
         layers = tuple(_point_layer(layer, origin) for layer in _field(entry, "layers", list, origin))

@@ -16,7 +16,7 @@ import datetime as _dt
 import errno
 import os
 import uuid as _uuid
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from fibackup.errors import (CorruptStoreError, IntegrityError, NotEnoughSpaceError,
                              StoreUnavailableError)
@@ -68,14 +68,17 @@ class BackupStore:
             raise StoreUnavailableError(
                 f"{root} is not a fibackup backup directory (no {MARKER}); "
                 "check the path given with -b")
-        if os.listdir(root):
+        if any(not name.startswith(f".{MARKER}.partial-") for name in os.listdir(root)):
             raise StoreUnavailableError(
                 f"{root} is not empty and is not a fibackup backup directory; "
                 "choose an empty or new directory for -b")
         store_id = str(_uuid.uuid4())
         document = {"kind": fmt.STORE_KIND, "version": fmt.FORMAT_VERSION,
                     "store_id": store_id, "created": utc_now()}
-        _write(marker, fmt.dumps(document))
+        try:
+            _write(marker, fmt.dumps(document))
+        except FileExistsError:            # another run initialised it at the same moment
+            return cls(root, _read_marker(marker))
         return cls(root, store_id)
 
     def check_writable(self) -> None:
@@ -114,20 +117,37 @@ class BackupStore:
             return []
         return [name for name in names if fmt.is_valid_uuid(name)]
 
-    def points(self, domain_uuid: str) -> list[RestorePoint]:
-        """The domain's restore points, oldest first."""
+    def points(self, domain_uuid: str,
+               problems: Optional[list[str]] = None) -> list[RestorePoint]:
+        """The domain's restore points, oldest first.
+
+        An unreadable manifest raises CorruptStoreError, or, when ``problems``
+        is given, is described there and left out (one damaged manifest must not
+        hide the others).
+        """
         directory = os.path.join(self.domain_dir(domain_uuid), "points")
         points = []
         for name in _documents(directory):
-            path = os.path.join(directory, name)
-            point = fmt.point_from_dict(fmt.loads(_read(path), path), path)
-            if point.domain_uuid != domain_uuid or name != _point_name(point.seq):
-                raise CorruptStoreError(f"{path} belongs to another domain or sequence number")
-            points.append(point)
+            try:
+                points.append(self._point(domain_uuid, os.path.join(directory, name)))
+            except CorruptStoreError as error:
+                if problems is None:
+                    raise
+                problems.append(str(error))
         return sorted(points, key=lambda point: point.seq)
 
-    def all_points(self) -> list[RestorePoint]:
-        return [point for uuid in self.domain_uuids() for point in self.points(uuid)]
+    def _point(self, domain_uuid: str, path: str) -> RestorePoint:
+        try:
+            data = _read(path)
+        except OSError as error:
+            raise CorruptStoreError(f"cannot read {path} ({error.strerror})") from None
+        point = fmt.point_from_dict(fmt.loads(data, path), path)
+        if point.domain_uuid != domain_uuid or os.path.basename(path) != _point_name(point.seq):
+            raise CorruptStoreError(f"{path} belongs to another domain or sequence number")
+        return point
+
+    def all_points(self, problems: Optional[list[str]] = None) -> list[RestorePoint]:
+        return [point for uuid in self.domain_uuids() for point in self.points(uuid, problems)]
 
     def layer_record(self, domain_uuid: str, layer_id: str) -> fmt.LayerRecord:
         path = self._record_path(domain_uuid, layer_id)
@@ -162,14 +182,21 @@ class BackupStore:
 
     def store_layer(self, domain_uuid: str, layer_id: str, source: str, image_format: str,
                     virtual_size: int, parent: Optional[str], disk: str,
-                    identity: FileIdentity, progress: Optional[ProgressFn] = None) -> StoredLayer:
-        """Copy ``source`` into the store (hashing in the same pass), then its record."""
+                    identity: FileIdentity, progress: Optional[ProgressFn] = None,
+                    check_source: Optional[Callable[[], None]] = None) -> StoredLayer:
+        """Copy ``source`` into the store (hashing in the same pass), then its record.
+
+        ``check_source`` runs after the copy and before anything is published; if
+        it raises, the copy is discarded.
+        """
         directory = os.path.join(self.domain_dir(domain_uuid), "layers")
         make_private_dirs(directory)
         final = self.layer_path(domain_uuid, layer_id, image_format)
         temporary = temp_name(directory, os.path.basename(final))
         try:
             chunks = scan_file(source, temporary, progress=progress).chunks
+            if check_source is not None:
+                check_source()
             publish(temporary, final)
         except OSError as error:
             remove_quietly(temporary)
@@ -203,8 +230,11 @@ class BackupStore:
                 seq += 1
 
     def next_seq(self, domain_uuid: str) -> int:
-        points = self.points(domain_uuid)
-        return points[-1].seq + 1 if points else 1
+        """One more than the highest manifest number, readable or not."""
+        directory = os.path.join(self.domain_dir(domain_uuid), "points")
+        numbers = [int(name[:-len(".json")]) for name in _documents(directory)
+                   if name[:-len(".json")].isdigit()]
+        return max(numbers, default=0) + 1
 
     # -- checking ------------------------------------------------------------
 
@@ -217,7 +247,8 @@ class BackupStore:
             return [str(error)]
         path = self.layer_path(domain_uuid, layer_id, record.layer.image_format)
         try:
-            result = scan_file(path, expected=record.chunks, progress=progress)
+            result = scan_file(path, expected=record.chunks, progress=progress,
+                               follow_symlinks=False)
         except FileNotFoundError:
             return [f"{path} is missing"]
         except OSError as error:
@@ -229,10 +260,11 @@ class BackupStore:
         """Copy a stored layer to ``destination``, checking every chunk on the way."""
         record = self.layer_record(domain_uuid, layer_id)
         path = self.layer_path(domain_uuid, layer_id, record.layer.image_format)
-        if not os.path.isfile(path):
-            raise IntegrityError(f"stored layer {path} is missing; this restore point "
-                                 "cannot be restored (run 'fibackup verify')")
-        result = scan_file(path, destination, expected=record.chunks, progress=progress)
+        if os.path.islink(path) or not os.path.isfile(path):
+            raise IntegrityError(f"stored layer {path} is missing or not a regular file; this "
+                                 "restore point cannot be restored (run 'fibackup verify')")
+        result = scan_file(path, destination, expected=record.chunks, progress=progress,
+                           follow_symlinks=False)
         problems = describe_damage(path, record.chunks, result)
         if problems:
             remove_quietly(destination)

@@ -253,3 +253,30 @@ def _rename_chardev_files(devices: ET.Element, new_name: str) -> None:
 def _prefixed(path: str, prefix: str) -> str:
     directory, base = os.path.split(path)
     return os.path.join(directory, f"{prefix}.{base}")
+
+
+def add_missing_disks(xml: str, source_xml: str, targets: Sequence[str]) -> tuple[str, list[str]]:
+    """Copy ``<disk>`` elements of ``targets`` absent from ``xml`` out of ``source_xml``.
+
+    Returns the new XML and the targets found in neither definition.  Copied
+    disks lose their ``<address>`` so libvirt places them anew.
+    """
+    root = parse(xml)
+    devices = root.find("devices")
+    if devices is None:
+        devices = ET.SubElement(root, "devices")
+    present = {spec.target for spec in disks(root)}
+    sources = {(_disk_spec(element)).target: element
+               for element in parse(source_xml).findall("./devices/disk")}
+    unplaced = []
+    for target in targets:
+        if target in present:
+            continue
+        element = sources.get(target)
+        if element is None:
+            unplaced.append(target)
+            continue
+        for address in element.findall("address"):
+            element.remove(address)
+        devices.append(element)
+    return ET.tostring(root, encoding="unicode"), unplaced

@@ -145,10 +145,8 @@ def _snapshot_message(name: str, error: Exception, quiesce: bool) -> str:
     text = _message(error)
     if quiesce and ("agent" in text.lower()):
         return (f"cannot quiesce domain '{name}': {text}; install and start qemu-guest-agent in "
-                "the guest with an org.qemu.guest_agent.0 channel, or run without --quiesce. "
-                "No snapshot was taken")
+                "the guest with an org.qemu.guest_agent.0 channel, or run without --quiesce")
     if "Permission denied" in text:
         return (f"libvirt could not create the snapshot of '{name}': {text}; check that the "
-                "qemu user can write the image directory (and AppArmor/SELinux policy). "
-                "No snapshot was taken")
-    return f"libvirt refused the snapshot of domain '{name}': {text}. No snapshot was taken"
+                "qemu user can write the image directory (and AppArmor/SELinux policy)")
+    return f"libvirt refused the snapshot of domain '{name}': {text}"

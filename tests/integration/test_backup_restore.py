@@ -273,3 +273,17 @@ def test_paused_and_transient_domains(lab):
     transient = dom.snapshot(backup).json()[0]
     assert_same(restore_and_read(lab, dom.name, backup, transient["point"]), dom.expected_now(),
                 "transient")
+
+
+def test_restore_puts_back_a_disk_detached_since_the_point(lab):
+    dom = lab.domain()
+    backup = lab.path("backup")
+    points = _history(dom, backup, 1)
+    dom.destroy()
+    dom.dom.detachDeviceFlags(
+        ET.tostring(dom.live_xml_inactive_disk("vdb"), encoding="unicode"),
+        libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    result = lab.cli("restore", "-d", dom.name, "-b", backup, "--to", lab.path("r"),
+                     "--json").json()
+    assert dom.top("vdb", inactive=True) == result["disks"]["vdb"]
+    assert image_bytes(result["disks"]["vdb"], "qcow2") == points[list(points)[0]]["vdb"]

@@ -146,3 +146,57 @@ def test_restore_target_unreachable_by_qemu_is_named(lab):
     line = one_line(result)
     assert "libvirt-qemu" in line and "chmod o+x" in line and private in line
     assert not os.path.exists(os.path.join(private, "images", "vda")) 
+
+
+def test_qcow2_with_external_data_file_is_refused_before_the_snapshot(lab):
+    import subprocess
+    import xml.etree.ElementTree as ET
+    dom = lab.domain(disks=[DiskDef("vda")], start=False)
+    image = os.path.join(dom.directory, "ext.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+                    f"data_file={os.path.join(dom.directory, 'ext.data')}", image, "4M"], check=True)
+    disk = ET.fromstring("<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+                         "<target dev='vdb' bus='virtio'/></disk>")
+    ET.SubElement(disk, "source", file=image)
+    xml = ET.fromstring(dom.dom.XMLDesc(0))
+    xml.find("devices").append(disk)
+    lab.conn.defineXML(ET.tostring(xml, encoding="unicode"))
+    before = dom.top("vdb", inactive=True)
+    result = lab.cli("snapshot", "-d", dom.name, "-b", lab.path("backup"), expect=1)
+    line = one_line(result)
+    assert "external file" in line and "--exclude-disk vdb" in line
+    assert dom.top("vdb", inactive=True) == before
+
+
+def test_damaged_manifest_of_one_domain_does_not_hide_the_others(lab):
+    first = lab.domain(disks=[DiskDef("vda")])
+    second = lab.domain(disks=[DiskDef("vda")])
+    backup = lab.path("backup")
+    first.snapshot(backup)
+    second.snapshot(backup)
+    uuid = first.dom.UUIDString()
+    manifest = os.path.join(backup, "domains", uuid, "points", "00000001.json")
+    with open(manifest, "w") as handle:
+        handle.write("{garbage")
+    listed = lab.cli("list", "-b", backup, "--json")
+    assert [row["domain"] for row in listed.json()] == [second.name]
+    assert "00000001.json" in listed.stderr
+    lab.cli("restore", "-d", second.name, "-b", backup, "--to", lab.path("r"), "--no-define")
+    result = lab.cli("verify", "-b", backup, expect=1)
+    assert "00000001.json" in result.stderr
+    second.snapshot(backup)                       # later runs still work
+    first.snapshot(backup)
+
+
+def test_recreated_domain_with_same_name_is_not_repointed(lab):
+    dom = lab.domain(disks=[DiskDef("vda")])
+    backup = lab.path("backup")
+    dom.snapshot(backup)
+    xml = dom.dom.XMLDesc(2)
+    dom.destroy()
+    dom.dom.undefine()
+    import re
+    lab.conn.defineXML(re.sub(r"<uuid>[^<]*</uuid>", "", xml))     # same name, new UUID
+    result = lab.cli("restore", "-d", dom.name, "-b", backup, "--to", lab.path("r"), expect=1)
+    assert "is not the domain this backup was taken from" in one_line(result)
+    assert "--as" in one_line(result)

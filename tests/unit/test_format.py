@@ -396,3 +396,16 @@ def test_malformed_point(mutate):
     document = point_doc()
     mutate(document)
     refuse_point(document)
+
+
+def test_disk_target_that_could_name_a_path_is_refused():
+    from fibackup.store import format as fmt_module
+    from fibackup.errors import CorruptStoreError as Corrupt
+    import pytest as _pytest
+    from fibackup.model.points import PointDisk, PointLayer, RestorePoint
+    layer = PointLayer("a-1", "raw", 1, 1, "0" * 32, True, 1)
+    point = RestorePoint("20260101-000000", 1, "2026-01-01T00:00:00Z", "d",
+                         "12345678-1234-1234-1234-123456789abc", "h",
+                         {"../../escaped": PointDisk("../../escaped", 1, (layer,))}, "<domain/>")
+    with _pytest.raises(Corrupt, match="disk target"):
+        fmt_module.point_from_dict(fmt_module.point_to_dict(point), "points/00000001.json")
