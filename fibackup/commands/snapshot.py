@@ -187,7 +187,15 @@ def _preflight(name: str, disks: Sequence[LiveDisk], index: LayerIndex) -> int:
                 parent = stored.id
                 continue
             matching = False
-            _refuse_data_file(name, disk.target, img.info(layer.path, layer.format, force_share=True))
+            info = img.info(layer.path, layer.format, force_share=True)
+            _refuse_data_file(name, disk.target, info)
+            if layer is disk.base and info.backing_file:
+                raise UnsupportedDiskError(
+                    f"domain '{name}': the definition of disk {disk.target} ends its chain at "
+                    f"{layer.path}, but that image's header names the backing file "
+                    f"{info.backing_file}; fibackup cannot be sure which data the guest sees. "
+                    "Remove the explicit <backingStore/> from the disk, or leave it out with "
+                    f"--exclude-disk {disk.target}")
             total += allocated_bytes(layer.path)
     return total
 
