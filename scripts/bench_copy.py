@@ -1,6 +1,7 @@
 """Copy + checksum throughput of fibackup's engine against `cp` + `sync` of the same file.
 
-Ratios only, measured in one run (alternating, median of --repeat runs):
+Ratios only, measured in one run (alternating, median of --repeat runs, page cache
+dropped before each run when running as root):
   dense:  a frozen layer full of data          (fibackup copy+hash vs cp; sync)
   sparse: a raw base, mostly holes             (fibackup vs cp --sparse=always; sync)
 Usage: .venv/bin/python scripts/bench_copy.py [--size-mib 1024] [--repeat 3] [--json FILE]
@@ -43,7 +44,19 @@ def make_sparse(path: str, size: int, data: int) -> None:
         os.fsync(handle.fileno())
 
 
+def drop_caches() -> bool:
+    """Start each run cold, as a nightly backup reads a frozen layer (needs root)."""
+    subprocess.run(["sync"], check=True)
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as handle:
+            handle.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
 def timed(action) -> float:
+    drop_caches()
     start = time.perf_counter()
     action()
     return time.perf_counter() - start

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
@@ -191,13 +193,70 @@ def scan_file(src_path: str, dst_path: Optional[str] = None, *,
             os.close(dst)
 
 
+class _Writer:
+    """Writes chunks on one background thread while the next chunk is read and hashed.
+
+    ``BUFFERS`` buffers rotate: a buffer is reused only after its write finished.
+    Reads, hashing and writes release the GIL, so the copy costs about the time
+    of the slower of reading and writing instead of their sum.
+    """
+
+    BUFFERS = 3
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pool = ThreadPoolExecutor(max_workers=1) if fd >= 0 else None
+        self.pending: deque[Future[None]] = deque()
+
+    def buffers(self, chunk_size: int) -> list[memoryview]:
+        count = self.BUFFERS if self.pool is not None else 1
+        return [memoryview(bytearray(chunk_size)) for _ in range(count)]
+
+    def reserve(self) -> None:
+        """Wait until a buffer is free (at most BUFFERS - 1 writes in flight)."""
+        while len(self.pending) >= self.BUFFERS - 1:
+            self.pending.popleft().result()
+
+    def submit(self, pieces: list[tuple[memoryview, int]]) -> None:
+        assert self.pool is not None
+        self.pending.append(self.pool.submit(_write_pieces, self.fd, pieces))
+
+    def finish(self) -> None:
+        while self.pending:
+            self.pending.popleft().result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            for future in self.pending:
+                future.cancel()
+            self.pool.shutdown(wait=True)
+
+
+def _write_pieces(fd: int, pieces: list[tuple[memoryview, int]]) -> None:
+    for view, offset in pieces:
+        _write_exact(fd, view, offset)
+
+
 def _scan(src: int, dst: int, size: int, chunk_size: int,
           checker: Optional[_Checker], progress: Optional[ProgressFn]) -> list[Chunk]:
-    buffer = bytearray(chunk_size)
-    view = memoryview(buffer)
+    writer = _Writer(dst)
+    try:
+        listed = _scan_with(writer, src, size, chunk_size, checker, progress)
+        writer.finish()
+        return listed
+    finally:
+        writer.close()
+
+
+def _scan_with(writer: _Writer, src: int, size: int, chunk_size: int,
+               checker: Optional[_Checker], progress: Optional[ProgressFn]) -> list[Chunk]:
+    buffers = writer.buffers(chunk_size)
     zeros = bytes(chunk_size)
     listed: list[Chunk] = []
-    for offset, ranges in chunk_ranges(src, size, chunk_size):
+    for number, (offset, ranges) in enumerate(chunk_ranges(src, size, chunk_size)):
+        if writer.pool is not None:
+            writer.reserve()
+        view = buffers[number % len(buffers)]
         length = min(chunk_size, size - offset)
         data = view[:length]
         covered = sum(end - start for start, end in ranges)
@@ -209,12 +268,11 @@ def _scan(src: int, dst: int, size: int, chunk_size: int,
         if data != zeros[:length]:
             chunk = Chunk(offset, length, xxhash.xxh3_128(data).hexdigest())
             listed.append(chunk)
-        if checker is not None and not checker.check(chunk, offset) and dst >= 0:
+        if checker is not None and not checker.check(chunk, offset) and writer.pool is not None:
             checker.stopped = True
             break
-        if chunk is not None and dst >= 0:
-            for start, end in ranges:
-                _write_exact(dst, view[start - offset:end - offset], start)
+        if chunk is not None and writer.pool is not None:
+            writer.submit([(view[start - offset:end - offset], start) for start, end in ranges])
         if progress is not None:
             progress(covered)
     return listed
