@@ -5,6 +5,8 @@ import errno
 import os
 import secrets
 import socket
+
+import xxhash
 from typing import Optional
 
 from fibackup.errors import NotEnoughSpaceError
@@ -124,8 +126,17 @@ def host_name() -> str:
     return socket.gethostname()
 
 
+HEAD_BYTES = 64 * 1024
+
+
 def file_identity(path: str) -> FileIdentity:
-    """The identity fibackup records for a frozen image file (no content read)."""
-    stats = os.stat(path)
+    """The identity fibackup records for a frozen image file (reads its first 64 KiB)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        stats = os.fstat(fd)
+        head = os.pread(fd, HEAD_BYTES, 0)
+    finally:
+        os.close(fd)
     return FileIdentity(host=host_name(), path=os.path.abspath(path), dev=stats.st_dev,
-                        ino=stats.st_ino, size=stats.st_size, mtime_ns=stats.st_mtime_ns)
+                        ino=stats.st_ino, size=stats.st_size, mtime_ns=stats.st_mtime_ns,
+                        head_digest=xxhash.xxh3_128(head).hexdigest())

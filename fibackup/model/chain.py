@@ -21,7 +21,9 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 @dataclass(frozen=True)
 class FileIdentity:
-    """What identifies the content of a frozen image file without reading it."""
+    """What identifies the content of a frozen image file without reading all of it:
+    where it is, its inode, size and modification time, and a checksum of its
+    first 64 KiB (for qcow2, the header with its backing file name)."""
 
     host: str
     path: str
@@ -29,6 +31,7 @@ class FileIdentity:
     ino: int
     size: int
     mtime_ns: int
+    head_digest: str = ""
 
 
 @dataclass(frozen=True)

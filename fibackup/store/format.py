@@ -91,7 +91,8 @@ def check_header(document: Mapping[str, Any], kind: str, origin: str) -> None:
 
 def identity_to_dict(identity: FileIdentity) -> dict[str, Any]:
     return {"host": identity.host, "path": identity.path, "dev": identity.dev,
-            "ino": identity.ino, "size": identity.size, "mtime_ns": identity.mtime_ns}
+            "ino": identity.ino, "size": identity.size, "mtime_ns": identity.mtime_ns,
+            "head_digest": identity.head_digest}
 
 
 def identity_from_dict(document: Mapping[str, Any], origin: str) -> FileIdentity:
@@ -99,7 +100,8 @@ def identity_from_dict(document: Mapping[str, Any], origin: str) -> FileIdentity
         host=_field(document, "host", str, origin), path=_field(document, "path", str, origin),
         dev=_field(document, "dev", int, origin), ino=_field(document, "ino", int, origin),
         size=_field(document, "size", int, origin),
-        mtime_ns=_field(document, "mtime_ns", int, origin))
+        mtime_ns=_field(document, "mtime_ns", int, origin),
+        head_digest=_field(document, "head_digest", str, origin))
 
 
 # -- layer records -------------------------------------------------------------
