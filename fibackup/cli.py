@@ -22,10 +22,13 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode=None,
     help="Forward-incremental, verifiable backups of libvirt/QEMU domains.\n\n"
          "Examples:\n\n"
-         "  fibackup snapshot -d web -b /backup        # snapshot + incremental backup\n\n"
-         "  fibackup list -b /backup                   # restore points\n\n"
-         "  fibackup verify -b /backup                 # re-read every stored byte\n\n"
-         "  fibackup restore -d web -b /backup --to /var/lib/libvirt/images/web-restored")
+         "\b\n"
+         "  fibackup snapshot -d web -b /backup   # snapshot + incremental backup\n"
+         "  fibackup list -b /backup              # restore points\n"
+         "  fibackup verify -b /backup            # re-read every stored byte\n"
+         "  fibackup restore -d web -b /backup --to /srv/web-restored\n\n"
+         "Exit codes: 0 success, 1 failure, 2 usage error, 3 some of several domains "
+         "failed, 4 domain locked by another run.")
 
 T = TypeVar("T")
 
@@ -90,7 +93,14 @@ def snapshot(
 ) -> None:
     """Take one atomic external snapshot of each domain's disks; with -b, back up what froze.
 
-    Example: fibackup snapshot -d web -d db -b /backup --exclude-disk vdc
+    Without -b only the snapshot is taken (nothing is copied); a later run with
+    -b copies every frozen layer the backup directory lacks.
+
+    \b
+    Examples:
+      fibackup snapshot -d web                       # snapshot only
+      fibackup snapshot -d web -d db -b /backup      # snapshot + backup
+      fibackup snapshot -d web -b /backup --exclude-disk vdc --quiesce
     """
     from fibackup.commands.snapshot import SnapshotOptions, snapshot_domain
 
@@ -125,6 +135,9 @@ def list_command(
     as_json: bool = JsonOpt, debug: bool = DebugOpt,
 ) -> None:
     """List the restore points in a backup directory (no libvirt needed).
+
+    Columns: seq and id (what restore --at takes), snapshot time, disks, layers,
+    data stored new by that point, data a restore reads, quiesced or not.
 
     Example: fibackup list -b /backup -d web --json
     """
@@ -227,8 +240,14 @@ def restore(
 ) -> None:
     """Rebuild a restore point's disks in --to and point the domain (or a copy) at them.
 
-    Examples: fibackup restore -d web -b /backup --to /srv/web --at 3;
-    fibackup restore -d web -b /backup --to /srv/web-copy --as web-copy
+    Repointing the domain itself needs it shut off; --as defines a copy and
+    --no-define only rebuilds the images (no libvirt needed).
+
+    \b
+    Examples:
+      fibackup restore -d web -b /backup --to /srv/web --at 3
+      fibackup restore -d web -b /backup --to /srv/web-copy --as web-copy
+      fibackup restore -d web -b /backup --to /srv/img --no-define --flatten
     """
     from fibackup.commands.restore import RestoreOptions, restore as run_restore
 

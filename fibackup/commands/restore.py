@@ -8,6 +8,7 @@ the files moved to their final names, and only then is a domain (re)defined.
 """
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import secrets
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from fibackup.errors import (DestinationError, DomainStateError, IntegrityError,
-                             RestorePointNotFoundError, UsageError)
+                             NotEnoughSpaceError, UsageError)
 from fibackup.fsutil import ensure_space, file_identity, fsync_dir, publish
 from fibackup.host import state as host_state
 from fibackup.host.lock import DomainLock
@@ -100,7 +101,7 @@ def restore(options: RestoreOptions, connect: Callable[[], Connection],
     points = find_points(store, options.domain, problems, named.uuid if named else None)
     for problem in problems:
         report.warn(f"{problem} (that restore point is not offered)")
-    point = select_point(points, options.at)
+    point = select_point(points, options.at, f"domain '{options.domain}'")
     disks = _chosen_disks(point, options.disks)
     target_domain = _target_domain(conn, point, options) if conn else None
     if target_domain is not None:
@@ -120,7 +121,7 @@ def _check_options(options: RestoreOptions) -> None:
 def _chosen_disks(point: RestorePoint, wanted: Sequence[str]) -> list[PointDisk]:
     missing = [target for target in wanted if target not in point.disks]
     if missing:
-        raise RestorePointNotFoundError(
+        raise UsageError(
             f"restore point {point.id} has no disk {', '.join(missing)}; it holds "
             f"{', '.join(sorted(point.disks))}")
     return [point.disks[target] for target in (wanted or sorted(point.disks))]
@@ -167,8 +168,15 @@ def _restore(store: BackupStore, point: RestorePoint, disks: list[PointDisk],
     staging = os.path.join(destination, f".fibackup-restore-{secrets.token_hex(4)}")
     os.mkdir(staging, 0o700)
     try:
-        for files in names:
-            _build_disk(store, point, files, staging, options.flatten, report)
+        try:
+            for files in names:
+                _build_disk(store, point, files, staging, options.flatten, report)
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            raise NotEnoughSpaceError(
+                f"{destination} filled up during the restore; nothing was left there: free up "
+                "space or restore elsewhere") from None
         result = RestoreResult(point)
         for files in names:
             for name in files.all:
@@ -191,9 +199,11 @@ def _prepare_destination(path: str, define: bool, report: Reporter) -> str:
     try:
         os.makedirs(destination, exist_ok=True)
     except OSError as error:
-        raise DestinationError(f"cannot create {destination} ({error.strerror})") from None
+        raise DestinationError(f"cannot create {destination} ({error.strerror}); check the "
+                               "path and its permissions, or choose another --to") from None
     if not os.access(destination, os.W_OK | os.X_OK):
-        raise DestinationError(f"{destination} is not writable")
+        raise DestinationError(f"{destination} is not writable; fix its permissions or "
+                               "choose another --to")
     blocked = _unreachable_by_qemu(destination)
     if blocked:
         message = (f"QEMU runs as user {blocked[1]} and cannot reach {blocked[0]} "

@@ -176,13 +176,19 @@ def _check_chain(name: str, disk: LiveDisk) -> None:
 
 
 def _preflight(name: str, disks: Sequence[LiveDisk], index: LayerIndex) -> int:
-    """Check the layers the backup will copy; return the bytes it will write at most."""
+    """Check the layers the backup will copy; return the bytes it will write at most.
+
+    Of the active layer only the image header is inspected (qemu-img -U): its
+    data is never read, and it cannot be in the store yet.
+    """
     total = 0
     for disk in disks:
         parent: Optional[str] = None
         matching = True
         for layer in disk.layers:
-            stored = index.find(file_identity(layer.path), parent) if matching else None
+            active = layer is disk.active
+            stored = (index.find(file_identity(layer.path), parent)
+                      if matching and not active else None)
             if stored is not None:
                 parent = stored.id
                 continue

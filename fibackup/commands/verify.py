@@ -33,9 +33,9 @@ def verify(backup_dir: str, domain: Optional[str], at: Optional[str],
     unreadable: list[str] = []
     if domain is not None:
         points = find_points(store, domain, unreadable)
-        points = [select_point(points, at)] if at is not None else points
+        points = [select_point(points, at, f"domain '{domain}'")] if at is not None else points
         if not points and not unreadable:
-            select_point(points, None)
+            select_point(points, None, f"domain '{domain}'")
     else:
         points = store.all_points(unreadable)
     for problem in unreadable:

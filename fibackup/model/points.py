@@ -71,12 +71,14 @@ class RestorePoint:
         return sum(len(disk.layers) for disk in self.disks.values())
 
 
-def select_point(points: Sequence[RestorePoint], at: Optional[str]) -> RestorePoint:
+def select_point(points: Sequence[RestorePoint], at: Optional[str],
+                 domain: str = "this domain") -> RestorePoint:
     """The point ``at`` names (an id, a sequence number, or ``latest``/None)."""
     if not points:
         raise RestorePointNotFoundError(
-            "there is no restore point for this domain in the backup directory; "
-            "run 'fibackup snapshot -d DOMAIN -b DIR' first")
+            f"the backup directory holds no restore point of {domain}; check the name and "
+            "the directory with 'fibackup list -b DIR' (a backup is made by "
+            "'fibackup snapshot -d DOMAIN -b DIR')")
     ordered = sorted(points, key=lambda point: point.seq)
     if at is None or at == "latest":
         return ordered[-1]

@@ -60,7 +60,8 @@ class BackupStore:
                     "exist (is the backup disk mounted?)")
             _mkdir(root)
         if not os.path.isdir(root):
-            raise StoreUnavailableError(f"backup directory {root} is not a directory")
+            raise StoreUnavailableError(f"backup directory {root} is not a directory; "
+                                        "give a directory with -b")
         marker = os.path.join(root, MARKER)
         if os.path.exists(marker):
             return cls(root, _read_marker(marker))
@@ -310,8 +311,10 @@ def _write(path: str, data: bytes) -> None:
     except OSError as error:
         if error.errno == errno.ENOSPC:
             raise NotEnoughSpaceError(f"the backup disk is full while writing {path}; "
-                                        "free up space and run again") from None
-        raise
+                                      "free up space and run again") from None
+        raise StoreUnavailableError(f"cannot write {path} ({error.strerror}); the backup "
+                                    "directory is not writable: fix its permissions or mount "
+                                    "it read-write") from None
 
 
 def _read(path: str) -> bytes:

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
-from fibackup.errors import CorruptStoreError
+from fibackup.errors import CorruptStoreError, UsageError
 from fibackup.model.chain import LiveLayer
 
 
@@ -105,7 +105,8 @@ def select_disks(specs: Sequence[DiskSpec], include: Sequence[str],
         harmless = _skip_reason(spec)
         if harmless:
             if spec.target in include:
-                refused.append((spec.target, f"cannot be backed up: it is {harmless}"))
+                raise UsageError(f"disk {spec.target} is {harmless}: there is nothing to back "
+                                 f"up; drop --disk {spec.target}")
             else:
                 skipped.append((spec.target, harmless))
             continue

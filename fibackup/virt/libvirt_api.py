@@ -55,7 +55,8 @@ class Connection:
                 raise DomainNotFoundError(
                     f"domain '{name}' is not defined on {self.uri}; 'virsh list --all' shows "
                     "the defined domains") from None
-            raise LibvirtError(f"cannot look up domain '{name}': {_message(error)}") from None
+            raise LibvirtError(f"cannot look up domain '{name}': {_message(error)}; is libvirtd "
+                               "still running?") from None
 
     def find_domain(self, name: str) -> Optional["Domain"]:
         try:
@@ -73,7 +74,8 @@ class Connection:
         try:
             return Domain(self.handle.defineXML(xml))
         except libvirt.libvirtError as error:
-            raise LibvirtError(f"libvirt refused the domain definition: {_message(error)}") from None
+            raise LibvirtError(f"libvirt refused the domain definition: {_message(error)}; "
+                               "restore with --no-define and define the domain by hand") from None
 
     def close(self) -> None:
         try:
@@ -149,4 +151,5 @@ def _snapshot_message(name: str, error: Exception, quiesce: bool) -> str:
     if "Permission denied" in text:
         return (f"libvirt could not create the snapshot of '{name}': {text}; check that the "
                 "qemu user can write the image directory (and AppArmor/SELinux policy)")
-    return f"libvirt refused the snapshot of domain '{name}': {text}"
+    return (f"libvirt refused the snapshot of domain '{name}': {text} (see "
+            f"'virsh domblklist {name}' and libvirtd's log)")

@@ -287,3 +287,50 @@ def test_restore_puts_back_a_disk_detached_since_the_point(lab):
                      "--json").json()
     assert dom.top("vdb", inactive=True) == result["disks"]["vdb"]
     assert image_bytes(result["disks"]["vdb"], "qcow2") == points[list(points)[0]]["vdb"]
+
+
+def test_status_shows_live_chain_and_what_the_backup_holds(lab):
+    dom = lab.domain()
+    backup = lab.path("backup")
+    dom.snapshot(backup)
+    dom.snapshot(None)
+    status = lab.cli("status", "-d", dom.name, "-b", backup, "--json").json()
+    vda = status["vda"]
+    assert [layer["role"] for layer in vda] == ["active", "frozen", "frozen"]
+    assert vda[0]["path"] == dom.top("vda")
+    assert vda[1]["backed_up"] is None            # frozen without -b: not in the backup
+    assert vda[2]["backed_up"] is not None         # the base, copied by the first run
+    table = lab.cli("status", "-d", dom.name, "-b", backup).stdout
+    assert "NOT BACKED UP" in table and "active" in table
+
+
+def test_new_and_replaced_disks_start_their_own_full_copy(lab):
+    dom = lab.domain(start=False)
+    backup = lab.path("backup")
+    first = dom.snapshot(backup).json()[0]
+    expected_first = dom.expected_now()
+    # replace vdb's image by another file and add a new disk vdc
+    replacement = os.path.join(dom.directory, "other.img")
+    with open(replacement, "wb") as handle:
+        handle.truncate(16 * MiB)
+        handle.write(b"\x99" * MiB)
+    root = ET.fromstring(dom.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    for disk in root.findall("./devices/disk"):
+        if disk.find("target").get("dev") == "vdb":
+            disk.find("source").set("file", replacement)
+            disk.find("driver").set("type", "raw")
+    extra = os.path.join(dom.directory, "vdc.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", extra, "8M"], check=True)
+    new = ET.SubElement(root.find("devices"), "disk", type="file", device="disk")
+    ET.SubElement(new, "driver", name="qemu", type="qcow2")
+    ET.SubElement(new, "source", file=extra)
+    ET.SubElement(new, "target", dev="vdc", bus="virtio")
+    lab.conn.defineXML(ET.tostring(root, encoding="unicode"))
+    dom.expected["vdb"] = bytearray(b"\x99" * MiB + bytes(15 * MiB))
+    dom.expected["vdc"] = bytearray(8 * MiB)
+    second = dom.snapshot(backup).json()[0]
+    assert second["new_generation"] == ["vdb"]
+    assert_same(restore_and_read(lab, dom.name, backup, second["point"]), dom.expected_now(),
+                "replaced and new disks")
+    assert_same(restore_and_read(lab, dom.name, backup, first["point"]), expected_first,
+                "before the change")

@@ -218,11 +218,11 @@ def test_exclude_skips_even_unsupported_disks():
     assert selection.refused == ()
 
 
-def test_explicitly_included_harmless_disk_is_refused():
+def test_explicitly_included_harmless_disk_is_a_usage_error():
+    from fibackup.errors import UsageError
     specs = specs_of(disk_xml("vda"), disk_xml("hdc", device="cdrom", fmt="raw"))
-    selection = domxml.select_disks(specs, ["vda", "hdc"], [])
-    assert [spec.target for spec in selection.selected] == ["vda"]
-    assert targets(selection.refused) == ["hdc"]
+    with pytest.raises(UsageError, match="drop --disk hdc"):
+        domxml.select_disks(specs, ["vda", "hdc"], [])
 
 
 # -- snapshot XML --------------------------------------------------------------------
