@@ -266,7 +266,8 @@ class LabDomain:
             reply = libvirt_qemu_monitor(output, hmp)
             assert "error" not in reply.lower() and "failed" not in reply.lower(), reply
         else:
-            qemu_io(self.top(target, inactive=True), "qcow2", command)
+            disk = self.live_xml_inactive_disk(target)
+            qemu_io(disk.find("source").get("file"), disk.find("driver").get("type"), command)
         self.expected[target][offset:offset + length] = bytes([pattern]) * length
 
     def expected_now(self) -> dict[str, bytes]:

@@ -266,3 +266,29 @@ def test_list_verify_and_restore_need_no_libvirt(lab):
         lab.cli("status", "-d", dom.name, expect=1)          # this one needs libvirt
     finally:
         del os.environ["LIBVIRT_DEFAULT_URI"]
+
+
+def test_killed_run_publishes_no_point_and_the_next_run_catches_up(lab):
+    import signal
+    import subprocess
+    import sys
+    import time
+    dom = lab.domain(disks=[DiskDef("vda", "raw", 512 * MiB)], start=False)
+    for index in range(8):
+        dom.write("vda", 0x50 + index, index * 64 * MiB, 48 * MiB)
+    backup = lab.path("backup")
+    env = {**os.environ, "FIBACKUP_STATE_DIR": lab.state_dir}
+    process = subprocess.Popen([sys.executable, "-m", "fibackup", "snapshot", "-d", dom.name,
+                                "-b", backup], env=env, stderr=subprocess.DEVNULL)
+    layers = os.path.join(backup, "domains", dom.dom.UUIDString(), "layers")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if os.path.isdir(layers) and any(".partial-" in name for name in os.listdir(layers)):
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert lab.cli("list", "-b", backup, "--json").json() == []
+    point = dom.snapshot(backup).json()[0]["point"]
+    assert_same(restore_and_read(lab, dom.name, backup, point), dom.expected_now(), "after kill")
+    assert "ok: 1 restore point(s)" in lab.cli("verify", "-b", backup).stdout
