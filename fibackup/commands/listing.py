@@ -5,7 +5,6 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from fibackup.commands.snapshot import live_chain
 from fibackup.fsutil import file_identity
 from fibackup.host import state as host_state
 from fibackup.model.chain import LayerIndex
@@ -13,6 +12,7 @@ from fibackup.model.points import RestorePoint
 from fibackup.report import Reporter
 from fibackup.store.repo import BackupStore
 from fibackup.virt import domxml
+from fibackup.virt.chains import live_chain
 from fibackup.virt.libvirt_api import Connection
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 from fibackup.errors import (DomainStateError, InconsistentChainError, SnapshotError,
@@ -23,12 +23,13 @@ from fibackup.host import state as host_state
 from fibackup.host.lock import DomainLock
 from fibackup.model import naming
 from fibackup.model.chain import (DiskPlan, FileIdentity, FrozenLayer, LayerIndex, LiveDisk,
-                                  LiveLayer, StoredLayer, plan_disk)
+                                  StoredLayer, plan_disk)
 from fibackup.model.points import PointDisk, PointLayer, RestorePoint
 from fibackup.qemu import img
 from fibackup.report import Reporter
 from fibackup.store.repo import BackupStore
 from fibackup.virt import domxml
+from fibackup.virt.chains import live_chain
 from fibackup.virt.libvirt_api import Connection, Domain
 
 
@@ -68,8 +69,7 @@ def snapshot_domain(conn: Connection, name: str, options: SnapshotOptions,
 
 def _snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter) -> SnapshotResult:
     _check_state(domain)
-    running = domain.is_active()
-    if options.quiesce and not running:
+    if options.quiesce and not domain.is_active():
         raise UsageError(f"domain '{domain.name}' is shut off: there is nothing to quiesce; "
                          "run without --quiesce")
     config_xml = domain.inactive_xml()
@@ -77,19 +77,15 @@ def _snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter)
     selection = _select(domain.name, specs, options)
     for target, why in selection.skipped:
         report.info(f"{domain.name}: skipping disk {target} ({why})")
-    disks = [LiveDisk(spec.target, live_chain(spec, running)) for spec in selection.selected]
+    disks = [LiveDisk(spec.target, live_chain(spec, domain.is_active()))
+             for spec in selection.selected]
     for disk in disks:
         _check_chain(domain.name, disk)
-
-    store = _open_store(options.backup_dir) if options.backup_dir else None
-    index = _layer_index(store, domain.uuid) if store else None
-    if store is not None and index is not None:
-        needed = _preflight(domain.name, disks, index)
-        if options.space_check:
-            ensure_space(store.root, needed, f"the backup of domain '{domain.name}'")
+    backup = _prepare_backup(domain, disks, options) if options.backup_dir else None
 
     moment = _dt.datetime.now(_dt.timezone.utc)
-    tag = _free_tag(naming.timestamp_tag(moment), disks, store, domain.uuid)
+    tag = _free_tag(naming.timestamp_tag(moment), disks, backup[0] if backup else None,
+                    domain.uuid)
     overlays = naming.overlay_paths(_actives(disks), tag)
     _take_snapshot(domain, overlays, [spec.target for spec in specs], options.quiesce)
     _remember_overlays(domain.uuid, overlays, tag)
@@ -99,24 +95,43 @@ def _snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter)
     _tidy_persistent_xml(domain, overlays)
 
     result = SnapshotResult(domain.name, tag, overlays, skipped=list(selection.skipped))
-    if store is None or index is None:
-        return result
+    if backup is not None:
+        point = RestorePoint(
+            id=tag, seq=0, time=moment.strftime("%Y-%m-%dT%H:%M:%SZ"), domain_name=domain.name,
+            domain_uuid=domain.uuid, host=host_name(), disks={}, domain_xml=config_xml,
+            quiesced=options.quiesce,
+            skipped_disks=tuple(target for target, _ in selection.skipped))
+        _back_up(backup[0], backup[1], domain, disks, point, result, report)
+    return result
+
+
+def _prepare_backup(domain: Domain, disks: Sequence[LiveDisk],
+                    options: SnapshotOptions) -> tuple[BackupStore, LayerIndex]:
+    """Open the store and check, before any snapshot, that the backup can be made."""
+    assert options.backup_dir is not None
+    store = _open_store(options.backup_dir)
+    index = _layer_index(store, domain.uuid)
+    needed = _preflight(domain.name, disks, index)
+    if options.space_check:
+        ensure_space(store.root, needed, f"the backup of domain '{domain.name}'")
+    return store, index
+
+
+def _back_up(store: BackupStore, index: LayerIndex, domain: Domain, disks: Sequence[LiveDisk],
+             draft: RestorePoint, result: SnapshotResult, report: Reporter) -> None:
+    """Copy what the store lacks of each now-frozen chain, then publish the point."""
     plans = [plan_disk(disk.target, _frozen(domain.name, disk, index), index) for disk in disks]
     point_disks = {}
     for disk, plan in zip(disks, plans):
         if plan.new_generation and index.has_disk(disk.target):
             result.new_generation.append(disk.target)
             report.info(f"{domain.name}: disk {disk.target} starts a new full copy ({plan.reason})")
-        point_disks[disk.target] = _back_up_disk(store, domain, disk, plan, tag, result, report)
-    point = RestorePoint(
-        id=tag, seq=store.next_seq(domain.uuid), time=moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        domain_name=domain.name, domain_uuid=domain.uuid, host=host_name(), disks=point_disks,
-        domain_xml=config_xml, quiesced=options.quiesce,
-        skipped_disks=tuple(target for target, _ in selection.skipped))
+        point_disks[disk.target] = _back_up_disk(store, domain, disk, plan, draft.id, result,
+                                                 report)
+    point = replace(draft, seq=store.next_seq(domain.uuid), disks=point_disks)
     result.point = store.publish_point(point)
-    report.info(f"{domain.name}: restore point {tag} (#{result.point.seq}) stored in {store.root}: "
-                f"{human(result.bytes_copied)} copied")
-    return result
+    report.info(f"{domain.name}: restore point {point.id} (#{result.point.seq}) stored in "
+                f"{store.root}: {human(result.bytes_copied)} copied")
 
 
 def _select(name: str, specs: Sequence[domxml.DiskSpec], options: SnapshotOptions) -> domxml.Selection:
@@ -135,23 +150,6 @@ def _select(name: str, specs: Sequence[domxml.DiskSpec], options: SnapshotOption
         raise UsageError(f"domain '{name}' has no disk that fibackup can back up "
                          "(all are skipped or excluded)")
     return selection
-
-
-def live_chain(spec: domxml.DiskSpec, running: bool) -> tuple[LiveLayer, ...]:
-    """The disk's chain, base first, from the XML or (when incomplete) the image headers."""
-    assert spec.source is not None
-    top = LiveLayer(os.path.abspath(spec.source), spec.format)
-    if spec.backing_terminated:
-        return tuple(reversed((top, *spec.backing)))
-    if running and not spec.backing:
-        raise InconsistentChainError(
-            f"libvirt reports no backing chain for running disk {spec.target}; "
-            "refusing to guess which layers are frozen")
-    probe_from = spec.backing[-1] if spec.backing else top
-    known = [top, *spec.backing[:-1]] if spec.backing else []
-    probed = [LiveLayer(info.path, info.format)
-              for info in img.backing_chain(probe_from.path, probe_from.format)]
-    return tuple(reversed([*known, *probed]))
 
 
 def _open_store(path: str) -> BackupStore:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import os
+from dataclasses import replace
 import uuid as _uuid
 from typing import Callable, Iterator, Optional
 
@@ -222,7 +223,7 @@ class BackupStore:
         make_private_dirs(directory)
         seq = point.seq
         while True:
-            candidate = RestorePoint(**{**point.__dict__, "seq": seq})
+            candidate = replace(point, seq=seq)
             path = os.path.join(directory, _point_name(seq))
             try:
                 _write(path, fmt.dumps(fmt.point_to_dict(candidate)))
