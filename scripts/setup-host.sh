@@ -38,15 +38,23 @@ install_packages() {
   fi
 }
 
+libvirt_answers() {
+  virsh -q -c qemu:///system version >/dev/null 2>&1
+}
+
 start_daemons() {
+  libvirt_answers && return 0
   if [ -d /run/systemd/system ]; then
     systemctl start virtlogd libvirtd
   else
-    pgrep -x virtlogd >/dev/null || virtlogd -d
-    pgrep -x libvirtd >/dev/null || libvirtd -d
+    # a process alone is not enough: a container may see another root's daemons
+    if ! { [ -S /run/libvirt/virtlogd-sock ] && pgrep -x virtlogd >/dev/null; }; then
+      virtlogd -d
+    fi
+    libvirtd -d
   fi
   for _ in $(seq 1 50); do
-    virsh -q -c qemu:///system version >/dev/null 2>&1 && return 0
+    libvirt_answers && return 0
     sleep 0.2
   done
   echo "libvirtd did not answer on qemu:///system" >&2
