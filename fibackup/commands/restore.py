@@ -280,7 +280,8 @@ def _build_disk(store: BackupStore, point: RestorePoint, files: _DiskFiles, stag
     previous: Optional[tuple[str, str]] = None
     for layer, name in zip(disk.layers, layer_names):
         path = os.path.join(staging, name)
-        store.restore_layer(point.domain_uuid, layer.id, path)
+        store.restore_layer(point.domain_uuid, layer.id, path,
+                            progress=report.progress(f"{disk.target} {name}", layer.data_bytes))
         if layer.image_format == "qcow2":
             _refuse_data_file(path)
         if layer.image_format == "qcow2" and previous is not None:

@@ -315,6 +315,9 @@ def _back_up_disk(store: BackupStore, domain: Domain, disk: LiveDisk, plan: Disk
         report.info(f"{domain.name}: copying {disk.target} layer {item.layer.path}")
         stored = store.store_layer(domain.uuid, layer_id, item.layer.path, item.layer.format,
                                    item.virtual_size, parent, disk.target, item.identity,
+                                   progress=report.progress(
+                                       f"{disk.target} {os.path.basename(item.layer.path)}",
+                                       allocated_bytes(item.layer.path)),
                                    check_source=lambda path=item.layer.path, want=item.identity:
                                    _unchanged(path, want))
         layers.append(_point_layer(stored, new=True))
