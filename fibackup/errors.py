@@ -24,7 +24,8 @@ Hierarchy::
     │   ├── RestorePointNotFoundError
     │   └── IntegrityError                   stored bytes differ from their checksums
     ├── DestinationError                     restore target unusable or in the way
-    └── InconsistentChainError               live chain differs from what fibackup expects
+    ├── InconsistentChainError               live chain differs from what fibackup expects
+    └── StateDirError                        host state directory not writable
 """
 from __future__ import annotations
 
@@ -111,3 +112,7 @@ class DestinationError(FibackupError):
 
 class InconsistentChainError(FibackupError):
     """The live backing chain is not what fibackup expects."""
+
+
+class StateDirError(FibackupError):
+    """The host state directory (locks, state files) cannot be written."""

@@ -6,7 +6,7 @@ import os
 from types import TracebackType
 from typing import Optional
 
-from fibackup.errors import DomainLockedError
+from fibackup.errors import DomainLockedError, StateDirError
 from fibackup.host.state import state_dir
 
 
@@ -22,8 +22,13 @@ class DomainLock:
         self._fd: Optional[int] = None
 
     def acquire(self) -> None:
-        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            raise StateDirError(
+                f"cannot create the lock file {self.path} ({error.strerror}); fibackup needs a "
+                "writable state directory: run as root or set FIBACKUP_STATE_DIR") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
