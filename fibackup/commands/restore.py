@@ -189,7 +189,8 @@ def _restore(store: BackupStore, point: RestorePoint, disks: list[PointDisk],
     fsync_dir(destination)
     if not options.flatten and options.as_name is None:
         _remember_restored(store, point, names, destination)
-    if conn is not None and definition is not None:
+    if definition is not None:
+        assert conn is not None
         result.defined = _define(conn, point, definition, result.disks, options, report)
     return result
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from fibackup.commands.restore import find_points
-from fibackup.model.points import select_point
+from fibackup.model.points import PointDisk, select_point
 from fibackup.report import Reporter
 from fibackup.store.repo import BackupStore
 
@@ -57,7 +57,8 @@ def verify(backup_dir: str, domain: Optional[str], at: Optional[str],
     return result
 
 
-def _check(store: BackupStore, domain_uuid: str, layer_id: str, disk, result: VerifyResult) -> list[str]:
+def _check(store: BackupStore, domain_uuid: str, layer_id: str, disk: PointDisk,
+           result: VerifyResult) -> list[str]:
     listed = next(layer for layer in disk.layers if layer.id == layer_id)
     problems = store.check_layer(domain_uuid, layer_id, progress=lambda n: _count(result, n))
     result.layers += 1
@@ -70,7 +71,8 @@ def _check(store: BackupStore, domain_uuid: str, layer_id: str, disk, result: Ve
     return problems
 
 
-def _chain_problems(store: BackupStore, domain_uuid: str, disk, layer_id: str) -> list[str]:
+def _chain_problems(store: BackupStore, domain_uuid: str, disk: PointDisk,
+                    layer_id: str) -> list[str]:
     ids = [layer.id for layer in disk.layers]
     position = ids.index(layer_id)
     expected_parent = ids[position - 1] if position else None
