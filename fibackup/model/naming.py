@@ -88,7 +88,7 @@ def overlay_paths(actives: Mapping[str, str], tag: str) -> dict[str, str]:
 
 def new_layer_id(tag: str, target: str, position: int) -> str:
     """A store-unique id for a layer copied in run ``tag`` (random suffix)."""
-    return f"{tag}-{safe_component(target)}-{position:03d}-{secrets.token_hex(3)}"
+    return f"{tag}-{safe_component(target)}-{position:03d}-{secrets.token_hex(6)}"
 
 
 def safe_component(text: str) -> str:
