@@ -284,11 +284,9 @@ def _build_disk(store: BackupStore, point: RestorePoint, files: _DiskFiles, stag
         store.restore_layer(point.domain_uuid, layer.id, path,
                             progress=report.progress(f"{disk.target} {name}", layer.data_bytes))
         if layer.image_format == "qcow2":
-            _refuse_data_file(path)
-        if layer.image_format == "qcow2" and previous is not None:
-            img.rebase_unsafe(path, previous[0], previous[1])
-        elif layer.image_format == "qcow2":
-            _check_no_backing(path)
+            _check_standalone(path, is_base=previous is None)
+            if previous is not None:
+                img.rebase_unsafe(path, previous[0], previous[1])
         elif previous is not None:
             raise DestinationError(f"stored layer {layer.id} is raw but rests on another layer; "
                                    "the restore point is inconsistent")
@@ -315,18 +313,15 @@ def _check_stacking(store: BackupStore, point: RestorePoint, disk: PointDisk) ->
                              f"stack ({error}); choose another restore point with --at") from None
 
 
-def _refuse_data_file(path: str) -> None:
+def _check_standalone(path: str, is_base: bool) -> None:
+    """A restored qcow2 layer must hold its own data, and the base no backing pointer
+    (either would reach outside --to for data the backup does not have)."""
     info = img.info(path, "qcow2")
     if info.data_file:
         raise DestinationError(
             f"the stored layer restored to {path} keeps its data in the external file "
             f"{info.data_file}, which is not in the backup; refusing an incomplete restore")
-
-
-def _check_no_backing(path: str) -> None:
-    """The bottom layer must stand alone; a backing pointer would reach outside --to."""
-    info = img.info(path, "qcow2")
-    if info.backing_file:
+    if is_base and info.backing_file:
         raise DestinationError(
             f"the base layer restored to {path} names a backing file ({info.backing_file}) "
             "that is not part of the backup; refusing to restore an incomplete chain")

@@ -42,6 +42,7 @@ class BackupStore:
     def __init__(self, root: str, store_id: str) -> None:
         self.root = root
         self.store_id = store_id
+        self._records: dict[tuple[str, str], fmt.LayerRecord] = {}
 
     # -- opening -----------------------------------------------------------
 
@@ -152,6 +153,13 @@ class BackupStore:
         return [point for uuid in self.domain_uuids() for point in self.points(uuid, problems)]
 
     def layer_record(self, domain_uuid: str, layer_id: str) -> fmt.LayerRecord:
+        """A layer's record; records are write-once, so each is parsed once per run."""
+        key = (domain_uuid, layer_id)
+        if key not in self._records:
+            self._records[key] = self._read_layer_record(domain_uuid, layer_id)
+        return self._records[key]
+
+    def _read_layer_record(self, domain_uuid: str, layer_id: str) -> fmt.LayerRecord:
         path = self._record_path(domain_uuid, layer_id)
         try:
             data = _read(path)
