@@ -144,6 +144,15 @@ class Lab:
                 dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
             except libvirt.libvirtError:
                 pass
+        for name in names:
+            # libvirt 9.0 writes a config file for a *transient* domain on an external
+            # snapshot; left behind, it resurrects the domain at libvirtd's next start
+            stray = os.path.join("/etc/libvirt/qemu", f"{name}.xml")
+            try:
+                self.conn.lookupByName(name)
+            except libvirt.libvirtError:
+                if os.path.exists(stray):
+                    os.unlink(stray)
         for mountpoint in reversed(self.mounts):
             subprocess.run(["umount", "-l", mountpoint], check=False, capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
