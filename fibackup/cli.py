@@ -24,6 +24,7 @@ app = typer.Typer(
          "Examples:\n\n"
          "\b\n"
          "  fibackup snapshot -d web -b /backup   # snapshot + incremental backup\n"
+         "  fibackup consolidate -d web -b /backup  # shorten the chain\n"
          "  fibackup list -b /backup              # restore points\n"
          "  fibackup verify -b /backup            # re-read every stored byte\n"
          "  fibackup restore -d web -b /backup --to /srv/web-restored\n\n"
@@ -88,6 +89,8 @@ def snapshot(
     exclude_disk: List[str] = typer.Option([], "--exclude-disk", metavar="DISK", help="Leave this disk out (repeatable)."),
     quiesce: bool = typer.Option(False, "--quiesce", help="Freeze guest filesystems through the guest agent; fail without one."),
     no_space_check: bool = typer.Option(False, "--no-space-check", help="Skip the free-space check before copying."),
+    consolidate: Optional[str] = typer.Option(None, "--consolidate", metavar="METHOD", help="Consolidate right after the snapshot and backup: commit, active or pull (see 'fibackup consolidate --help')."),
+    max_chain: Optional[int] = typer.Option(None, "--max-chain", metavar="N", help="Consolidate (commit) when a disk's chain has more than N layers."),
     connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ) -> None:
@@ -101,13 +104,15 @@ def snapshot(
       fibackup snapshot -d web                       # snapshot only
       fibackup snapshot -d web -d db -b /backup      # snapshot + backup
       fibackup snapshot -d web -b /backup --exclude-disk vdc --quiesce
+      fibackup snapshot -d web -b /backup --max-chain 8   # nightly, bounded chain
     """
     from fibackup.commands.snapshot import SnapshotOptions, snapshot_domain
 
     def action() -> int:
         report = Reporter(quiet=quiet)
         options = SnapshotOptions(backup_dir=backup_dir, disks=disk, exclude=exclude_disk,
-                                  quiesce=quiesce, space_check=not no_space_check)
+                                  quiesce=quiesce, space_check=not no_space_check,
+                                  consolidate=consolidate, max_chain=max_chain)
         conn = _connector(connect)()
         results, failures = [], []
         for name in domain:
@@ -124,6 +129,69 @@ def snapshot(
         if not failures:
             return EXIT_OK
         return EXIT_PARTIAL if len(failures) < len(domain) else EXIT_FAILURE
+
+    _run(debug, action)
+
+
+@app.command("consolidate")
+def consolidate_command(
+    domain: List[str] = DomainOpt,
+    method: str = typer.Option("commit", "--method", "-m", metavar="METHOD", help="commit (default): merge the frozen layers into the base, backup stays incremental; active: merge everything into the base and pivot (next backup: full copy); pull: copy the backing data into the active layer (next backup: full copy)."),
+    backup_dir: Optional[str] = typer.Option(None, "-b", "--backup-dir", metavar="DIR", help="Backup directory; frozen layers it lacks are backed up first (snapshot -b)."),
+    bandwidth: int = typer.Option(0, "--bandwidth", metavar="MIB_PER_S", show_default=False, help="Limit the block job to this many MiB/s [default: unlimited]."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS", help="Abort a job that has not finished after this long [default: wait]."),
+    keep_files: bool = typer.Option(False, "--keep-files", help="Keep the merged layer files (they are no longer part of any chain)."),
+    force: bool = typer.Option(False, "--force", help="Merge layers a backup directory lacks (that restore point is lost; its next backup is a full copy)."),
+    disk: List[str] = typer.Option([], "--disk", metavar="DISK", help="Only this disk target (repeatable)."),
+    exclude_disk: List[str] = typer.Option([], "--exclude-disk", metavar="DISK", help="Leave this disk out (repeatable)."),
+    no_space_check: bool = typer.Option(False, "--no-space-check", help="Skip the free-space check of a catch-up backup."),
+    connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Shorten each disk's backing chain, live or offline, without breaking any backup.
+
+    Every restore point keeps restoring. A frozen layer that a backup directory
+    of the domain lacks is never merged silently: with -b it is backed up first,
+    otherwise fibackup refuses (or goes on with --force).
+
+    \b
+    Examples:
+      fibackup consolidate -d web                     # commit: base <- active
+      fibackup consolidate -d web -b /backup          # back up what is missing first
+      fibackup consolidate -d web --method active --timeout 600
+    """
+    from fibackup.commands.consolidate import ConsolidateOptions, consolidate_domain
+
+    def action() -> int:
+        report = Reporter(quiet=quiet)
+        options = ConsolidateOptions(method=method, backup_dir=backup_dir,
+                                     bandwidth_mib=bandwidth, timeout=timeout,
+                                     keep_files=keep_files, force=force, disks=disk,
+                                     exclude=exclude_disk, space_check=not no_space_check)
+        conn = _connector(connect)()
+        results, failures = [], 0
+        for name in domain:
+            try:
+                outcome = consolidate_domain(conn, name, options, report)
+            except FibackupError as error:
+                if len(domain) == 1:
+                    raise
+                failures += 1
+                print(f"fibackup: {name}: {error}", file=sys.stderr)
+                results.append({"domain": name, "error": str(error)})
+                continue
+            results.append(outcome.to_json())
+            if outcome.aborted:
+                failures += 1
+                if not as_json:
+                    print(f"fibackup: {name}: consolidation of disk(s) "
+                          f"{', '.join(item.target for item in outcome.aborted)} was aborted "
+                          f"({outcome.aborted[0].reason})", file=sys.stderr)
+        if as_json:
+            _emit_json(results)
+        if not failures:
+            return EXIT_OK
+        return EXIT_PARTIAL if failures < len(domain) else EXIT_FAILURE
 
     _run(debug, action)
 

@@ -15,7 +15,8 @@ Hierarchy::
     │   ├── DomainNotFoundError
     │   ├── DomainStateError                 domain in the wrong state for this
     │   ├── UnsupportedDiskError             a disk fibackup cannot back up
-    │   └── SnapshotError                    libvirt/QEMU refused the snapshot
+    │   ├── SnapshotError                    libvirt/QEMU refused the snapshot
+    │   └── BlockJobError                    a block job (commit, pull) failed or was refused
     ├── ImageToolError                       qemu-img failed
     ├── StoreError                           the backup directory
     │   ├── StoreUnavailableError            missing, not a directory, not writable
@@ -25,6 +26,8 @@ Hierarchy::
     │   └── IntegrityError                   stored bytes differ from their checksums
     ├── DestinationError                     restore target unusable or in the way
     ├── InconsistentChainError               live chain differs from what fibackup expects
+    ├── ImageInUseError                      another domain uses an image fibackup would change
+    ├── UnbackedLayerError                   consolidation would merge layers no backup holds
     └── StateDirError                        host state directory not writable
 """
 from __future__ import annotations
@@ -116,3 +119,15 @@ class InconsistentChainError(FibackupError):
 
 class StateDirError(FibackupError):
     """The host state directory (locks, state files) cannot be written."""
+
+
+class BlockJobError(LibvirtError):
+    """A block job (commit, active commit, pull) could not start, failed or did not end."""
+
+
+class ImageInUseError(FibackupError):
+    """Another defined domain uses an image that fibackup would write or delete."""
+
+
+class UnbackedLayerError(FibackupError):
+    """A consolidation would merge frozen layers that a backup directory does not hold."""

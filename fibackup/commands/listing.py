@@ -5,9 +5,8 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from fibackup.commands.common import layer_index
 from fibackup.fsutil import file_identity
-from fibackup.host import state as host_state
-from fibackup.model.chain import LayerIndex
 from fibackup.model.points import RestorePoint
 from fibackup.report import Reporter
 from fibackup.store.repo import BackupStore
@@ -51,8 +50,7 @@ def domain_status(conn: Connection, name: str,
     index = None
     if backup_dir is not None:
         store = BackupStore.open(backup_dir)
-        index = LayerIndex(store.stored_layers(domain.uuid),
-                           host_state.load(domain.uuid).aliases(store.store_id))
+        index = layer_index(store, domain.uuid)
     status: dict[str, list[LayerStatus]] = {}
     for spec in domxml.select_disks(domxml.disks(domxml.parse(domain.current_xml())), (), ()).selected:
         chain = live_chain(spec, running)
@@ -62,8 +60,8 @@ def domain_status(conn: Connection, name: str,
             active = position == len(chain) - 1
             stored = None
             if index is not None and not active and os.path.exists(layer.path):
-                match = index.find(file_identity(layer.path), parent)
-                stored = match.id if match else None
+                match = index.match(file_identity(layer.path), parent)
+                stored = match[-1].id if match else None
                 parent = stored if stored else "-"
             rows.append(LayerStatus(layer.path, layer.format, "active" if active else "frozen", stored))
         status[spec.target] = list(reversed(rows))

@@ -16,14 +16,15 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
-from fibackup.errors import (DomainStateError, InconsistentChainError, SnapshotError,
-                             UnsupportedDiskError, UsageError)
+from fibackup.errors import (DomainStateError, ImageToolError, InconsistentChainError,
+                             SnapshotError, UnsupportedDiskError, UsageError)
 from fibackup.fsutil import allocated_bytes, ensure_space, file_identity, host_name, human
+from fibackup.commands.common import check_chain, layer_index, select_disks
 from fibackup.host import state as host_state
 from fibackup.host.lock import DomainLock
 from fibackup.model import naming
 from fibackup.model.chain import (DiskPlan, FileIdentity, FrozenLayer, LayerIndex, LiveDisk,
-                                  StoredLayer, plan_disk)
+                                  LiveLayer, StoredLayer, plan_disk)
 from fibackup.model.points import PointDisk, PointLayer, RestorePoint
 from fibackup.qemu import img
 from fibackup.report import Reporter
@@ -40,6 +41,10 @@ class SnapshotOptions:
     exclude: Sequence[str] = ()
     quiesce: bool = False
     space_check: bool = True
+    consolidate: Optional[str] = None
+    """Consolidate with this method right after the snapshot (and backup)."""
+    max_chain: Optional[int] = None
+    """Consolidate (commit) when a disk's chain has more layers than this."""
 
 
 @dataclass
@@ -51,36 +56,77 @@ class SnapshotResult:
     bytes_copied: int = 0
     new_generation: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    consolidation: Optional[dict[str, object]] = None
+    chains: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         return {"domain": self.domain, "tag": self.tag, "overlays": self.overlays,
                 "point": self.point.id if self.point else None,
                 "seq": self.point.seq if self.point else None,
                 "bytes_copied": self.bytes_copied, "new_generation": self.new_generation,
-                "skipped": [{"disk": disk, "reason": why} for disk, why in self.skipped]}
+                "skipped": [{"disk": disk, "reason": why} for disk, why in self.skipped],
+                "consolidation": self.consolidation}
+
+
+CHAIN_WARNING = 32
+"""Warn when a disk's chain has more layers than this (libvirt refuses beyond 200)."""
 
 
 def snapshot_domain(conn: Connection, name: str, options: SnapshotOptions,
                     report: Reporter) -> SnapshotResult:
+    _check_options(options)
     domain = conn.domain(name)
     with DomainLock(domain.uuid, domain.name):
-        return _snapshot_locked(domain, options, report)
+        result = snapshot_locked(domain, options, report)
+        _consolidate_after(conn, domain, options, result, report)
+        return result
 
 
-def _snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter) -> SnapshotResult:
+def _check_options(options: SnapshotOptions) -> None:
+    from fibackup.commands.consolidate import METHODS
+    if options.consolidate is not None and options.consolidate not in METHODS:
+        raise UsageError(f"unknown consolidation method '{options.consolidate}'; use one of "
+                         f"{', '.join(METHODS)}")
+    if options.max_chain is not None and options.max_chain < 2:
+        raise UsageError("--max-chain must be at least 2 (the base and the active layer)")
+
+
+def _consolidate_after(conn: Connection, domain: Domain, options: SnapshotOptions,
+                       result: SnapshotResult, report: Reporter) -> None:
+    """fi-backup's -C, and the --max-chain bound; warn about long chains otherwise."""
+    from fibackup.commands.consolidate import ConsolidateOptions, consolidate_locked
+    longest = max(len(disk) for disk in result.chains.values()) if result.chains else 0
+    method = options.consolidate
+    if method is None and options.max_chain is not None and longest > options.max_chain:
+        report.info(f"{domain.name}: a chain has {longest} layers, more than --max-chain "
+                    f"{options.max_chain}: consolidating (commit)")
+        method = "commit"
+    if method is None:
+        if longest > CHAIN_WARNING:
+            report.warn(f"{domain.name}: a disk's backing chain has {longest} layers; long "
+                        "chains slow the guest down and libvirt refuses more than 200: run "
+                        f"'fibackup consolidate -d {domain.name}' or use --max-chain")
+        return
+    outcome = consolidate_locked(conn, domain, ConsolidateOptions(
+        method=method, backup_dir=options.backup_dir, disks=options.disks,
+        exclude=options.exclude, space_check=options.space_check), report)
+    result.consolidation = outcome.to_json()
+
+
+def snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter) -> SnapshotResult:
     _check_state(domain)
     if options.quiesce and not domain.is_active():
         raise UsageError(f"domain '{domain.name}' is shut off: there is nothing to quiesce; "
                          "run without --quiesce")
     config_xml = domain.inactive_xml()
     specs = domxml.disks(domxml.parse(domain.current_xml()))
-    selection = _select(domain.name, specs, options)
+    selection = select_disks(domain.name, specs, options.disks, options.exclude)
     for target, why in selection.skipped:
         report.info(f"{domain.name}: skipping disk {target} ({why})")
     disks = [LiveDisk(spec.target, live_chain(spec, domain.is_active()))
              for spec in selection.selected]
     for disk in disks:
-        _check_chain(domain.name, disk)
+        check_chain(domain.name, disk)
     backup = _prepare_backup(domain, disks, options) if options.backup_dir else None
 
     moment = _dt.datetime.now(_dt.timezone.utc)
@@ -95,6 +141,8 @@ def _snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter)
     _tidy_persistent_xml(domain, overlays)
 
     result = SnapshotResult(domain.name, tag, overlays, skipped=list(selection.skipped))
+    result.chains = {disk.target: [*(layer.path for layer in disk.layers), overlays[disk.target]]
+                     for disk in disks}
     if backup is not None:
         point = RestorePoint(
             id=tag, seq=0, time=moment.strftime("%Y-%m-%dT%H:%M:%SZ"), domain_name=domain.name,
@@ -120,7 +168,7 @@ def _prepare_backup(domain: Domain, disks: Sequence[LiveDisk],
 def _back_up(store: BackupStore, index: LayerIndex, domain: Domain, disks: Sequence[LiveDisk],
              draft: RestorePoint, result: SnapshotResult, report: Reporter) -> None:
     """Copy what the store lacks of each now-frozen chain, then publish the point."""
-    plans = [plan_disk(disk.target, _frozen(domain.name, disk, index), index) for disk in disks]
+    plans = [plan_disk(disk.target, _frozen(domain, disk, index), index) for disk in disks]
     point_disks = {}
     for disk, plan in zip(disks, plans):
         if plan.new_generation and index.has_disk(disk.target):
@@ -130,26 +178,9 @@ def _back_up(store: BackupStore, index: LayerIndex, domain: Domain, disks: Seque
                                                  report)
     point = replace(draft, seq=store.next_seq(domain.uuid), disks=point_disks)
     result.point = store.publish_point(point)
+    _remember_store(domain.uuid, store)
     report.info(f"{domain.name}: restore point {point.id} (#{result.point.seq}) stored in "
                 f"{store.root}: {human(result.bytes_copied)} copied")
-
-
-def _select(name: str, specs: Sequence[domxml.DiskSpec], options: SnapshotOptions) -> domxml.Selection:
-    known = {spec.target for spec in specs}
-    unknown = [target for target in [*options.disks, *options.exclude] if target not in known]
-    if unknown:
-        raise UsageError(f"domain '{name}' has no disk {', '.join(unknown)}; "
-                         f"its disks are {', '.join(sorted(known)) or 'none'}")
-    selection = domxml.select_disks(specs, options.disks, options.exclude)
-    if selection.refused:
-        lines = "; ".join(f"disk {target} is {why}" for target, why in selection.refused)
-        raise UnsupportedDiskError(
-            f"domain '{name}': {lines}. Leave such disks out with --exclude-disk "
-            f"{' --exclude-disk '.join(target for target, _ in selection.refused)}")
-    if not selection.selected:
-        raise UsageError(f"domain '{name}' has no disk that fibackup can back up "
-                         "(all are skipped or excluded)")
-    return selection
 
 
 def _open_store(path: str) -> BackupStore:
@@ -159,18 +190,7 @@ def _open_store(path: str) -> BackupStore:
 
 
 def _layer_index(store: BackupStore, domain_uuid: str) -> LayerIndex:
-    aliases = host_state.load(domain_uuid).aliases(store.store_id)
-    return LayerIndex(store.stored_layers(domain_uuid), aliases)
-
-
-def _check_chain(name: str, disk: LiveDisk) -> None:
-    """Every layer must be a local qcow2 or raw file fibackup can read and rebuild."""
-    for layer in disk.layers:
-        if layer.format not in ("qcow2", "raw") or not os.path.isfile(layer.path):
-            raise UnsupportedDiskError(
-                f"domain '{name}': disk {disk.target} rests on {layer.path or '?'} "
-                f"({layer.format}), which is not a local qcow2 or raw file fibackup can copy; "
-                f"leave the disk out with --exclude-disk {disk.target}")
+    return layer_index(store, domain_uuid)
 
 
 def _preflight(name: str, disks: Sequence[LiveDisk], index: LayerIndex) -> int:
@@ -185,10 +205,10 @@ def _preflight(name: str, disks: Sequence[LiveDisk], index: LayerIndex) -> int:
         matching = True
         for layer in disk.layers:
             active = layer is disk.active
-            stored = (index.find(file_identity(layer.path), parent)
-                      if matching and not active else None)
-            if stored is not None:
-                parent = stored.id
+            segment = (index.match(file_identity(layer.path), parent)
+                       if matching and not active else None)
+            if segment is not None:
+                parent = segment[-1].id
                 continue
             matching = False
             info = img.info(layer.path, layer.format, force_share=True)
@@ -248,6 +268,14 @@ def _remember_overlays(domain_uuid: str, overlays: dict[str, str], tag: str) -> 
     state.save()
 
 
+def _remember_store(domain_uuid: str, store: BackupStore) -> None:
+    """Consolidation checks every backup directory a domain was backed up to."""
+    state = host_state.load(domain_uuid)
+    if state.stores.get(store.store_id) != store.root:
+        state.stores[store.store_id] = store.root
+        state.save()
+
+
 def _tops(domain: Domain) -> dict[str, Optional[str]]:
     return {spec.target: spec.source for spec in domxml.disks(domxml.parse(domain.current_xml()))}
 
@@ -284,7 +312,7 @@ def _tidy_persistent_xml(domain: Domain, overlays: dict[str, str]) -> None:
         domain.redefine(xml)
 
 
-def _frozen(name: str, disk: LiveDisk, index: LayerIndex) -> list[FrozenLayer]:
+def _frozen(domain: Domain, disk: LiveDisk, index: LayerIndex) -> list[FrozenLayer]:
     """Facts about each now-frozen layer.
 
     A layer the store already holds (same identity) takes its virtual size from
@@ -296,13 +324,30 @@ def _frozen(name: str, disk: LiveDisk, index: LayerIndex) -> list[FrozenLayer]:
         identity = file_identity(layer.path)
         stored = index.find_any(identity)
         if stored is None:
-            info = img.info(layer.path, layer.format)
-            _refuse_data_file(name, disk.target, info)
+            info = _frozen_info(domain, disk.target, layer)
+            _refuse_data_file(domain.name, disk.target, info)
             virtual_size = info.virtual_size
         else:
             virtual_size = stored.virtual_size
         frozen.append(FrozenLayer(layer, identity, virtual_size))
     return frozen
+
+
+def _frozen_info(domain: Domain, target: str, layer: LiveLayer) -> img.ImageInfo:
+    """qemu-img info of a backing layer, which QEMU must not be writing to.
+
+    After a cancelled commit QEMU keeps the write lock on the base although
+    nothing writes it any more: that base is still accepted when libvirt names
+    it as a backing layer and no block job runs on the disk (the copy itself
+    checks that the file does not change).
+    """
+    try:
+        return img.info(layer.path, layer.format)
+    except ImageToolError as error:
+        if "another process" not in str(error) or not domain.is_active() \
+                or domain.block_job_running(target):
+            raise
+    return img.info(layer.path, layer.format, force_share=True)
 
 
 def _back_up_disk(store: BackupStore, domain: Domain, disk: LiveDisk, plan: DiskPlan, tag: str,

@@ -1,18 +1,19 @@
 """The per-domain host state file (docs/FORMAT.md, "Host state").
 
 ``<state dir>/domains/<uuid>.json`` records what fibackup did on this host that
-the backup directory cannot know: the overlays it created, and which restored
-files are byte-identical copies of which stored layers (so that the backup of a
-restored domain continues incrementally from the restored point).  The file is
-replaced atomically; the state dir is ``$FIBACKUP_STATE_DIR`` or
-``/var/lib/fibackup``.
+the backup directory cannot know: the overlays it created, the backup
+directories the domain was backed up to, which restored files are
+byte-identical copies of which stored layers, and each consolidation (which
+files a commit merged into which result), so that the next backup continues
+incrementally wherever that can be proven.  The file is replaced atomically;
+the state dir is ``$FIBACKUP_STATE_DIR`` or ``/var/lib/fibackup``.
 """
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from fibackup.errors import CorruptStoreError
 from fibackup.fsutil import write_file
@@ -20,6 +21,9 @@ from fibackup.model.chain import FileIdentity
 
 STATE_KIND = "fibackup-host-state"
 STATE_VERSION = 1
+MAX_CONSOLIDATIONS = 500
+"""Older consolidation records are dropped; a store last written before them
+then gets a new full generation (never a wrong delta)."""
 
 
 def state_dir() -> str:
@@ -33,11 +37,50 @@ class RestoredFile:
     identity: FileIdentity
 
 
+@dataclass(frozen=True)
+class Consolidation:
+    """One consolidation of one disk.
+
+    ``outcome`` is ``merged`` (the job completed), ``aborted`` (timeout or
+    abort: the base may be partly written) or ``failed``.  For a completed
+    commit, ``result`` is the identity of the base afterwards and ``parts`` the
+    identities of the files merged into it, base first: the base then has the
+    content of their stacking.
+    """
+
+    disk: str
+    method: str
+    time: str
+    outcome: str
+    base: str
+    merged: tuple[str, ...] = ()
+    result: Optional[FileIdentity] = None
+    parts: tuple[FileIdentity, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"disk": self.disk, "method": self.method, "time": self.time,
+                "outcome": self.outcome, "base": self.base, "merged": list(self.merged),
+                "result": self.result.__dict__ if self.result else None,
+                "parts": [part.__dict__ for part in self.parts]}
+
+    @staticmethod
+    def from_json(item: dict[str, Any]) -> "Consolidation":
+        return Consolidation(
+            disk=str(item["disk"]), method=str(item["method"]), time=str(item["time"]),
+            outcome=str(item["outcome"]), base=str(item["base"]),
+            merged=tuple(str(path) for path in item.get("merged", [])),
+            result=FileIdentity(**item["result"]) if item.get("result") else None,
+            parts=tuple(FileIdentity(**part) for part in item.get("parts", [])))
+
+
 @dataclass
 class HostState:
     domain_uuid: str
     restored: list[RestoredFile] = field(default_factory=list)
     overlays: list[dict[str, str]] = field(default_factory=list)
+    stores: dict[str, str] = field(default_factory=dict)
+    """Backup directories this domain was backed up to: store id -> path."""
+    consolidations: list[Consolidation] = field(default_factory=list)
 
     @property
     def path(self) -> str:
@@ -47,6 +90,27 @@ class HostState:
         return [(item.identity, item.layer_id) for item in self.restored
                 if item.store_id == store_id]
 
+    def compositions(self) -> dict[FileIdentity, tuple[FileIdentity, ...]]:
+        """Files a completed commit produced -> the files it merged, base first."""
+        return {item.result: item.parts for item in self.consolidations
+                if item.outcome == "merged" and item.result is not None and item.parts}
+
+    def created_overlay(self, path: str) -> bool:
+        return any(item.get("path") == path for item in self.overlays)
+
+    def forget_overlays(self, paths: set[str]) -> None:
+        self.overlays = [item for item in self.overlays if item.get("path") not in paths]
+
+    def record(self, consolidation: Consolidation) -> None:
+        self.consolidations.append(consolidation)
+        del self.consolidations[:-MAX_CONSOLIDATIONS]
+
+    def last_consolidation(self, disk: str) -> Optional[Consolidation]:
+        for item in reversed(self.consolidations):
+            if item.disk == disk:
+                return item
+        return None
+
     def save(self) -> None:
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         document = {
@@ -54,6 +118,8 @@ class HostState:
             "restored": [{"store_id": item.store_id, "layer_id": item.layer_id,
                           "identity": item.identity.__dict__} for item in self.restored],
             "overlays": self.overlays,
+            "stores": self.stores,
+            "consolidations": [item.to_json() for item in self.consolidations],
         }
         write_file(self.path, json.dumps(document, indent=1).encode(), replace=True)
 
@@ -77,6 +143,10 @@ def load(domain_uuid: str) -> HostState:
     try:
         restored = [RestoredFile(item["store_id"], item["layer_id"], FileIdentity(**item["identity"]))
                     for item in document.get("restored", [])]
-    except (KeyError, TypeError) as error:
+        consolidations = [Consolidation.from_json(item)
+                          for item in document.get("consolidations", [])]
+        stores = {str(key): str(value) for key, value in dict(document.get("stores", {})).items()}
+    except (KeyError, TypeError, ValueError) as error:
         raise CorruptStoreError(f"{path} has a malformed entry ({error})") from None
-    return HostState(domain_uuid, restored, list(document.get("overlays", [])))
+    return HostState(domain_uuid, restored, list(document.get("overlays", [])), stores,
+                     consolidations)

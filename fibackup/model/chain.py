@@ -7,6 +7,9 @@ What a backup must copy is decided here, from facts the adapters gathered:
 * a frozen live layer *is* a stored layer when its file identity (host, path,
   device, inode, size, mtime) equals the identity recorded when that stored
   layer was copied (or restored) -- never by file name alone;
+* a live file that a block commit produced *is* the stacking of the files it
+  merged (a recorded composition), so it maps onto the stored layers of those
+  files, in order -- this keeps the backup incremental across a consolidation;
 * the backup of a disk reuses the longest prefix of the live frozen chain that
   maps, layer by layer, onto a chain of stored layers (each stored layer's
   logical parent being the previous one), and copies the rest;
@@ -97,13 +100,23 @@ class DiskPlan:
         return self.reuse[-1].id if self.reuse else None
 
 
+MAX_COMPOSITION_DEPTH = 64
+
+
 class LayerIndex:
-    """Stored layers of one domain in one store, looked up by source identity."""
+    """Stored layers of one domain in one store, looked up by source identity.
+
+    ``aliases`` say that a file (a restored copy) has the content of a stored
+    layer; ``compositions`` say that a file (a commit's result) has the content
+    of the stacking of other files, base first.
+    """
 
     def __init__(self, layers: Iterable[StoredLayer],
-                 aliases: Iterable[tuple[FileIdentity, str]] = ()) -> None:
+                 aliases: Iterable[tuple[FileIdentity, str]] = (),
+                 compositions: Mapping[FileIdentity, Sequence[FileIdentity]] | None = None) -> None:
         self._by_id: dict[str, StoredLayer] = {}
         self._by_identity: dict[FileIdentity, list[StoredLayer]] = {}
+        self._compositions = dict(compositions or {})
         for layer in layers:
             self._by_id[layer.id] = layer
             self._by_identity.setdefault(layer.source, []).append(layer)
@@ -130,6 +143,34 @@ class LayerIndex:
                 return stored
         return None
 
+    def match(self, identity: FileIdentity, parent: Optional[str],
+              depth: int = 0) -> Optional[list[StoredLayer]]:
+        """The stored layers, resting on ``parent``, whose stacking is the file ``identity``.
+
+        One stored copy of the file itself, or -- for a file a commit produced --
+        the stored layers of the files it merged, in order; None when the store
+        cannot prove the content.
+        """
+        stored = self.find(identity, parent)
+        if stored is not None:
+            return [stored]
+        parts = self._compositions.get(identity)
+        if not parts or depth >= MAX_COMPOSITION_DEPTH:
+            return None
+        return self.match_sequence(parts, parent, depth + 1)
+
+    def match_sequence(self, identities: Sequence[FileIdentity], parent: Optional[str],
+                       depth: int = 0) -> Optional[list[StoredLayer]]:
+        """Stored layers for a stack of files (base first) resting on ``parent``."""
+        matched: list[StoredLayer] = []
+        for identity in identities:
+            segment = self.match(identity, parent, depth)
+            if segment is None:
+                return None
+            matched.extend(segment)
+            parent = segment[-1].id
+        return matched
+
 
 def plan_disk(target: str, frozen: Sequence[FrozenLayer], index: LayerIndex) -> DiskPlan:
     """Decide which frozen layers of a disk are already stored and which to copy."""
@@ -138,12 +179,12 @@ def plan_disk(target: str, frozen: Sequence[FrozenLayer], index: LayerIndex) -> 
     plan = DiskPlan(target=target)
     parent: Optional[str] = None
     for position, item in enumerate(frozen):
-        stored = index.find(item.identity, parent)
-        if stored is None:
+        segment = index.match(item.identity, parent)
+        if segment is None:
             plan.copy = list(frozen[position:])
             break
-        plan.reuse.append(stored)
-        parent = stored.id
+        plan.reuse.extend(segment)
+        parent = segment[-1].id
     if not plan.reuse:
         plan.new_generation = True
         plan.reason = "no layer of this disk is in the backup yet"

@@ -22,9 +22,16 @@ class ImageInfo:
     """An external data file (qcow2 ``data_file``): the data is not in this file."""
 
 
-def _run(args: Sequence[str], what: str) -> str:
+class Timeout(ImageToolError):
+    """qemu-img ran out of its time and was killed."""
+
+
+def _run(args: Sequence[str], what: str, timeout: Optional[float] = None) -> str:
     try:
-        completed = subprocess.run([QEMU_IMG, *args], capture_output=True, text=True, check=False)
+        completed = subprocess.run([QEMU_IMG, *args], capture_output=True, text=True, check=False,
+                                   timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise Timeout(f"{what} did not finish within {timeout:g} s and was stopped") from None
     except FileNotFoundError:
         raise ImageToolError("qemu-img is not installed (Debian package qemu-utils); "
                              "run scripts/setup-host.sh") from None
@@ -46,11 +53,15 @@ def info(path: str, image_format: Optional[str] = None, force_share: bool = Fals
     return _image_info(json.loads(_run([*args, path], f"qemu-img info {path}")), path)
 
 
-def backing_chain(path: str, image_format: Optional[str] = None) -> list[ImageInfo]:
-    """The chain below and including ``path``, top first (offline images only)."""
+def backing_chain(path: str, image_format: Optional[str] = None,
+                  force_share: bool = False) -> list[ImageInfo]:
+    """The chain below and including ``path``, top first (offline images only,
+    unless ``force_share``: then only the headers' names are to be trusted)."""
     args = ["info", "--output=json", "--backing-chain"]
     if image_format:
         args += ["-f", image_format]
+    if force_share:
+        args.append("-U")
     documents = json.loads(_run([*args, path], f"qemu-img info {path}"))
     return [_image_info(document, document["filename"]) for document in documents]
 
@@ -80,3 +91,23 @@ def convert(source: str, source_format: str, destination: str, output_format: st
     """Flatten the chain under ``source`` into one new image."""
     _run(["convert", "-q", "-f", source_format, "-O", output_format, source, destination],
          f"flattening {source} into {destination}")
+
+
+def commit(top: str, top_format: str, base: str, rate_bytes: int = 0,
+           timeout: Optional[float] = None) -> None:
+    """Merge ``top`` and every layer between it and ``base`` into ``base`` (offline).
+
+    The merged layers keep their data (``-b`` implies ``-d``), so the chain
+    above still shows the same content until it is rebased onto ``base``.
+    """
+    args = ["commit", "-q", "-f", top_format, "-b", base, "-d"]
+    if rate_bytes:
+        args += ["-r", str(rate_bytes)]
+    _run([*args, top], f"qemu-img commit of {top} into {base}", timeout)
+
+
+def make_standalone(path: str, timeout: Optional[float] = None) -> None:
+    """Copy every backing layer's data into the qcow2 image ``path`` and drop its
+    backing file (offline pull); the backing files are only read."""
+    _run(["rebase", "-q", "-f", "qcow2", "-b", "", path],
+         f"qemu-img rebase (pull) of {path}", timeout)

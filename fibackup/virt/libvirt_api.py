@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Optional
 
 from fibackup.errors import (ConnectionFailedError, DomainNotFoundError, LibvirtError,
@@ -23,21 +24,42 @@ def _ignore_errors(_context: object, _error: object) -> None:
     """libvirt prints every error to stderr by default; fibackup reports them itself."""
 
 
+_event_loop_started = False
+
+
+def _start_event_loop() -> None:
+    """libvirt's default event loop in a daemon thread (block job events need it);
+    it must be registered before the first connection is opened."""
+    global _event_loop_started
+    if _event_loop_started:
+        return
+    libvirt.virEventRegisterDefaultImpl()
+
+    def run() -> None:
+        while True:
+            libvirt.virEventRunDefaultImpl()
+
+    threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+    _event_loop_started = True
+
+
 def connect(uri: Optional[str] = None) -> "Connection":
     if libvirt is None:
         raise ConnectionFailedError("libvirt-python is not installed; run scripts/setup-host.sh "
                                     "or 'pip install libvirt-python'")
     libvirt.registerErrorHandler(_ignore_errors, None)
+    _start_event_loop()
     target = uri or default_uri()
     try:
         return Connection(libvirt.open(target), target)
     except libvirt.libvirtError as error:
         raise ConnectionFailedError(
-            f"cannot connect to libvirt at {target} ({_message(error)}); is libvirtd running? "
+            f"cannot connect to libvirt at {target} ({libvirt_message(error)}); is libvirtd running? "
             "(start it with 'libvirtd -d' or scripts/setup-host.sh, or pass --connect)") from None
 
 
-def _message(error: Exception) -> str:
+def libvirt_message(error: Exception) -> str:
+    """libvirt's own text of an error, without a prefix."""
     text = error.get_error_message() if hasattr(error, "get_error_message") else str(error)
     return (text or str(error)).strip()
 
@@ -55,7 +77,7 @@ class Connection:
                 raise DomainNotFoundError(
                     f"domain '{name}' is not defined on {self.uri}; 'virsh list --all' shows "
                     "the defined domains") from None
-            raise LibvirtError(f"cannot look up domain '{name}': {_message(error)}; is libvirtd "
+            raise LibvirtError(f"cannot look up domain '{name}': {libvirt_message(error)}; is libvirtd "
                                "still running?") from None
 
     def find_domain(self, name: str) -> Optional["Domain"]:
@@ -70,11 +92,20 @@ class Connection:
         except libvirt.libvirtError:
             return None
 
+    def other_domains(self, uuid: str) -> list["Domain"]:
+        """Every defined or running domain except the one with ``uuid``."""
+        try:
+            handles = self.handle.listAllDomains(0)
+        except libvirt.libvirtError as error:
+            raise LibvirtError(f"cannot list the domains on {self.uri}: "
+                               f"{libvirt_message(error)}") from None
+        return [Domain(handle) for handle in handles if handle.UUIDString() != uuid]
+
     def define(self, xml: str) -> "Domain":
         try:
             return Domain(self.handle.defineXML(xml))
         except libvirt.libvirtError as error:
-            raise LibvirtError(f"libvirt refused the domain definition: {_message(error)}; "
+            raise LibvirtError(f"libvirt refused the domain definition: {libvirt_message(error)}; "
                                "restore with --no-define and define the domain by hand") from None
 
     def close(self) -> None:
@@ -122,13 +153,20 @@ class Domain:
         """What describes the disks now: live XML if running, else persistent."""
         return self.live_xml() if self.is_active() else self.inactive_xml()
 
+    def block_job_running(self, target: str) -> bool:
+        try:
+            return bool(self.handle.blockJobInfo(target, 0))
+        except libvirt.libvirtError as error:
+            raise LibvirtError(f"cannot ask libvirt about block jobs on disk {target} of "
+                               f"'{self.name}': {libvirt_message(error)}") from None
+
     def redefine(self, xml: str) -> None:
         """Replace the persistent definition (also while the domain runs)."""
         try:
             self.handle.connect().defineXML(xml)
         except libvirt.libvirtError as error:
             raise LibvirtError(f"libvirt refused the new definition of '{self.name}': "
-                               f"{_message(error)}") from None
+                               f"{libvirt_message(error)}") from None
 
     def snapshot(self, xml: str, quiesce: bool) -> None:
         """Create an external disk-only snapshot without libvirt metadata, atomically."""
@@ -144,7 +182,7 @@ class Domain:
 
 
 def _snapshot_message(name: str, error: Exception, quiesce: bool) -> str:
-    text = _message(error)
+    text = libvirt_message(error)
     if quiesce and ("agent" in text.lower()):
         return (f"cannot quiesce domain '{name}': {text}; install and start qemu-guest-agent in "
                 "the guest with an org.qemu.guest_agent.0 channel, or run without --quiesce")
