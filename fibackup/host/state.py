@@ -145,8 +145,21 @@ def load(domain_uuid: str) -> HostState:
                     for item in document.get("restored", [])]
         consolidations = [Consolidation.from_json(item)
                           for item in document.get("consolidations", [])]
-        stores = {str(key): str(value) for key, value in dict(document.get("stores", {})).items()}
+        stores = _string_map(document.get("stores", {}), "stores")
+        overlays = [_string_map(item, "overlays") for item in _list(document.get("overlays", []))]
     except (KeyError, TypeError, ValueError) as error:
         raise CorruptStoreError(f"{path} has a malformed entry ({error})") from None
-    return HostState(domain_uuid, restored, list(document.get("overlays", [])), stores,
-                     consolidations)
+    return HostState(domain_uuid, restored, overlays, stores, consolidations)
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, found {type(value).__name__}")
+    return value
+
+
+def _string_map(value: Any, what: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(key, str) and isinstance(item, str)
+                                              for key, item in value.items()):
+        raise TypeError(f"'{what}' must map names to strings")
+    return dict(value)

@@ -241,3 +241,69 @@ def test_permission_error_is_one_clear_line(lab):
     assert len(errors) == 1, result.stderr
     assert f"may not write {base}" in errors[0] and "AppArmor" in errors[0], errors[0]
     assert len(dom.live_xml().findall("./devices/disk/backingStore/backingStore")) >= 1
+
+
+def test_cycles_of_every_kind_keep_every_point_exact(lab):
+    """8+ rounds of writes and backups with consolidations of every kind in between."""
+    dom = lab.domain()
+    backup, points = _history(lab, dom, 1, 0x30)
+    plan = ["commit", None, "pull", "commit", "active", None, "commit", "offline-commit",
+            "offline-pull", "commit"]
+    copied_after = {}
+    for number, method in enumerate(plan):
+        if method is not None and method.startswith("offline-"):
+            dom.destroy()
+            _consolidate(lab, dom, "--method", method.split("-", 1)[1])
+            dom.start()
+        elif method is not None:
+            _consolidate(lab, dom, "--method", method)
+        dom.write("vda", 0x50 + number, (number % 12) * MiB, MiB)
+        dom.write("vdb", 0x70 + number, (number % 7) * MiB + 4096, 64 * 1024)
+        result = _backup_now(dom, backup, points)
+        copied_after.setdefault(method or "none", []).append(result["bytes_copied"])
+    # after a commit (live or offline) the backup copies only the change
+    for key in ("commit", "offline-commit", "none"):
+        assert all(value < 2 * MiB for value in copied_after[key]), copied_after
+    for key in ("pull", "active", "offline-pull"):
+        assert all(value > 2 * MiB for value in copied_after[key]), copied_after
+    _check_all(lab, dom, backup, points)
+    assert "ok:" in lab.cli("verify", "-b", backup).stdout
+
+
+def test_snapshot_consolidate_and_max_chain_bound_a_nightly_loop(lab):
+    dom = lab.domain()
+    backup, points = _history(lab, dom, 1, 0x30)
+    result = dom.snapshot(backup, "--consolidate", "commit").json()[0]
+    points[result["point"]] = dom.expected_now()
+    assert all(len(disk["chain_after"]) == 2 for disk in result["consolidation"]["disks"])
+    lengths = []
+    for number in range(6):
+        dom.write("vda", 0x40 + number, number * MiB, MiB)
+        result = dom.snapshot(backup, "--max-chain", "4").json()[0]
+        points[result["point"]] = dom.expected_now()
+        lengths.append(len(dom.live_xml().find("./devices/disk").findall(".//source")))
+        assert result["new_generation"] == []
+    assert max(lengths) <= 4 and result["bytes_copied"] < 2 * MiB, lengths
+    _check_all(lab, dom, backup, points)
+
+
+def test_fifty_layer_chain_consolidates_in_one_command(lab):
+    dom = lab.domain()
+    backup, points = _history(lab, dom, 1, 0x30)
+    for number in range(49):
+        dom.write("vda", number % 200, (number % 16) * MiB, 4096)
+        if number % 10 == 9:
+            _backup_now(dom, backup, points)
+        else:
+            dom.snapshot(None)
+    warned = dom.snapshot(backup)
+    points[warned.json()[0]["point"]] = dom.expected_now()
+    assert "long chains" in warned.stderr
+    summary = _consolidate(lab, dom).json()[0]
+    vda = next(disk for disk in summary["disks"] if disk["disk"] == "vda")
+    assert len(vda["chain_before"]) >= 50 and len(vda["chain_after"]) == 2
+    dom.write("vda", 0x99, 0, MiB)
+    result = _backup_now(dom, backup, points)
+    assert result["new_generation"] == [] and result["bytes_copied"] < 2 * MiB
+    for point_id in list(points)[-3:]:
+        assert_same(restore_and_read(lab, dom.name, backup, point_id), points[point_id], point_id)

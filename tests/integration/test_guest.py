@@ -81,3 +81,37 @@ def test_guest_writes_during_backups_and_restored_copy_boots(guest_lab):
     for target, path in result["disks"].items():
         want = hashlib.md5(image_bytes(path, "qcow2")[:HASH_BYTES]).hexdigest()
         assert seen[target] == want, f"the booted copy sees other bytes on {target}"
+
+
+@pytest.mark.guest
+def test_active_commit_and_pull_while_the_guest_writes(guest_lab):
+    """Consolidations of the disk a real guest process keeps writing: every restore point
+    is a prefix of its writes, and the live disk afterwards holds all of them."""
+    lab = guest_lab
+    dom = lab.domain(disks=[DiskDef("vda", "qcow2", 16 * MiB), DiskDef("vdb", "qcow2", 8 * MiB)],
+                     guest_cmdline="fib.writer=vdb fib.writer_delay=0.02")
+    dom.wait_console("FIBACKUP-WRITER STARTED")
+    initial_vdb = dom.expected_now()["vdb"]
+    backup = lab.path("backup")
+    points = []
+    for method in ("active", "commit", "pull", "active"):
+        time.sleep(0.5)
+        points.append(dom.snapshot(backup).json()[0]["point"])
+        time.sleep(0.5)
+        points.append(dom.snapshot(backup).json()[0]["point"])
+        summary = lab.cli("consolidate", "-d", dom.name, "--method", method, "--timeout", "120",
+                          "--json").json()[0]
+        assert all(disk["outcome"] == "merged" for disk in summary["disks"]), summary
+    time.sleep(0.5)
+    points.append(dom.snapshot(backup).json()[0]["point"])
+    prefixes = []
+    for point_id in points:
+        restored = restore_and_read(lab, dom.name, backup, point_id)
+        count = written_prefix(restored["vdb"])
+        assert restored["vdb"] == with_records(initial_vdb, count), point_id
+        prefixes.append(count)
+    assert prefixes == sorted(prefixes) and prefixes[0] < prefixes[-1], prefixes
+    dom.destroy()
+    live = image_bytes(dom.top("vdb", inactive=True), "qcow2")
+    count = written_prefix(live)
+    assert count >= prefixes[-1] and live == with_records(initial_vdb, count)
