@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tests.lab import MiB, DiskDef, Lab  # noqa: E402
+from tests.lab import MiB, Lab  # noqa: E402
 
 GiB = 1024 * MiB
 
@@ -33,11 +33,7 @@ def run(lab: Lab, *args: str) -> float:
 def measure(size: int, repeat: int) -> float:
     lab = Lab()
     try:
-        dom = lab.domain(disks=[DiskDef("vda", "raw", size, model=False)], start=False)
-        path = dom.image_path(dom.disks[0])
-        subprocess.run(["qemu-io", "-f", "raw", "-c", f"write -P 1 {size // 2} {256 * MiB}", path],
-                       check=True, capture_output=True)
-        dom.start()
+        dom = lab.data_domain(size, 256 * MiB)
         backup = lab.path("backup")
         run(lab, "snapshot", "-d", dom.name, "-b", backup)
         times = []

@@ -122,20 +122,20 @@ def consolidate_locked(conn: Connection, domain: Domain, options: ConsolidateOpt
     live = _check_state(domain)
     result = ConsolidateResult(domain.name, options.method, live)
     disks = _disks(domain, options)
-    if _mergeable(disks, options.method):
-        missing = _unbacked(domain, disks, options, report)
-        if missing and options.backup_dir:
-            report.info(f"{domain.name}: {_describe(missing)}; taking a snapshot with backup "
-                        "first")
-            result.snapshot = _catch_up(domain, options, report)
-            disks = _disks(domain, options)
-        elif missing and not options.force:
-            raise UnbackedLayerError(_refusal(domain.name, missing, options.method))
-        elif missing:
-            report.warn(f"{domain.name}: {_describe(missing)}; going on because of --force: "
-                        "that restore point is lost and the next backup to that directory "
-                        "starts a new full generation")
-    work = [disk for disk in disks if _mergeable([disk], options.method)]
+    users = images_of_other_domains(conn, domain.uuid)
+    _refuse_shared(domain, _work(disks, options.method), options.method, users)
+    missing = _unbacked(domain, _work(disks, options.method), options, report)
+    if missing and options.backup_dir:
+        report.info(f"{domain.name}: {_describe(missing)}; taking a snapshot with backup first")
+        result.snapshot = _catch_up(domain, options, report)
+        disks = _disks(domain, options)
+    elif missing and not options.force:
+        raise UnbackedLayerError(_refusal(domain.name, missing, options.method))
+    elif missing:
+        report.warn(f"{domain.name}: {_describe(missing)}; going on because of --force: that "
+                    "restore point is lost and the next backup to that directory starts a new "
+                    "full generation")
+    work = _work(disks, options.method)
     for disk in disks:
         if disk not in work:
             result.disks.append(DiskOutcome(disk.target, _paths(disk), _paths(disk),
@@ -143,14 +143,12 @@ def consolidate_locked(conn: Connection, domain: Domain, options: ConsolidateOpt
     if not work:
         report.info(f"{domain.name}: nothing to consolidate (every chain is already short)")
         return result
-    users = images_of_other_domains(conn, domain.uuid)
-    _refuse_shared(domain, work, options.method, users)
     for disk in work:
         outcome = _consolidate_disk(domain, disk, options, live, report, users)
         result.disks.append(outcome)
         if outcome.outcome == "aborted":
-            report.warn(f"{domain.name}: the {JOB_NAMES[options.method]} of disk {disk.target} was aborted: "
-                        f"{outcome.reason}; the domain keeps its previous chain"
+            report.warn(f"{domain.name}: the {JOB_NAMES[options.method]} of disk {disk.target} "
+                        f"was aborted: {outcome.reason}; the domain keeps its previous chain"
                         + (" and the next backup of that disk starts a new full generation"
                            if options.method == "commit" else ""))
     result.disks.sort(key=lambda disk: disk.target)
@@ -177,10 +175,11 @@ def _disks(domain: Domain, options: ConsolidateOptions) -> list[LiveDisk]:
     return disks
 
 
-def _mergeable(disks: Sequence[LiveDisk], method: str) -> bool:
-    """Commit needs a frozen layer above the base; active and pull need any backing layer."""
+def _work(disks: Sequence[LiveDisk], method: str) -> list[LiveDisk]:
+    """Disks with something to merge: commit needs a frozen layer above the base,
+    active and pull any backing layer."""
     least = 3 if method == "commit" else 2
-    return any(len(disk.layers) >= least for disk in disks)
+    return [disk for disk in disks if len(disk.layers) >= least]
 
 
 def _paths(disk: LiveDisk) -> list[str]:
@@ -216,6 +215,8 @@ def _stores(domain: Domain, options: ConsolidateOptions,
 def _unbacked(domain: Domain, disks: Sequence[LiveDisk], options: ConsolidateOptions,
               report: Reporter) -> list[_Missing]:
     """Frozen layers some backup directory of the domain does not hold (by identity)."""
+    if not disks:
+        return []
     state = host_state.load(domain.uuid)
     missing = []
     for store in _stores(domain, options, state, report):
