@@ -170,10 +170,12 @@ def _back_up(store: BackupStore, index: LayerIndex, domain: Domain, disks: Seque
     """Copy what the store lacks of each now-frozen chain, then publish the point."""
     plans = [plan_disk(disk.target, _frozen(domain, disk, index), index) for disk in disks]
     point_disks = {}
+    state = host_state.load(domain.uuid)
     for disk, plan in zip(disks, plans):
         if plan.new_generation and index.has_disk(disk.target):
             result.new_generation.append(disk.target)
-            report.info(f"{domain.name}: disk {disk.target} starts a new full copy ({plan.reason})")
+            report.info(f"{domain.name}: disk {disk.target} starts a new full copy "
+                        f"({_new_generation_reason(plan, state.last_consolidation(disk.target))})")
         point_disks[disk.target] = _back_up_disk(store, domain, disk, plan, draft.id, result,
                                                  report)
     point = replace(draft, seq=store.next_seq(domain.uuid), disks=point_disks)
@@ -181,6 +183,20 @@ def _back_up(store: BackupStore, index: LayerIndex, domain: Domain, disks: Seque
     _remember_store(domain.uuid, store)
     report.info(f"{domain.name}: restore point {point.id} (#{result.point.seq}) stored in "
                 f"{store.root}: {human(result.bytes_copied)} copied")
+
+
+def _new_generation_reason(plan: DiskPlan,
+                           last: Optional[host_state.Consolidation]) -> str:
+    """Why a disk with stored layers gets a full copy, naming the last consolidation."""
+    if last is None:
+        return plan.reason
+    if last.outcome == "merged" and last.method == "commit":
+        return (f"{plan.reason}; its last consolidation, a commit on {last.time}, cannot be "
+                "mapped onto this backup's layers (they were not all stored here)")
+    what = {"active": "an active commit", "pull": "a pull", "commit": "a commit"}.get(
+        last.method, last.method)
+    outcome = "" if last.outcome == "merged" else f" ({last.outcome})"
+    return f"{plan.reason}; the chain was consolidated by {what}{outcome} on {last.time}"
 
 
 def _open_store(path: str) -> BackupStore:

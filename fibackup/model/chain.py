@@ -187,7 +187,9 @@ def plan_disk(target: str, frozen: Sequence[FrozenLayer], index: LayerIndex) -> 
         parent = segment[-1].id
     if not plan.reuse:
         plan.new_generation = True
-        plan.reason = "no layer of this disk is in the backup yet"
+        plan.reason = ("its base is not a file this backup holds: it was changed, replaced "
+                       "or consolidated since" if index.has_disk(target)
+                       else "no layer of this disk is in the backup yet")
         return plan
     resized = _resized(plan.reuse[-1].virtual_size, plan.copy)
     if resized:
