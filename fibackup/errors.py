@@ -28,7 +28,8 @@ Hierarchy::
     ├── InconsistentChainError               live chain differs from what fibackup expects
     ├── ImageInUseError                      another domain uses an image fibackup would change
     ├── UnbackedLayerError                   consolidation would merge layers no backup holds
-    └── StateDirError                        host state directory not writable
+    ├── StateDirError                        host state directory not writable
+    └── ConsolidationFailedError             snapshot --consolidate: backup made, consolidation not
 """
 from __future__ import annotations
 
@@ -131,3 +132,8 @@ class ImageInUseError(FibackupError):
 
 class UnbackedLayerError(FibackupError):
     """A consolidation would merge frozen layers that a backup directory does not hold."""
+
+
+class ConsolidationFailedError(FibackupError):
+    """``snapshot --consolidate``/``--max-chain``: the snapshot (and backup) succeeded, the
+    consolidation after it did not; the message names the stored restore point."""

@@ -123,12 +123,18 @@ def consolidate_locked(conn: Connection, domain: Domain, options: ConsolidateOpt
     result = ConsolidateResult(domain.name, options.method, live)
     disks = _disks(domain, options)
     users = images_of_other_domains(conn, domain.uuid)
+    users.update(_own_other_disks(domain, disks))
     _refuse_shared(domain, _work(disks, options.method), options.method, users)
     missing = _unbacked(domain, _work(disks, options.method), options, report)
     if missing and options.backup_dir:
         report.info(f"{domain.name}: {_describe(missing)}; taking a snapshot with backup first")
         result.snapshot = _catch_up(domain, options, report)
         disks = _disks(domain, options)
+        _refuse_shared(domain, _work(disks, options.method), options.method, users)
+        still = _unbacked(domain, _work(disks, options.method), options, report)
+        if still:
+            raise UnbackedLayerError(f"domain '{domain.name}': after the catch-up backup, "
+                                     f"{_describe(still)}; nothing was merged")
     elif missing and not options.force:
         raise UnbackedLayerError(_refusal(domain.name, missing, options.method))
     elif missing:
@@ -268,13 +274,13 @@ def _refuse_shared(domain: Domain, work: Sequence[LiveDisk], method: str,
         if key in users:
             raise ImageInUseError(
                 f"domain '{domain.name}': the base image {disk.base.path} of disk {disk.target} "
-                f"is also used by domain '{users[key]}'; a {method} would write into it and "
-                "change that domain's disk. Use --method pull (which never writes the base), or "
+                f"is also used by {users[key]}; a {method} would write into it and change "
+                "that disk's data. Use --method pull (which never writes the base), or "
                 "give the domain a base of its own")
 
 
 def images_of_other_domains(conn: Connection, uuid: str) -> dict[tuple[int, int], str]:
-    """(device, inode) of every image in the chains of every other domain -> its name."""
+    """(device, inode) of every image in the chains of every other domain -> who uses it."""
     users: dict[tuple[int, int], str] = {}
     for other in conn.other_domains(uuid):
         xmls = [other.live_xml()]
@@ -285,7 +291,23 @@ def images_of_other_domains(conn: Connection, uuid: str) -> dict[tuple[int, int]
                 for path in _chain_files(spec):
                     key = _file_key(path)
                     if key is not None:
-                        users.setdefault(key, other.name)
+                        users.setdefault(key, f"domain '{other.name}'")
+    return users
+
+
+def _own_other_disks(domain: Domain, disks: Sequence[LiveDisk]) -> dict[tuple[int, int], str]:
+    """Images of this domain's disks that are not consolidated (excluded, skipped, or
+    only in the persistent definition): writing them would change those disks."""
+    worked = {_file_key(layer.path) for disk in disks for layer in disk.layers}
+    users: dict[tuple[int, int], str] = {}
+    for xml in {domain.current_xml(), domain.inactive_xml()}:
+        for spec in domxml.disks(domxml.parse(xml)):
+            if spec.target in {disk.target for disk in disks} and xml == domain.current_xml():
+                continue
+            for path in _chain_files(spec):
+                key = _file_key(path)
+                if key is not None and key not in worked:
+                    users.setdefault(key, f"disk {spec.target} of the same domain")
     return users
 
 
@@ -321,18 +343,22 @@ def _consolidate_disk(domain: Domain, disk: LiveDisk, options: ConsolidateOption
                 f"{len(moved)} layer(s), {human(merged_bytes)}")
     moment = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     began = time.monotonic()
-    job = (_run_live if live else _run_offline)(domain, disk, options, report, merged_bytes)
+    try:
+        job = (_run_live if live else _run_offline)(domain, disk, options, report, merged_bytes)
+    except FibackupError:
+        _record(domain.uuid, host_state.Consolidation(
+            disk=disk.target, method=method, time=moment, outcome="failed",
+            base=disk.base.path, merged=tuple(layer.path for layer in moved)))
+        raise
     after = _chain_now(domain, disk.target)
     expected = _expected_chain(disk, method) if job.completed else before
     outcome = "merged" if job.completed else "aborted"
-    state = host_state.load(domain.uuid)
-    state.record(host_state.Consolidation(
+    _record(domain.uuid, host_state.Consolidation(
         disk=disk.target, method=method, time=moment,
         outcome=outcome if after == expected else "failed", base=disk.base.path,
         merged=tuple(layer.path for layer in moved),
         result=file_identity(disk.base.path) if job.completed and method == "commit" else None,
         parts=parts if job.completed and after == expected else ()))
-    state.save()
     if after != expected:
         raise InconsistentChainError(
             f"after the {method} of disk {disk.target} of '{domain.name}' its chain is "
@@ -345,8 +371,8 @@ def _consolidate_disk(domain: Domain, disk: LiveDisk, options: ConsolidateOption
     if job.completed and method == "pull":
         result.next_backup = "new generation"
     if job.completed:
-        _sync_definition(domain, disk, after, report)
-        if not options.keep_files:
+        consistent = _sync_definition(domain, disk, after, report)
+        if not options.keep_files and consistent:
             _delete_merged(domain, disk, method, report, result, users)
         report.info(f"{domain.name}: disk {disk.target} consolidated ({method}, "
                     f"{result.seconds:.1f} s): {' <- '.join(os.path.basename(p) for p in after)}")
@@ -355,6 +381,12 @@ def _consolidate_disk(domain: Domain, disk: LiveDisk, options: ConsolidateOption
                         f"copy (after {'an' if method == 'active' else 'a'} {JOB_NAMES[method]} no layer rests on a "
                         "backed-up state)")
     return result
+
+
+def _record(domain_uuid: str, consolidation: host_state.Consolidation) -> None:
+    state = host_state.load(domain_uuid)
+    state.record(consolidation)
+    state.save()
 
 
 def _moved_layers(disk: LiveDisk, method: str) -> list[LiveLayer]:
@@ -398,6 +430,15 @@ def _run_offline(domain: Domain, disk: LiveDisk, options: ConsolidateOptions, _r
     """The same results with qemu-img; every step leaves a chain that shows the same data."""
     began = time.monotonic()
     rate = options.bandwidth_mib * MIB
+    headers = [info.path for info in reversed(img.backing_chain(disk.active.path,
+                                                                  disk.active.format))]
+    if [os.path.realpath(path) for path in headers] != \
+            [os.path.realpath(layer.path) for layer in disk.layers]:
+        raise InconsistentChainError(
+            f"the definition of disk {disk.target} of '{domain.name}' gives the chain "
+            f"{' <- '.join(_paths(disk))}, but the image headers give {' <- '.join(headers)}; "
+            "nothing was changed. Remove the explicit <backingStore> from the definition "
+            "('virsh edit') so both agree, then run again")
     try:
         if options.method == "pull":
             img.make_standalone(disk.active.path, options.timeout)
@@ -418,23 +459,26 @@ def _run_offline(domain: Domain, disk: LiveDisk, options: ConsolidateOptions, _r
 
 
 def _sync_definition(domain: Domain, disk: LiveDisk, after: Sequence[str],
-                     report: Reporter) -> None:
-    """After a live job, the persistent definition must name the new top and no stale chain."""
+                     report: Reporter) -> bool:
+    """After a live job, the persistent definition must name the new top and no stale
+    chain; False when it names something else (then no merged file may be deleted)."""
     if not domain.is_active() or not domain.is_persistent() or not after:
-        return
+        return True
     persistent = domain.inactive_xml()
     spec = next((item for item in domxml.disks(domxml.parse(persistent))
                  if item.target == disk.target), None)
     if spec is None:
-        return
+        return True
     if spec.source not in (disk.active.path, after[-1]):
         report.warn(f"{domain.name}: the persistent definition of disk {disk.target} names "
-                    f"{spec.source}, not the running chain's top; left as it is")
-        return
+                    f"{spec.source}, not the running chain's top; left as it is, and the "
+                    "merged files are kept (that definition may still need them)")
+        return False
     top = disk.base if after[-1] == disk.base.path else disk.active
     xml = domxml.repoint_disks(persistent, {disk.target: (top.path, top.format)})
     if xml != persistent:
         domain.redefine(xml)
+    return True
 
 
 def _delete_merged(domain: Domain, disk: LiveDisk, method: str, report: Reporter,

@@ -16,8 +16,9 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
-from fibackup.errors import (DomainStateError, ImageToolError, InconsistentChainError,
-                             SnapshotError, UnsupportedDiskError, UsageError)
+from fibackup.errors import (ConsolidationFailedError, DomainStateError, FibackupError,
+                             ImageToolError, InconsistentChainError, SnapshotError,
+                             UnsupportedDiskError, UsageError)
 from fibackup.fsutil import allocated_bytes, ensure_space, file_identity, host_name, human
 from fibackup.commands.common import check_chain, layer_index, select_disks
 from fibackup.host import state as host_state
@@ -107,9 +108,14 @@ def _consolidate_after(conn: Connection, domain: Domain, options: SnapshotOption
                         "chains slow the guest down and libvirt refuses more than 200: run "
                         f"'fibackup consolidate -d {domain.name}' or use --max-chain")
         return
-    outcome = consolidate_locked(conn, domain, ConsolidateOptions(
-        method=method, backup_dir=options.backup_dir, disks=options.disks,
-        exclude=options.exclude, space_check=options.space_check), report)
+    try:
+        outcome = consolidate_locked(conn, domain, ConsolidateOptions(
+            method=method, backup_dir=options.backup_dir, disks=options.disks,
+            exclude=options.exclude, space_check=options.space_check), report)
+    except FibackupError as error:
+        stored = f"restore point {result.point.id} is stored" if result.point else \
+            f"snapshot {result.tag} was taken"
+        raise ConsolidationFailedError(f"{stored}, but the consolidation failed: {error}") from None
     result.consolidation = outcome.to_json()
 
 
@@ -353,14 +359,18 @@ def _frozen_info(domain: Domain, target: str, layer: LiveLayer) -> img.ImageInfo
     """qemu-img info of a backing layer, which QEMU must not be writing to.
 
     After a cancelled commit QEMU keeps the write lock on the base although
-    nothing writes it any more: that base is still accepted when libvirt names
-    it as a backing layer and no block job runs on the disk (the copy itself
-    checks that the file does not change).
+    nothing writes it any more: that base is still accepted when the host state
+    says fibackup's last job on the disk was cancelled with this base, libvirt
+    names it as a backing layer, and no block job runs on the disk (the copy
+    itself checks that the file does not change).
     """
     try:
         return img.info(layer.path, layer.format)
     except ImageToolError as error:
-        if "another process" not in str(error) or not domain.is_active() \
+        last = host_state.load(domain.uuid).last_consolidation(target)
+        cancelled_here = (last is not None and last.outcome in ("aborted", "failed")
+                          and os.path.realpath(last.base) == os.path.realpath(layer.path))
+        if "another process" not in str(error) or not cancelled_here or not domain.is_active() \
                 or domain.block_job_running(target):
             raise
     return img.info(layer.path, layer.format, force_share=True)

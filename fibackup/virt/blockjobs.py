@@ -19,6 +19,8 @@ from fibackup.virt.libvirt_api import Domain, libvirt, libvirt_message
 
 POLL_SECONDS = 0.25
 ABORT_WAIT_SECONDS = 60.0
+PIVOT_RETRY = 600.0
+"""Without --timeout, how long a READY job may keep refusing the pivot as "not ready"."""
 COMPLETED, FAILED, CANCELED, READY = 0, 1, 2, 3
 Progress = Optional[Callable[[int], None]]
 
@@ -65,11 +67,12 @@ class _Watch:
         if disk == self.target:
             self.events.put(status)
 
-    def info(self) -> dict[str, int]:
+    def info(self) -> Optional[dict[str, int]]:
+        """The job's progress; {} when libvirt says no job runs, None when it did not answer."""
         try:
             return dict(self.domain.handle.blockJobInfo(self.target, 0) or {})
         except libvirt.libvirtError:
-            return {}
+            return None
 
     def wait(self, wanted: set[int], deadline: Optional[float], progress: Progress) -> Optional[int]:
         """The first event in ``wanted``; None on timeout; COMPLETED if the job vanished."""
@@ -84,7 +87,9 @@ class _Watch:
             except queue.Empty:
                 pass
             info = self.info()
-            if info:
+            if info is None:
+                pass                        # libvirt did not answer: neither running nor gone
+            elif info:
                 vanished = 0
                 self.bytes_done = max(self.bytes_done, int(info.get("cur", 0)))
                 if progress is not None and self.bytes_done > shown:
@@ -120,7 +125,11 @@ def _run(domain: Domain, target: str, bandwidth_mib: int, timeout: Optional[floa
     deadline = began + timeout if timeout else None
     with _Watch(domain, target) as watch:
         _start(domain, target, what, start, base)
-        status = watch.wait({COMPLETED, FAILED, CANCELED}, deadline, progress)
+        try:
+            status = watch.wait({COMPLETED, FAILED, CANCELED}, deadline, progress)
+        except BaseException:
+            _abort_quietly(watch)
+            raise
         if status is None:
             status = _abort(watch)
             if status == COMPLETED:     # it finished while we aborted
@@ -145,31 +154,43 @@ def active_commit(domain: Domain, target: str, base: str, bandwidth_mib: int,
     with _Watch(domain, target) as watch:
         _start(domain, target, what,
                lambda: domain.handle.blockCommit(target, base, None, bandwidth_mib, flags), base)
-        status = watch.wait({READY, FAILED, CANCELED, COMPLETED}, deadline, progress)
-        if status == READY:
-            status = _pivot(domain, target, watch, deadline)
+        try:
+            status = watch.wait({READY, FAILED, CANCELED, COMPLETED}, deadline, progress)
+            if status == READY:
+                status = _pivot(domain, target, watch, deadline or time.monotonic() + PIVOT_RETRY)
+        except BaseException:
+            _abort_quietly(watch)           # never leave the domain mirrored in READY
+            raise
         if status is None:
-            status = _abort(watch)
-            reason = (f"it was not ready to pivot within {timeout:g} s (the guest may write "
-                      "faster than the base can take it; try a longer --timeout or a quieter "
-                      "moment)")
+            _abort(watch)
+            limit = f"within {timeout:g} s " if timeout else ""
+            reason = (f"it was not ready to pivot {limit}(the guest may write faster than the "
+                      "base can take it; try a longer --timeout or a quieter moment)")
             return JobResult("aborted", time.monotonic() - began, watch.bytes_done, reason)
         return _ended(domain, target, what, status, began, watch)
 
 
-def _pivot(domain: Domain, target: str, watch: _Watch, deadline: Optional[float]) -> Optional[int]:
+def _pivot(domain: Domain, target: str, watch: _Watch, deadline: float) -> Optional[int]:
+    """Pivot once READY; "not ready" is retried until ``deadline`` (None: give up)."""
     while True:
         try:
             domain.handle.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
         except libvirt.libvirtError as error:
             if "not ready" not in libvirt_message(error).lower():
                 raise BlockJobError(f"libvirt refused to pivot disk {target} of "
-                                    f"'{domain.name}': {libvirt_message(error)}") from None
-            if deadline is not None and time.monotonic() >= deadline:
+                                    f"'{domain.name}': {libvirt_message(error)}; the job was "
+                                    "aborted and the domain keeps its chain") from None
+            if time.monotonic() >= deadline:
                 return None
             time.sleep(POLL_SECONDS)
             continue
-        return watch.wait({COMPLETED, FAILED, CANCELED}, time.monotonic() + ABORT_WAIT_SECONDS, None)
+        status = watch.wait({COMPLETED, FAILED, CANCELED}, time.monotonic() + ABORT_WAIT_SECONDS,
+                            None)
+        if status is None:
+            raise BlockJobError(f"the pivot of disk {target} of '{domain.name}' did not complete "
+                                f"within {ABORT_WAIT_SECONDS:g} s; check 'virsh blockjob "
+                                f"{domain.name} {target}' and 'virsh domblklist {domain.name}'")
+        return status
 
 
 def _abort(watch: _Watch) -> Optional[int]:
@@ -177,11 +198,24 @@ def _abort(watch: _Watch) -> Optional[int]:
     try:
         watch.domain.handle.blockJobAbort(watch.target, 0)
     except libvirt.libvirtError as error:
-        if watch.info():
+        if watch.info() != {}:
             raise BlockJobError(f"cannot abort the block job on disk {watch.target} of "
                                 f"'{watch.domain.name}': {libvirt_message(error)}; see "
                                 f"'virsh blockjob {watch.domain.name} {watch.target}'") from None
-    return watch.wait({COMPLETED, FAILED, CANCELED}, time.monotonic() + ABORT_WAIT_SECONDS, None)
+    status = watch.wait({COMPLETED, FAILED, CANCELED}, time.monotonic() + ABORT_WAIT_SECONDS, None)
+    if status is None and watch.info() != {}:
+        raise BlockJobError(f"the block job on disk {watch.target} of '{watch.domain.name}' "
+                            f"still runs {ABORT_WAIT_SECONDS:g} s after it was aborted; check "
+                            f"'virsh blockjob {watch.domain.name} {watch.target}'")
+    return status
+
+
+def _abort_quietly(watch: _Watch) -> None:
+    try:
+        if watch.info():
+            watch.domain.handle.blockJobAbort(watch.target, 0)
+    except libvirt.libvirtError:
+        pass
 
 
 def _ended(domain: Domain, target: str, what: str, status: Optional[int], began: float,
