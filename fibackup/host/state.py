@@ -21,7 +21,7 @@ from fibackup.model.chain import FileIdentity
 
 STATE_KIND = "fibackup-host-state"
 STATE_VERSION = 1
-MAX_CONSOLIDATIONS = 500
+MAX_CONSOLIDATIONS = 1000
 """Older consolidation records are dropped; a store last written before them
 then gets a new full generation (never a wrong delta)."""
 

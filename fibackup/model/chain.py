@@ -100,7 +100,9 @@ class DiskPlan:
         return self.reuse[-1].id if self.reuse else None
 
 
-MAX_COMPOSITION_DEPTH = 64
+MAX_COMPOSITION_DEPTH = 300
+"""Commits nest: each completed commit adds one level (a nightly commit, 300 nights).
+Deeper, the disk gets a new full generation. Two Python frames per level."""
 
 
 class LayerIndex:
