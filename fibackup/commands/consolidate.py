@@ -124,14 +124,16 @@ def consolidate_locked(conn: Connection, domain: Domain, options: ConsolidateOpt
     disks = _disks(domain, options)
     users = images_of_other_domains(conn, domain.uuid)
     users.update(_own_other_disks(domain, disks))
-    _refuse_shared(domain, _work(disks, options.method), options.method, users)
-    missing = _unbacked(domain, _work(disks, options.method), options, report)
+    work = _work(disks, options.method)
+    _refuse_shared(domain, work, options.method, users)
+    missing = _unbacked(domain, work, options, report)
     if missing and options.backup_dir:
         report.info(f"{domain.name}: {_describe(missing)}; taking a snapshot with backup first")
         result.snapshot = _catch_up(domain, options, report)
         disks = _disks(domain, options)
-        _refuse_shared(domain, _work(disks, options.method), options.method, users)
-        still = _unbacked(domain, _work(disks, options.method), options, report)
+        work = _work(disks, options.method)
+        _refuse_shared(domain, work, options.method, users)
+        still = _unbacked(domain, work, options, report)
         if still:
             raise UnbackedLayerError(f"domain '{domain.name}': after the catch-up backup, "
                                      f"{_describe(still)}; nothing was merged")
@@ -141,7 +143,6 @@ def consolidate_locked(conn: Connection, domain: Domain, options: ConsolidateOpt
         report.warn(f"{domain.name}: {_describe(missing)}; going on because of --force: that "
                     "restore point is lost and the next backup to that directory starts a new "
                     "full generation")
-    work = _work(disks, options.method)
     for disk in disks:
         if disk not in work:
             result.disks.append(DiskOutcome(disk.target, _paths(disk), _paths(disk),
@@ -299,10 +300,12 @@ def _own_other_disks(domain: Domain, disks: Sequence[LiveDisk]) -> dict[tuple[in
     """Images of this domain's disks that are not consolidated (excluded, skipped, or
     only in the persistent definition): writing them would change those disks."""
     worked = {_file_key(layer.path) for disk in disks for layer in disk.layers}
+    targets = {disk.target for disk in disks}
+    current = domain.current_xml()
     users: dict[tuple[int, int], str] = {}
-    for xml in {domain.current_xml(), domain.inactive_xml()}:
+    for xml in {current, domain.inactive_xml()}:
         for spec in domxml.disks(domxml.parse(xml)):
-            if spec.target in {disk.target for disk in disks} and xml == domain.current_xml():
+            if spec.target in targets and xml == current:
                 continue
             for path in _chain_files(spec):
                 key = _file_key(path)
@@ -338,7 +341,8 @@ def _consolidate_disk(domain: Domain, disk: LiveDisk, options: ConsolidateOption
     before = _paths(disk)
     moved = _moved_layers(disk, method)
     merged_bytes = sum(allocated_bytes(layer.path) for layer in moved)
-    parts = tuple(file_identity(layer.path) for layer in disk.layers[:-1]) if method == "commit" else ()
+    parts = (tuple(file_identity(layer.path) for layer in disk.layers[:-1])
+             if method == "commit" else ())
     report.info(f"{domain.name}: {JOB_NAMES[method]} of disk {disk.target}: merging "
                 f"{len(moved)} layer(s), {human(merged_bytes)}")
     moment = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -368,8 +372,6 @@ def _consolidate_disk(domain: Domain, disk: LiveDisk, options: ConsolidateOption
                          time.monotonic() - began, reason=job.reason)
     result.next_backup = ("incremental" if job.completed and method == "commit"
                           else "new generation")
-    if job.completed and method == "pull":
-        result.next_backup = "new generation"
     if job.completed:
         consistent = _sync_definition(domain, disk, after, report)
         if not options.keep_files and consistent:
@@ -377,8 +379,9 @@ def _consolidate_disk(domain: Domain, disk: LiveDisk, options: ConsolidateOption
         report.info(f"{domain.name}: disk {disk.target} consolidated ({method}, "
                     f"{result.seconds:.1f} s): {' <- '.join(os.path.basename(p) for p in after)}")
         if result.next_backup == "new generation":
+            article = "an" if method == "active" else "a"
             report.info(f"{domain.name}: the next backup of disk {disk.target} will be a new full "
-                        f"copy (after {'an' if method == 'active' else 'a'} {JOB_NAMES[method]} no layer rests on a "
+                        f"copy (after {article} {JOB_NAMES[method]} no layer rests on a "
                         "backed-up state)")
     return result
 
@@ -485,12 +488,7 @@ def _delete_merged(domain: Domain, disk: LiveDisk, method: str, report: Reporter
                    result: DiskOutcome, users: dict[tuple[int, int], str]) -> None:
     """Delete the files the job made useless: only overlays fibackup created, never the
     base, never a file another domain uses."""
-    if method == "commit":
-        candidates = list(disk.layers[1:-1])
-    elif method == "active":
-        candidates = list(disk.layers[1:])
-    else:
-        candidates = list(disk.layers[1:-1])
+    candidates = [layer for layer in _moved_layers(disk, method) if layer is not disk.base]
     state = host_state.load(domain.uuid)
     removed = set()
     for layer in candidates:

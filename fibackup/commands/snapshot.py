@@ -164,7 +164,7 @@ def _prepare_backup(domain: Domain, disks: Sequence[LiveDisk],
     """Open the store and check, before any snapshot, that the backup can be made."""
     assert options.backup_dir is not None
     store = _open_store(options.backup_dir)
-    index = _layer_index(store, domain.uuid)
+    index = layer_index(store, domain.uuid)
     needed = _preflight(domain.name, disks, index)
     if options.space_check:
         ensure_space(store.root, needed, f"the backup of domain '{domain.name}'")
@@ -209,10 +209,6 @@ def _open_store(path: str) -> BackupStore:
     store = BackupStore.open(path, create=True)
     store.check_writable()
     return store
-
-
-def _layer_index(store: BackupStore, domain_uuid: str) -> LayerIndex:
-    return layer_index(store, domain_uuid)
 
 
 def _preflight(name: str, disks: Sequence[LiveDisk], index: LayerIndex) -> int:
