@@ -77,6 +77,12 @@ def all_files(root):
             yield os.path.join(directory, name), False
 
 
+def write_stray(path, data):
+    """A file fibackup did not write (damaged, half-written or foreign)."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
 def flip_byte(path, offset):
     os.chmod(path, 0o600)
     with open(path, "r+b") as handle:
@@ -277,12 +283,9 @@ def test_stored_layers_ignores_image_of_wrong_size(store, source):
 def test_stored_layers_ignores_damaged_record_and_hidden_files(store, source):
     base = store_layer(store, source)
     layers_dir = os.path.dirname(store.layer_path(UUID, base.id, "raw"))
-    with open(os.path.join(layers_dir, "broken-layer.json"), "wb") as handle:
-        handle.write(b'{"kind": "fibackup-layer", "vers')
-    with open(os.path.join(layers_dir, "broken-layer.raw"), "wb") as handle:
-        handle.write(b"x")
-    with open(os.path.join(layers_dir, ".partial-thing.json"), "wb") as handle:
-        handle.write(b"{}")
+    write_stray(os.path.join(layers_dir, "broken-layer.json"), b'{"kind": "fibackup-layer", "vers')
+    write_stray(os.path.join(layers_dir, "broken-layer.raw"), b"x")
+    write_stray(os.path.join(layers_dir, ".partial-thing.json"), b"{}")
     assert store.stored_layers(UUID) == [base]
 
 
@@ -429,10 +432,8 @@ def test_hidden_and_foreign_files_in_points_dir_are_ignored(store, source):
     layer = store_layer(store, source)
     point = store.publish_point(make_point([layer], seq=1))
     points_dir = os.path.join(store.domain_dir(UUID), "points")
-    with open(os.path.join(points_dir, ".00000002.json.partial-1234"), "wb") as handle:
-        handle.write(b"half a manif")
-    with open(os.path.join(points_dir, "README.txt"), "wb") as handle:
-        handle.write(b"notes")
+    write_stray(os.path.join(points_dir, ".00000002.json.partial-1234"), b"half a manif")
+    write_stray(os.path.join(points_dir, "README.txt"), b"notes")
     assert store.points(UUID) == [point]
 
 
