@@ -154,18 +154,21 @@ def scan_file(src_path: str, dst_path: Optional[str] = None, *,
               expected: Optional[ChunkList] = None,
               chunk_size: int = CHUNK_SIZE,
               progress: Optional[ProgressFn] = None,
-              follow_symlinks: bool = True) -> ScanResult:
+              follow_symlinks: bool = True,
+              opener: Optional[Callable[[str, int], int]] = None) -> ScanResult:
     """Read ``src_path`` once: hash it, and copy it to ``dst_path`` if given.
 
     With ``expected`` every chunk is compared with the list; the copy stops at
     the first mismatch (the caller must discard ``dst_path``), a plain check
     goes on and reports every damaged chunk.  Stored files are read with
-    ``follow_symlinks=False``: a link inside a store never leads outside it.
+    ``follow_symlinks=False``, or through ``opener`` (like ``open``'s: it gets
+    the path and flags and returns a descriptor, which scan_file closes): the
+    store opens its files relative to checked directories.
     """
     if expected is not None:
         chunk_size = expected.chunk_size
     flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
-    src = os.open(src_path, flags)
+    src = opener(src_path, flags) if opener is not None else os.open(src_path, flags)
     dst = -1
     try:
         size = os.fstat(src).st_size

@@ -54,8 +54,9 @@ def dumps(document: Mapping[str, Any]) -> bytes:
 def loads(data: bytes, origin: str) -> dict[str, Any]:
     try:
         document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CorruptStoreError(f"{origin} is not valid JSON ({error}); "
+    except (ValueError, RecursionError) as error:    # bad UTF-8 or JSON, absurd nesting or numbers
+        detail = str(error) if not isinstance(error, RecursionError) else "nested too deeply"
+        raise CorruptStoreError(f"{origin} is not valid JSON ({detail}); "
                                 "the file is damaged or was edited by hand") from None
     if not isinstance(document, dict):
         raise CorruptStoreError(f"{origin} does not hold a JSON object")
@@ -74,6 +75,13 @@ def _field(document: Mapping[str, Any], key: str, kind: type[T], origin: str) ->
 def _checked(value: str, check: Callable[[str], bool], what: str, origin: str) -> str:
     if not check(value):
         raise CorruptStoreError(f"{origin}: {what} {value!r} is not valid")
+    return value
+
+
+def _count(document: Mapping[str, Any], key: str, origin: str, least: int = 0) -> int:
+    value = _field(document, key, int, origin)
+    if value < least:
+        raise CorruptStoreError(f"{origin}: field '{key}' is {value}, below {least}")
     return value
 
 
@@ -201,15 +209,19 @@ def point_from_dict(document: Mapping[str, Any], origin: str) -> RestorePoint:
         layers = tuple(_point_layer(layer, origin) for layer in _field(entry, "layers", list, origin))
         if not layers:
             raise CorruptStoreError(f"{origin}: disk {target!r} lists no layer")
-        disks[target] = PointDisk(target=target, layers=layers,
-                                  virtual_size=_field(entry, "virtual_size", int, origin),
+        virtual_size = _count(entry, "virtual_size", origin)
+        if virtual_size != layers[-1].virtual_size:
+            # the restored disk is sized from this: it must be what the top layer presents
+            raise CorruptStoreError(f"{origin}: disk {target!r} has virtual size {virtual_size} "
+                                    f"but its top layer has {layers[-1].virtual_size}")
+        disks[target] = PointDisk(target=target, layers=layers, virtual_size=virtual_size,
                                   source_path=str(entry.get("source_path", "")))
     if not disks:
         raise CorruptStoreError(f"{origin} lists no disk")
     skipped = document.get("skipped_disks", [])
     return RestorePoint(
         id=_checked(_field(document, "id", str, origin), is_valid_id, "point id", origin),
-        seq=_field(document, "seq", int, origin), time=_field(document, "time", str, origin),
+        seq=_count(document, "seq", origin, least=1), time=_field(document, "time", str, origin),
         domain_name=_field(domain, "name", str, origin),
         domain_uuid=_checked(_field(domain, "uuid", str, origin), is_valid_uuid, "uuid", origin),
         host=_field(domain, "host", str, origin), disks=disks,
@@ -225,7 +237,7 @@ def _point_layer(entry: Any, origin: str) -> PointLayer:
         id=_checked(_field(entry, "id", str, origin), is_valid_id, "layer id", origin),
         image_format=_checked(_field(entry, "image_format", str, origin),
                               lambda fmt: fmt in IMAGE_FORMATS, "image format", origin),
-        size=_field(entry, "size", int, origin),
-        virtual_size=_field(entry, "virtual_size", int, origin),
-        digest=_field(entry, "digest", str, origin), new=entry.get("new") is True,
-        data_bytes=_field(entry, "data_bytes", int, origin))
+        size=_count(entry, "size", origin), virtual_size=_count(entry, "virtual_size", origin),
+        digest=_checked(_field(entry, "digest", str, origin), lambda text: bool(_HEX_RE.match(text)),
+                        "digest", origin),
+        new=entry.get("new") is True, data_bytes=_count(entry, "data_bytes", origin))

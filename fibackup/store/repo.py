@@ -9,27 +9,40 @@ Layout (docs/FORMAT.md)::
 
 Every file is written under a hidden temporary name, fsynced, then published
 under its final name without ever replacing an existing file.
+
+Nothing inside the directory is trusted: every file is opened relative to a
+descriptor of its directory, each directory below the root must be a real
+directory (never a symbolic link) and each file a regular file opened with
+``O_NOFOLLOW``, so a link planted in a backup directory never makes fibackup
+read or write outside it.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import errno
 import os
+import stat
+import struct
 from dataclasses import replace
 import uuid as _uuid
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 from fibackup.errors import (CorruptStoreError, IntegrityError, NotEnoughSpaceError,
                              StoreUnavailableError)
-from fibackup.fsutil import (make_private_dirs, publish, remove_quietly, temp_name,
-                             write_file)
+from fibackup.fsutil import publish, remove_quietly, temp_name, write_file
 from fibackup.model.chain import FileIdentity, StoredLayer
-from fibackup.model.points import RestorePoint
+from fibackup.model.points import PointLayer, RestorePoint
 from fibackup.store import format as fmt
 from fibackup.store.chunks import ChunkList, ProgressFn, scan_file
 
 MARKER = "fibackup-store.json"
 POINT_NAME_DIGITS = 8
+
+AGREED_FIELDS = ("image_format", "size", "virtual_size", "digest", "data_bytes")
+"""What a manifest's layer entry and the layer's record must agree on."""
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 def utc_now() -> str:
@@ -43,6 +56,8 @@ class BackupStore:
         self.root = root
         self.store_id = store_id
         self._records: dict[tuple[str, str], fmt.LayerRecord] = {}
+        self._listed: dict[tuple[str, str], dict[str, PointLayer]] = {}
+        """(domain, layer id) -> {manifest path: its entry} of the manifests read."""
 
     # -- opening -----------------------------------------------------------
 
@@ -65,8 +80,8 @@ class BackupStore:
             raise StoreUnavailableError(f"backup directory {root} is not a directory; "
                                         "give a directory with -b")
         marker = os.path.join(root, MARKER)
-        if os.path.exists(marker):
-            return cls(root, _read_marker(marker))
+        if os.path.lexists(marker):
+            return cls(root, _read_marker(root))
         if not create:
             raise StoreUnavailableError(
                 f"{root} is not a fibackup backup directory (no {MARKER}); "
@@ -81,7 +96,7 @@ class BackupStore:
         try:
             _write(marker, fmt.dumps(document))
         except FileExistsError:            # another run initialised it at the same moment
-            return cls(root, _read_marker(marker))
+            return cls(root, _read_marker(root))
         return cls(root, store_id)
 
     def check_writable(self) -> None:
@@ -103,19 +118,26 @@ class BackupStore:
         return os.path.join(self.root, "domains", domain_uuid)
 
     def layer_path(self, domain_uuid: str, layer_id: str, image_format: str) -> str:
-        if not fmt.is_valid_id(layer_id) or image_format not in fmt.IMAGE_FORMATS:
-            raise CorruptStoreError(f"invalid layer id or format {layer_id!r}/{image_format!r}")
-        return os.path.join(self.domain_dir(domain_uuid), "layers", f"{layer_id}.{image_format}")
+        return os.path.join(self.root, *self._layers(domain_uuid),
+                            _image_name(layer_id, image_format))
 
     def _record_path(self, domain_uuid: str, layer_id: str) -> str:
-        return os.path.join(self.domain_dir(domain_uuid), "layers", f"{layer_id}.json")
+        return os.path.join(self.root, *self._layers(domain_uuid), _record_name(layer_id))
+
+    def _layers(self, domain_uuid: str) -> tuple[str, ...]:
+        """The components of a domain's layers directory below the root."""
+        self.domain_dir(domain_uuid)
+        return ("domains", domain_uuid, "layers")
+
+    def _points_dir(self, domain_uuid: str) -> tuple[str, ...]:
+        self.domain_dir(domain_uuid)
+        return ("domains", domain_uuid, "points")
 
     # -- reading -------------------------------------------------------------
 
     def domain_uuids(self) -> list[str]:
-        base = os.path.join(self.root, "domains")
         try:
-            names = sorted(os.listdir(base))
+            names = sorted(_list_dir(self.root, ("domains",)))
         except FileNotFoundError:
             return []
         return [name for name in names if fmt.is_valid_uuid(name)]
@@ -126,28 +148,68 @@ class BackupStore:
 
         An unreadable manifest raises CorruptStoreError, or, when ``problems``
         is given, is described there and left out (one damaged manifest must not
-        hide the others).
+        hide the others).  So is a manifest that lists a layer differently from
+        another manifest when the layer's record contradicts it.
         """
-        directory = os.path.join(self.domain_dir(domain_uuid), "points")
-        points = []
-        for name in _documents(directory):
-            try:
-                points.append(self._point(domain_uuid, os.path.join(directory, name)))
-            except CorruptStoreError as error:
-                if problems is None:
-                    raise
-                problems.append(str(error))
-        return sorted(points, key=lambda point: point.seq)
-
-    def _point(self, domain_uuid: str, path: str) -> RestorePoint:
+        found: list[CorruptStoreError] = []
+        loaded: dict[str, RestorePoint] = {}
+        parts = self._points_dir(domain_uuid)
         try:
-            data = _read(path)
-        except OSError as error:
-            raise CorruptStoreError(f"cannot read {path} ({error.strerror})") from None
-        point = fmt.point_from_dict(fmt.loads(data, path), path)
-        if point.domain_uuid != domain_uuid or os.path.basename(path) != _point_name(point.seq):
+            for name in _documents(self.root, parts):
+                path = os.path.join(self.root, *parts, name)
+                try:
+                    loaded[path] = self._point(domain_uuid, parts, name)
+                except CorruptStoreError as error:
+                    found.append(error)
+        except CorruptStoreError as error:          # the directory itself
+            found.append(error)
+        for path, message in self._contradicted(domain_uuid, loaded).items():
+            del loaded[path]
+            found.append(CorruptStoreError(message))
+        if found and problems is None:
+            raise found[0]
+        if problems is not None:
+            problems.extend(str(error) for error in found)
+        for path, point in loaded.items():
+            for _target, layer in _entries(point):
+                self._listed.setdefault((domain_uuid, layer.id), {})[path] = layer
+        return sorted(loaded.values(), key=lambda point: point.seq)
+
+    def _point(self, domain_uuid: str, parts: Sequence[str], name: str) -> RestorePoint:
+        path = os.path.join(self.root, *parts, name)
+        point = fmt.point_from_dict(_read_document(self.root, parts, name), path)
+        if point.domain_uuid != domain_uuid or name != _point_name(point.seq):
             raise CorruptStoreError(f"{path} belongs to another domain or sequence number")
         return point
+
+    def _contradicted(self, domain_uuid: str,
+                      loaded: dict[str, RestorePoint]) -> dict[str, str]:
+        """Manifests listing a layer unlike another manifest does, and unlike its record.
+
+        Only layers listed differently are looked up (their records decide which
+        listing is wrong), so reading the manifests stays cheap.  When the record
+        cannot be read nothing is decided here: restore and verify report it.
+        """
+        listings: dict[str, list[tuple[str, str, PointLayer]]] = {}
+        for path, point in loaded.items():
+            for target, layer in _entries(point):
+                listings.setdefault(layer.id, []).append((path, target, layer))
+        wrong: dict[str, str] = {}
+        for layer_id, entries in sorted(listings.items()):
+            if len({_agreed(layer) for _path, _target, layer in entries}) == 1:
+                continue
+            try:
+                record = self.layer_record(domain_uuid, layer_id)
+            except CorruptStoreError:
+                continue
+            for path, target, layer in entries:
+                differences = layer_disagreement(layer, record.layer)
+                if differences and path not in wrong:
+                    point = loaded[path]
+                    wrong[path] = (f"{path} (restore point {point.domain_name}/{point.id}), disk "
+                                   f"{target}: layer {layer_id} is listed with "
+                                   f"{'; '.join(differences)}, unlike in other restore points")
+        return wrong
 
     def all_points(self, problems: Optional[list[str]] = None) -> list[RestorePoint]:
         return [point for uuid in self.domain_uuids() for point in self.points(uuid, problems)]
@@ -162,30 +224,33 @@ class BackupStore:
     def _read_layer_record(self, domain_uuid: str, layer_id: str) -> fmt.LayerRecord:
         path = self._record_path(domain_uuid, layer_id)
         try:
-            data = _read(path)
+            document = _read_document(self.root, self._layers(domain_uuid),
+                                      _record_name(layer_id))
         except FileNotFoundError:
             raise CorruptStoreError(f"layer record {path} is missing") from None
-        record = fmt.layer_record_from_dict(fmt.loads(data, path), path)
+        record = fmt.layer_record_from_dict(document, path)
         if record.layer.id != layer_id:
             raise CorruptStoreError(f"{path} describes layer {record.layer.id}, not {layer_id}")
         return record
 
     def stored_layers(self, domain_uuid: str) -> list[StoredLayer]:
-        """Layers with a complete record and image file (candidates for reuse)."""
-        directory = os.path.join(self.domain_dir(domain_uuid), "layers")
+        """Layers with a complete record and image file (candidates for reuse).
+
+        A link in place of the domain's directory, ``layers/`` or ``points/``
+        raises CorruptStoreError (a backup refuses it before taking a snapshot).
+        """
+        parts = self._layers(domain_uuid)
+        names = _documents(self.root, parts)
+        _documents(self.root, self._points_dir(domain_uuid))
         layers = []
-        for name in _documents(directory):
-            layer_id = name[:-len(".json")]
+        for name in names:
             try:
-                layer = self.layer_record(domain_uuid, layer_id).layer
-            except CorruptStoreError:
+                layer = self.layer_record(domain_uuid, name[:-len(".json")]).layer
+                image = _stat_file(self.root, parts, _image_name(layer.id, layer.image_format))
+            except (CorruptStoreError, OSError):
                 continue
-            image = self.layer_path(domain_uuid, layer.id, layer.image_format)
-            try:
-                if os.stat(image).st_size == layer.size:
-                    layers.append(layer)
-            except FileNotFoundError:
-                continue
+            if image.st_size == layer.size:
+                layers.append(layer)
         return layers
 
     # -- writing -------------------------------------------------------------
@@ -199,9 +264,8 @@ class BackupStore:
         ``check_source`` runs after the copy and before anything is published; if
         it raises, the copy is discarded.
         """
-        directory = os.path.join(self.domain_dir(domain_uuid), "layers")
-        make_private_dirs(directory)
         final = self.layer_path(domain_uuid, layer_id, image_format)
+        directory = self._private_dir(self._layers(domain_uuid))
         temporary = temp_name(directory, os.path.basename(final))
         try:
             chunks = scan_file(source, temporary, progress=progress).chunks
@@ -227,8 +291,7 @@ class BackupStore:
 
     def publish_point(self, point: RestorePoint) -> RestorePoint:
         """Write a restore point manifest under the next free sequence number."""
-        directory = os.path.join(self.domain_dir(point.domain_uuid), "points")
-        make_private_dirs(directory)
+        directory = self._private_dir(self._points_dir(point.domain_uuid))
         seq = point.seq
         while True:
             candidate = replace(point, seq=seq)
@@ -241,10 +304,16 @@ class BackupStore:
 
     def next_seq(self, domain_uuid: str) -> int:
         """One more than the highest manifest number, readable or not."""
-        directory = os.path.join(self.domain_dir(domain_uuid), "points")
-        numbers = [int(name[:-len(".json")]) for name in _documents(directory)
+        numbers = [int(name[:-len(".json")])
+                   for name in _documents(self.root, self._points_dir(domain_uuid))
                    if name[:-len(".json")].isdigit()]
         return max(numbers, default=0) + 1
+
+    def _private_dir(self, parts: Sequence[str]) -> str:
+        """``root/parts``, its missing directories created 0700; a link on the way is
+        refused, so nothing is ever written outside the backup directory."""
+        os.close(_open_dir(self.root, parts, create=True))
+        return os.path.join(self.root, *parts)
 
     # -- checking ------------------------------------------------------------
 
@@ -258,29 +327,69 @@ class BackupStore:
         path = self.layer_path(domain_uuid, layer_id, record.layer.image_format)
         try:
             result = scan_file(path, expected=record.chunks, progress=progress,
-                               follow_symlinks=False)
+                               opener=self._image_opener(domain_uuid, record.layer))
+            problems = describe_damage(path, record.chunks, result)
+            if not problems:
+                problems = self._stored_size_problems(domain_uuid, record.layer, path)
         except FileNotFoundError:
             return [f"{path} is missing"]
+        except CorruptStoreError as error:
+            return [str(error)]
         except OSError as error:
             return [f"{path} cannot be read ({error.strerror})"]
-        return describe_damage(path, record.chunks, result)
+        return problems
 
     def restore_layer(self, domain_uuid: str, layer_id: str, destination: str,
-                      progress: Optional[ProgressFn] = None) -> fmt.LayerRecord:
-        """Copy a stored layer to ``destination``, checking every chunk on the way."""
+                      progress: Optional[ProgressFn] = None,
+                      expected: Optional[PointLayer] = None) -> fmt.LayerRecord:
+        """Copy a stored layer to ``destination``, checking every chunk on the way.
+
+        The layer's record must agree with ``expected`` (the restore point's
+        entry) and with every manifest read so far that lists the layer.
+        """
         record = self.layer_record(domain_uuid, layer_id)
         path = self.layer_path(domain_uuid, layer_id, record.layer.image_format)
-        if os.path.islink(path) or not os.path.isfile(path):
-            raise IntegrityError(f"stored layer {path} is missing or not a regular file; this "
-                                 "restore point cannot be restored (run 'fibackup verify')")
-        result = scan_file(path, destination, expected=record.chunks, progress=progress,
-                           follow_symlinks=False)
+        listed = dict(self._listed.get((domain_uuid, layer_id), {}))
+        if expected is not None:
+            listed["the restore point"] = expected
+        for manifest, entry in sorted(listed.items()):
+            differences = layer_disagreement(entry, record.layer)
+            if differences:
+                raise IntegrityError(
+                    f"{manifest} lists layer {layer_id} with {'; '.join(differences)} "
+                    f"({self._record_path(domain_uuid, layer_id)}); the backup directory was "
+                    "damaged or edited: nothing was restored from it (run 'fibackup verify', "
+                    "choose another restore point with --at)")
+        try:
+            result = scan_file(path, destination, expected=record.chunks, progress=progress,
+                               opener=self._image_opener(domain_uuid, record.layer))
+        except FileNotFoundError as error:
+            if error.filename != path:
+                raise                            # the destination, not the store
+            raise IntegrityError(f"stored layer {path} is missing; this restore point cannot "
+                                 "be restored (run 'fibackup verify')") from None
+        except CorruptStoreError as error:
+            raise IntegrityError(f"{error}; this restore point cannot be restored (run "
+                                 "'fibackup verify')") from None
         problems = describe_damage(path, record.chunks, result)
+        if not problems:
+            problems = _presented_size_problems(destination, record.layer, path)
         if problems:
             remove_quietly(destination)
             raise IntegrityError("; ".join(problems) + "; nothing was restored from it "
                                  "(choose another restore point with --at)")
         return record
+
+    def _image_opener(self, domain_uuid: str, layer: StoredLayer) -> Callable[[str, int], int]:
+        parts = self._layers(domain_uuid)
+        name = _image_name(layer.id, layer.image_format)
+        return lambda _path, _flags: _open_file(self.root, parts, name)
+
+    def _stored_size_problems(self, domain_uuid: str, layer: StoredLayer,
+                              path: str) -> list[str]:
+        fd = _open_file(self.root, self._layers(domain_uuid),
+                        _image_name(layer.id, layer.image_format))
+        return _presented_size_problems(fd, layer, path)
 
     def iter_point_layers(self, point: RestorePoint) -> Iterator[tuple[str, str]]:
         for disk in point.disks.values():
@@ -300,8 +409,67 @@ def describe_damage(path: str, expected: ChunkList, result) -> list[str]:
     return problems
 
 
+def layer_disagreement(listed: PointLayer, layer: Union[PointLayer, StoredLayer],
+                       other: str = "its record") -> list[str]:
+    """How a manifest's entry differs from a layer record (or another entry), in words."""
+    return [f"{name.replace('_', ' ')} {getattr(listed, name)!r} ({other}: "
+            f"{getattr(layer, name)!r})"
+            for name in AGREED_FIELDS if getattr(listed, name) != getattr(layer, name)]
+
+
+def _agreed(layer: PointLayer) -> tuple[object, ...]:
+    return tuple(getattr(layer, name) for name in AGREED_FIELDS)
+
+
+def _entries(point: RestorePoint) -> Iterator[tuple[str, PointLayer]]:
+    for target, disk in sorted(point.disks.items()):
+        for layer in disk.layers:
+            yield target, layer
+
+
+QCOW2_MAGIC = b"QFI\xfb"
+
+
+def _presented_size_problems(image: Union[str, int], layer: StoredLayer, path: str) -> list[str]:
+    """The disk size a verified copy presents must be the record's virtual size.
+
+    ``virtual_size`` is the one record field the chunk digests do not cover; it
+    sizes the restored disk.  A qcow2 image states it in its header (bytes 24-31),
+    a raw image is as large as its file (QEMU rounds up to 512 bytes).
+    """
+    if layer.image_format == "raw":
+        if layer.size <= layer.virtual_size <= -(-layer.size // 512) * 512:
+            return []
+        return [f"{path} is a raw image of {layer.size} bytes but its record gives the disk "
+                f"{layer.virtual_size} bytes"]
+    fd = image if isinstance(image, int) else os.open(image, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        head = os.pread(fd, 32, 0)
+    finally:
+        os.close(fd)
+    if len(head) < 32 or head[:4] != QCOW2_MAGIC:
+        return [f"{path} is not a qcow2 image although its record says it is"]
+    presented = struct.unpack(">Q", head[24:32])[0]
+    if presented != layer.virtual_size:
+        return [f"{path} presents a disk of {presented} bytes but its record says "
+                f"{layer.virtual_size}"]
+    return []
+
+
 def _point_name(seq: int) -> str:
     return f"{seq:0{POINT_NAME_DIGITS}d}.json"
+
+
+def _image_name(layer_id: str, image_format: str) -> str:
+    if not fmt.is_valid_id(layer_id) or image_format not in fmt.IMAGE_FORMATS:
+        raise CorruptStoreError(f"invalid layer id or format {layer_id!r}/{image_format!r}")
+    return f"{layer_id}.{image_format}"
+
+
+def _record_name(layer_id: str) -> str:
+    if not fmt.is_valid_id(layer_id):
+        raise CorruptStoreError(f"invalid layer id {layer_id!r}")
+    return f"{layer_id}.json"
 
 
 def _mkdir(path: str) -> None:
@@ -326,23 +494,129 @@ def _write(path: str, data: bytes) -> None:
                                     "it read-write") from None
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read()
+# -- confined access: every path below the root, never through a link ------------
 
-
-def _documents(path: str) -> list[str]:
-    """Names of the published JSON documents in ``path`` (temporary names skipped)."""
+def _not_real(directory_fd: int, name: str, path: str, what: str) -> CorruptStoreError:
     try:
-        names = sorted(os.listdir(path))
+        mode = os.stat(name, dir_fd=directory_fd, follow_symlinks=False).st_mode
+    except OSError:
+        mode = 0
+    found = "a symbolic link" if stat.S_ISLNK(mode) else f"not a {what}"
+    return CorruptStoreError(
+        f"{path} is {found}; fibackup never follows links or reads special files inside "
+        f"a backup directory (one could lead outside it): put the real {what} there or "
+        "move it away")
+
+
+def _open_dir(root: str, parts: Sequence[str], create: bool = False) -> int:
+    """A descriptor of ``root/parts``, each part a real directory (created 0700 with
+    ``create``); FileNotFoundError when one is missing."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for depth, part in enumerate(parts):
+            path = os.path.join(root, *parts[:depth + 1])
+            if create:
+                try:
+                    os.mkdir(part, 0o700, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
+            except OSError as error:
+                if error.errno in (errno.ENOTDIR, errno.ELOOP):
+                    raise _not_real(fd, part, path, "directory") from None
+                raise
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _stat_file(root: str, parts: Sequence[str], name: str) -> os.stat_result:
+    """``lstat`` of a regular file ``root/parts/name`` (CorruptStoreError otherwise)."""
+    directory = _open_dir(root, parts)
+    try:
+        return _regular(directory, name, os.path.join(root, *parts, name))
+    finally:
+        os.close(directory)
+
+
+def _regular(directory: int, name: str, path: str) -> os.stat_result:
+    try:
+        info = os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise _not_real(directory, name, path, "regular file")
+    return info
+
+
+def _open_file(root: str, parts: Sequence[str], name: str) -> int:
+    """A read-only descriptor of the regular file ``root/parts/name``.
+
+    A link, device, FIFO or socket is refused before it is opened (opening a
+    device can have effects); FileNotFoundError when it is missing.
+    """
+    path = os.path.join(root, *parts, name)
+    directory = _open_dir(root, parts)
+    try:
+        _regular(directory, name, path)
+        try:
+            fd = os.open(name, _FILE_FLAGS, dir_fd=directory)
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.ENXIO):    # swapped for a link or socket
+                raise _not_real(directory, name, path, "regular file") from None
+            raise
+    finally:
+        os.close(directory)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CorruptStoreError(f"{path} is not a regular file; fibackup never reads special "
+                                "files inside a backup directory")
+    return fd
+
+
+def _read_document(root: str, parts: Sequence[str], name: str) -> dict:
+    """A JSON document of the store (FileNotFoundError when missing)."""
+    path = os.path.join(root, *parts, name)
+    try:
+        fd = _open_file(root, parts, name)
+        with os.fdopen(fd, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise CorruptStoreError(f"cannot read {path} ({error.strerror})") from None
+    return fmt.loads(data, path)
+
+
+def _list_dir(root: str, parts: Sequence[str]) -> list[str]:
+    directory = _open_dir(root, parts)
+    try:
+        return os.listdir(directory)
+    finally:
+        os.close(directory)
+
+
+def _documents(root: str, parts: Sequence[str]) -> list[str]:
+    """Names of the published JSON documents in ``root/parts`` (temporary names skipped)."""
+    try:
+        names = sorted(_list_dir(root, parts))
     except FileNotFoundError:
         return []
     return [name for name in names if not name.startswith(".") and name.endswith(".json")]
 
 
-def _read_marker(path: str) -> str:
+def _read_marker(root: str) -> str:
+    path = os.path.join(root, MARKER)
     try:
-        document = fmt.loads(_read(path), path)
+        document = _read_document(root, (), MARKER)
     except OSError as error:
         raise StoreUnavailableError(f"cannot read {path} ({error.strerror})") from None
     fmt.check_header(document, fmt.STORE_KIND, path)

@@ -43,7 +43,7 @@ def sample_point() -> RestorePoint:
         id="20260101-000000", seq=3, time="2026-01-01T00:00:00Z", domain_name="web",
         domain_uuid=UUID, host="h",
         disks={"vda": PointDisk("vda", 1 << 30, layers, source_path="/img/web.qcow2"),
-               "vdb": PointDisk("vdb", 2 << 30, layers[:1])},
+               "vdb": PointDisk("vdb", 1 << 30, layers[:1])},
         domain_xml="<domain><name>web & co</name></domain>", quiesced=True,
         skipped_disks=("hdc",))
 
