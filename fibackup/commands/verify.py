@@ -1,13 +1,22 @@
-"""``fibackup verify``: re-read every stored layer against its record and manifests."""
+"""``fibackup verify``: re-read every stored layer against its record and manifests.
+
+Besides the stored bytes, each restore point's chains are checked: every disk
+lists layers, every layer has a readable record that agrees with the manifest's
+entry, the records stack base first (the base has no parent), and the disk's
+size is what its top layer presents.  A layer listed by several restore points
+must be listed alike by all of them.  Each problem is one line naming the
+restore point and disk; a damaged layer file is re-read only once.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional
 
 from fibackup.commands.restore import find_points
-from fibackup.model.points import PointDisk, select_point
+from fibackup.errors import CorruptStoreError
+from fibackup.model.points import PointDisk, PointLayer, RestorePoint, select_point
 from fibackup.report import Reporter
-from fibackup.store.repo import BackupStore
+from fibackup.store.repo import BackupStore, layer_disagreement
 
 
 @dataclass
@@ -26,6 +35,16 @@ class VerifyResult:
                 "bytes": self.bytes_read, "problems": self.problems}
 
 
+@dataclass
+class _Seen:
+    """What earlier restore points showed about each (domain, layer id)."""
+
+    damaged: dict[tuple[str, str], str] = field(default_factory=dict)
+    """Layers whose data was re-read, and where it was found damaged ("" if intact)."""
+    listed: dict[tuple[str, str], tuple[str, PointLayer]] = field(default_factory=dict)
+    """The first listing of each layer: "restore point N/ID disk T" and its entry."""
+
+
 def verify(backup_dir: str, domain: Optional[str], at: Optional[str],
            report: Reporter) -> VerifyResult:
     store = BackupStore.open(backup_dir)
@@ -41,46 +60,60 @@ def verify(backup_dir: str, domain: Optional[str], at: Optional[str],
     for problem in unreadable:
         result.problems.append(problem)
         report.warn(problem)
-    checked: set[tuple[str, str]] = set()
+    seen = _Seen()
     for point in points:
         result.points += 1
-        for target, layer_id in store.iter_point_layers(point):
-            key = (point.domain_uuid, layer_id)
-            if key in checked:
-                continue
-            checked.add(key)
-            problems = _check(store, point.domain_uuid, layer_id, point.disks[target], result)
-            for problem in problems:
+        for target, disk in sorted(point.disks.items()):
+            for problem in _disk_problems(store, point, disk, seen, result):
                 message = f"restore point {point.domain_name}/{point.id}, disk {target}: {problem}"
                 result.problems.append(message)
                 report.warn(message)
     return result
 
 
-def _check(store: BackupStore, domain_uuid: str, layer_id: str, disk: PointDisk,
-           result: VerifyResult) -> list[str]:
-    listed = next(layer for layer in disk.layers if layer.id == layer_id)
-    problems = store.check_layer(domain_uuid, layer_id, progress=lambda n: _count(result, n))
-    result.layers += 1
-    if not problems:
-        record = store.layer_record(domain_uuid, layer_id)
-        if (record.layer.digest, record.layer.size) != (listed.digest, listed.size):
-            problems.append(f"layer {layer_id}: the manifest and the layer record disagree "
-                            "on its checksum or size")
-        problems.extend(_chain_problems(store, domain_uuid, disk, layer_id))
+def _disk_problems(store: BackupStore, point: RestorePoint, disk: PointDisk, seen: _Seen,
+                   result: VerifyResult) -> list[str]:
+    if not disk.layers:
+        return ["the restore point lists no layer for this disk"]
+    problems = []
+    if disk.top.virtual_size != disk.virtual_size:
+        problems.append(f"the disk's virtual size {disk.virtual_size} is not its top layer's "
+                        f"{disk.top.virtual_size}")
+    here = f"restore point {point.domain_name}/{point.id} disk {disk.target}"
+    parent: Optional[str] = None
+    for layer in disk.layers:
+        key = (point.domain_uuid, layer.id)
+        first = seen.listed.setdefault(key, (here, layer))
+        differences = layer_disagreement(layer, first[1], first[0])
+        if differences:
+            problems.append(f"layer {layer.id} is listed with {'; '.join(differences)}")
+        try:
+            record = store.layer_record(point.domain_uuid, layer.id).layer
+        except CorruptStoreError as error:
+            problems.append(str(error))
+            parent = layer.id
+            continue
+        problems.extend(_data_problems(store, key, here, seen, result))
+        differences = layer_disagreement(layer, record)
+        if differences:
+            problems.append(f"layer {layer.id}: the manifest lists {'; '.join(differences)}")
+        if record.parent != parent:
+            problems.append(f"layer {layer.id} rests on {record.parent or 'nothing'} but the "
+                            f"restore point stacks it on {parent or 'nothing'}")
+        parent = layer.id
     return problems
 
 
-def _chain_problems(store: BackupStore, domain_uuid: str, disk: PointDisk,
-                    layer_id: str) -> list[str]:
-    ids = [layer.id for layer in disk.layers]
-    position = ids.index(layer_id)
-    expected_parent = ids[position - 1] if position else None
-    parent = store.layer_record(domain_uuid, layer_id).layer.parent
-    if parent != expected_parent:
-        return [f"layer {layer_id} rests on {parent or 'nothing'} but the restore point "
-                f"stacks it on {expected_parent or 'nothing'}"]
-    return []
+def _data_problems(store: BackupStore, key: tuple[str, str], here: str, seen: _Seen,
+                   result: VerifyResult) -> list[str]:
+    """The layer's stored bytes, re-read the first time a restore point lists it."""
+    if key in seen.damaged:
+        where = seen.damaged[key]
+        return [f"layer {key[1]} is damaged (see {where})"] if where else []
+    problems = store.check_layer(*key, progress=lambda count: _count(result, count))
+    result.layers += 1
+    seen.damaged[key] = here if problems else ""
+    return problems
 
 
 def _count(result: VerifyResult, count: int) -> None:
