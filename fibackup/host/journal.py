@@ -1,0 +1,177 @@
+"""The intent journal: what a fibackup run on a domain set out to do, step by step.
+
+``<state dir>/journal/<uuid>.json`` (docs/FORMAT.md, "Intent journal") exists
+only while a run that changes something is under way.  Each step is written
+(atomically, fsynced) as ``started`` with everything needed to finish or undo
+it before its work begins, and marked ``done`` after; the file is removed when
+the run ends, whether it succeeded or failed cleanly.  A journal found by the
+next run therefore means the run before it died (SIGKILL, power loss, OOM):
+``fibackup repair`` (fibackup/commands/repair.py) reads it and reconciles.
+
+Restores are journalled under ``restore-<token>.json``, as they need no domain.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+from fibackup import faults
+from fibackup.errors import CorruptStoreError, StateDirError
+from fibackup.fsutil import make_private_dirs, remove_quietly, write_file
+from fibackup.host.state import state_dir
+
+JOURNAL_KIND = "fibackup-journal"
+JOURNAL_VERSION = 1
+
+STEPS = {
+    "snapshot": ("snapshot.take", "snapshot.tidy-xml", "backup.copy", "backup.publish"),
+    "consolidate": ("consolidate.catch-up", "consolidate.job", "consolidate.rebase",
+                    "consolidate.redefine", "consolidate.sync-xml", "consolidate.delete"),
+    "restore": ("restore.stage", "restore.publish", "restore.define"),
+}
+"""Every step name, per command (the fault-injection suite runs each of them)."""
+ALL_STEPS = frozenset(name for names in STEPS.values() for name in names)
+
+
+def journal_dir() -> str:
+    return os.path.join(state_dir(), "journal")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Step:
+    name: str
+    status: str
+    """``started`` or ``done``."""
+    time: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Journal:
+    """One run's journal; ``begin`` creates the file, ``end`` removes it."""
+
+    key: str
+    """The domain UUID, or ``restore-<token>``."""
+    command: str
+    domain_name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    steps: list[Step] = field(default_factory=list)
+    started: str = field(default_factory=_now)
+    pid: int = field(default_factory=os.getpid)
+    error: Optional[str] = None
+    """Set when the run ended on an error with a step still open (it did not crash)."""
+
+    @property
+    def path(self) -> str:
+        return os.path.join(journal_dir(), f"{self.key}.json")
+
+    def begin(self) -> "Journal":
+        try:
+            make_private_dirs(journal_dir())
+        except OSError as error:
+            raise StateDirError(f"cannot create {journal_dir()} ({error.strerror}); fibackup "
+                                "needs a writable state directory") from None
+        self._save()
+        return self
+
+    def end(self) -> None:
+        remove_quietly(self.path)
+
+    def start(self, name: str, **data: Any) -> Step:
+        """Record that step ``name`` begins, with what repair needs to finish or undo it."""
+        assert name in ALL_STEPS, name
+        step = Step(name, "started", _now(), dict(data))
+        self.steps.append(step)
+        self._save()
+        faults.point(name)
+        return step
+
+    def done(self, step: Step, **data: Any) -> None:
+        faults.point(f"{step.name}.after")
+        step.status = "done"
+        step.data.update(data)
+        self._save()
+
+    def failed(self, error: BaseException) -> None:
+        """Keep the journal of a run that stops on an error inside a step, saying so."""
+        self.error = str(error) or type(error).__name__
+        self._save()
+
+    def describe(self) -> str:
+        """How the run that left this journal ended, for the next run's message."""
+        how = f"failed ({self.error})" if self.error else "was interrupted"
+        return (f"the '{self.command}' run started {self.started} (pid {self.pid}) {how} "
+                f"during step {', '.join(step.name for step in self.open_steps()) or '-'}")
+
+    def open_steps(self) -> list[Step]:
+        return [step for step in self.steps if step.status == "started"]
+
+    def last(self, name: str) -> Optional[Step]:
+        return next((step for step in reversed(self.steps) if step.name == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": JOURNAL_KIND, "version": JOURNAL_VERSION, "key": self.key,
+                "command": self.command, "domain_name": self.domain_name,
+                "options": self.options, "started": self.started, "pid": self.pid,
+                "error": self.error,
+                "steps": [{"name": step.name, "status": step.status, "time": step.time,
+                           "data": step.data} for step in self.steps]}
+
+    def _save(self) -> None:
+        write_file(self.path, json.dumps(self.to_json(), indent=1).encode(), replace=True)
+
+
+def restore_key() -> str:
+    return f"restore-{secrets.token_hex(6)}"
+
+
+def load(key: str) -> Optional[Journal]:
+    """The journal a dead run left for ``key``, or None."""
+    path = os.path.join(journal_dir(), f"{key}.json")
+    try:
+        with open(path, "rb") as handle:
+            document = json.loads(handle.read().decode())
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CorruptStoreError(f"the journal {path} is damaged ({error}); fibackup cannot tell "
+                                "what the interrupted run did: check the domain's chain "
+                                "('virsh domblklist', 'qemu-img info --backing-chain'), then "
+                                "move the file away") from None
+    return _from_json(document, path)
+
+
+def _from_json(document: Any, path: str) -> Journal:
+    try:
+        if document.get("kind") != JOURNAL_KIND or document.get("version") != JOURNAL_VERSION:
+            raise ValueError(f"not a fibackup journal of version {JOURNAL_VERSION}")
+        steps = [Step(str(item["name"]), str(item["status"]), str(item["time"]),
+                      dict(item.get("data") or {})) for item in document["steps"]]
+        return Journal(key=str(document["key"]), command=str(document["command"]),
+                       domain_name=str(document["domain_name"]),
+                       options=dict(document.get("options") or {}), steps=steps,
+                       started=str(document["started"]), pid=int(document["pid"]),
+                       error=str(document["error"]) if document.get("error") else None)
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        raise CorruptStoreError(f"the journal {path} is malformed ({error}); move it away "
+                                "after checking the domain's chain by hand") from None
+
+
+def restore_journals() -> Iterator[Journal]:
+    try:
+        names = sorted(os.listdir(journal_dir()))
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.startswith("restore-") and name.endswith(".json"):
+            journal = load(name[:-len(".json")])
+            if journal is not None:
+                yield journal

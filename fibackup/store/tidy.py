@@ -1,0 +1,51 @@
+"""Remove what an interrupted run left in a domain's part of the backup directory.
+
+Only called under the domain's lock (no other run writes there then).  Nothing
+a restore point refers to is touched: a layer is only removed when it is
+incomplete (its image without its record, or its record without its image) and
+no manifest lists it (the record is written after the image and the manifest
+last, so an interrupted run leaves exactly such layers); while any manifest of
+the domain is unreadable, only hidden partial files are removed.
+Complete layers no manifest lists yet are kept: the next backup reuses them.
+"""
+from __future__ import annotations
+
+import os
+
+from fibackup.fsutil import remove_quietly
+from fibackup.store import format as fmt
+from fibackup.store.repo import BackupStore
+
+PARTIAL = ".partial-"
+
+
+def tidy_domain(store: BackupStore, domain_uuid: str) -> list[str]:
+    """Remove partial files and incomplete layers of one domain; return what was removed."""
+    base = store.domain_dir(domain_uuid)
+    unreadable: list[str] = []
+    listed = {layer_id for point in store.points(domain_uuid, unreadable)
+              for _target, layer_id in store.iter_point_layers(point)}
+    removed = []
+    for sub in ("layers", "points"):
+        directory = os.path.join(base, sub)
+        if os.path.islink(directory) or not os.path.isdir(directory):
+            continue
+        names = set(os.listdir(directory))
+        for name in sorted(names):
+            path = os.path.join(directory, name)
+            if name.startswith(".") and PARTIAL in name or \
+                    sub == "layers" and not unreadable and _incomplete_layer(name, names, listed):
+                remove_quietly(path)
+                removed.append(path)
+    return removed
+
+
+def _incomplete_layer(name: str, names: set[str], listed: set[str]) -> bool:
+    """An image without its record, or a record without its image, that no manifest
+    lists (a listed one is damage for verify to report, not debris)."""
+    stem, _dot, suffix = name.rpartition(".")
+    if not stem or not fmt.is_valid_id(stem) or stem in listed:
+        return False
+    if suffix == "json":
+        return not any(f"{stem}.{image}" in names for image in fmt.IMAGE_FORMATS)
+    return suffix in fmt.IMAGE_FORMATS and f"{stem}.json" not in names

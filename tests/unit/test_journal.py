@@ -1,0 +1,130 @@
+"""The intent journal, the fault switch and the store tidy-up (no libvirt)."""
+import json
+import os
+import stat
+
+import pytest
+
+from fibackup import faults
+from fibackup.errors import CorruptStoreError
+from fibackup.host import journal as journals
+from fibackup.host.journal import ALL_STEPS, STEPS, Journal
+from fibackup.store.tidy import tidy_domain
+from tests.unit.test_store import (UUID, make_point, source, store, store_layer,  # noqa: F401
+                                   write_stray)
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path, monkeypatch):
+    path = tmp_path / "state"
+    monkeypatch.setenv("FIBACKUP_STATE_DIR", str(path))
+    monkeypatch.delenv(faults.ENV, raising=False)
+    return path
+
+
+def test_journal_records_each_step_before_and_after():
+    journal = Journal(UUID, "consolidate", "web", {"method": "active"}).begin()
+    step = journal.start("consolidate.job", disk="vda", before=["a", "b"])
+    loaded = journals.load(UUID)
+    assert loaded is not None and loaded.command == "consolidate"
+    assert [(s.name, s.status) for s in loaded.steps] == [("consolidate.job", "started")]
+    assert loaded.options == {"method": "active"} and loaded.open_steps()[0].data["disk"] == "vda"
+    journal.done(step, outcome="merged")
+    loaded = journals.load(UUID)
+    assert loaded.steps[0].status == "done" and loaded.steps[0].data["outcome"] == "merged"
+    assert loaded.last("consolidate.job") is not None and not loaded.open_steps()
+    journal.end()
+    assert journals.load(UUID) is None
+
+
+def test_journal_file_and_directory_are_private(state_dir):
+    old = os.umask(0)
+    try:
+        journal = Journal(UUID, "snapshot", "web").begin()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(journal.path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(journal.path)).st_mode) == 0o700
+
+
+@pytest.mark.parametrize("content", [b"{", b"[]", b'{"kind": "fibackup-journal", "version": 9}',
+                                     b'{"kind": "fibackup-journal", "version": 1}'])
+def test_damaged_journal_is_named_never_guessed(content):
+    journal = Journal(UUID, "snapshot", "web").begin()
+    with open(journal.path, "wb") as handle:
+        handle.write(content)
+    with pytest.raises(CorruptStoreError, match="journal"):
+        journals.load(UUID)
+
+
+def test_unknown_step_names_are_a_programming_error():
+    journal = Journal(UUID, "snapshot", "web").begin()
+    with pytest.raises(AssertionError):
+        journal.start("snapshot.tkae")
+
+
+def test_every_command_has_steps_and_names_are_unique():
+    names = [name for steps in STEPS.values() for name in steps]
+    assert len(names) == len(set(names)) == len(ALL_STEPS)
+    assert set(STEPS) == {"snapshot", "consolidate", "restore"}
+
+
+def test_restore_journals_are_listed_apart():
+    Journal(UUID, "snapshot", "web").begin()
+    key = journals.restore_key()
+    Journal(key, "restore", "web", {"staging": "/x/.fibackup-restore-1"}).begin()
+    assert [journal.key for journal in journals.restore_journals()] == [key]
+
+
+def test_fault_switch_is_inert_unless_named(monkeypatch):
+    calls = []
+    progress = calls.append
+    assert faults.counting(progress) is progress
+    faults.point("backup.copy")                  # no FIBACKUP_FAULT: nothing happens
+    monkeypatch.setenv(faults.ENV, "backup.publish")
+    faults.point("backup.copy")                  # another step: nothing happens
+    monkeypatch.setenv(faults.ENV, "copy-bytes:1000")
+    wrapped = faults.counting(progress)
+    assert wrapped is not progress
+    wrapped(10)
+    assert calls == [10]
+
+
+def test_tidy_removes_debris_and_keeps_every_listed_or_complete_layer(store, source):  # noqa: F811
+    listed = store_layer(store, source, "20260101-000000-vda-000-aaaaaa")
+    store.publish_point(make_point([listed]))
+    spare = store_layer(store, source, "20260102-000000-vda-000-bbbbbb")
+    layers = os.path.join(store.domain_dir(UUID), "layers")
+    points = os.path.join(store.domain_dir(UUID), "points")
+    debris = [os.path.join(layers, ".20260103-000000-vda-000-cccccc.raw.partial-1a2b3c4d"),
+              os.path.join(layers, "20260103-000000-vda-000-dddddd.raw"),       # no record
+              os.path.join(layers, "20260103-000000-vda-000-eeeeee.json"),      # no image
+              os.path.join(points, ".00000002.json.partial-5e6f7a8b")]
+    for path in debris:
+        write_stray(path, b"x")
+    removed = tidy_domain(store, UUID)
+    assert sorted(removed) == sorted(debris)
+    assert all(not os.path.exists(path) for path in debris)
+    for layer in (listed, spare):
+        assert os.path.exists(store.layer_path(UUID, layer.id, "raw"))
+    assert [point.seq for point in store.points(UUID)] == [1]
+
+
+def test_tidy_keeps_a_listed_layer_whose_image_is_missing(store, source):  # noqa: F811
+    layer = store_layer(store, source)
+    store.publish_point(make_point([layer]))
+    os.unlink(store.layer_path(UUID, layer.id, "raw"))
+    assert tidy_domain(store, UUID) == []
+    record = os.path.join(store.domain_dir(UUID), "layers", f"{layer.id}.json")
+    assert os.path.exists(record), "damage is for verify to report, not for tidy to erase"
+
+
+def test_tidy_removes_only_partial_files_while_a_manifest_is_unreadable(store, source):  # noqa: F811
+    layer = store_layer(store, source)
+    store.publish_point(make_point([layer]))
+    orphan = os.path.join(store.domain_dir(UUID), "layers", "20260103-000000-vda-000-dddddd.raw")
+    write_stray(orphan, b"x")
+    with open(os.path.join(store.domain_dir(UUID), "points", "00000001.json"), "w") as handle:
+        json.dump({"kind": "fibackup-point"}, handle)
+    assert tidy_domain(store, UUID) == []
+    assert os.path.exists(orphan)
