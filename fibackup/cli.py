@@ -27,7 +27,8 @@ app = typer.Typer(
          "  fibackup consolidate -d web -b /backup  # shorten the chain\n"
          "  fibackup list -b /backup              # restore points\n"
          "  fibackup verify -b /backup            # re-read every stored byte\n"
-         "  fibackup restore -d web -b /backup --to /srv/web-restored\n\n"
+         "  fibackup restore -d web -b /backup --to /srv/web-restored\n"
+         "  fibackup repair -d web                # after a crash: finish or undo\n\n"
          "Exit codes: 0 success, 1 failure, 2 usage error, 3 some of several domains "
          "failed, 4 domain locked by another run.")
 
@@ -192,6 +193,40 @@ def consolidate_command(
         if not failures:
             return EXIT_OK
         return EXIT_PARTIAL if failures < len(domain) else EXIT_FAILURE
+
+    _run(debug, action)
+
+
+@app.command()
+def repair(
+    domain: List[str] = DomainOpt,
+    backup_dir: Optional[str] = typer.Option(None, "-b", "--backup-dir", metavar="DIR", help="Also tidy this backup directory (those the domain was backed up to always are)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS", help="Stop waiting for a block job left running after this long [default: wait]."),
+    connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Finish or undo what an interrupted fibackup run left behind.
+
+    Reads the domain's intent journal and reconciles it with libvirt, the image
+    headers and the backup directories: waits for a block job still running,
+    pivots (--method active) or aborts a job left in READY, records overlays and
+    consolidations, syncs the definition, deletes merged files, removes partial
+    copies and undoes half-published restores. Every other command does the
+    safe part of this by itself and names 'fibackup repair' for the rest.
+
+    \b
+    Example: fibackup repair -d web
+    """
+    from fibackup.commands.repair import repair_domain
+
+    def action() -> int:
+        report = Reporter(quiet=quiet)
+        conn = _connector(connect)()
+        results = [repair_domain(conn, name, backup_dir, report, timeout).to_json()
+                   for name in domain]
+        if as_json:
+            _emit_json(results)
+        return EXIT_OK
 
     _run(debug, action)
 

@@ -29,7 +29,8 @@ Hierarchy::
     ├── ImageInUseError                      another domain uses an image fibackup would change
     ├── UnbackedLayerError                   consolidation would merge layers no backup holds
     ├── StateDirError                        host state directory not writable
-    └── ConsolidationFailedError             snapshot --consolidate: backup made, consolidation not
+    ├── ConsolidationFailedError             snapshot --consolidate: backup made, consolidation not
+    └── RepairNeededError                    an interrupted run left work only 'fibackup repair' may finish
 """
 from __future__ import annotations
 
@@ -137,3 +138,8 @@ class UnbackedLayerError(FibackupError):
 class ConsolidationFailedError(FibackupError):
     """``snapshot --consolidate``/``--max-chain``: the snapshot (and backup) succeeded, the
     consolidation after it did not; the message names the stored restore point."""
+
+
+class RepairNeededError(FibackupError):
+    """An interrupted run left work (a block job still running, a locked image) that the
+    command will not wait for; the message names ``fibackup repair``."""

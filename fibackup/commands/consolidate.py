@@ -27,21 +27,21 @@ import datetime as _dt
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Collection, Iterable, Optional, Sequence
 
 from fibackup.commands.common import check_chain, layer_index, select_disks
 from fibackup.errors import (DomainStateError, FibackupError, ImageInUseError,
                              InconsistentChainError, StoreError, UnbackedLayerError, UsageError)
 from fibackup.fsutil import allocated_bytes, file_identity, human, remove_quietly
 from fibackup.host import state as host_state
-from fibackup.host.lock import DomainLock
+from fibackup.host.journal import Journal
 from fibackup.model.chain import LiveDisk, LiveLayer
 from fibackup.qemu import img
 from fibackup.report import Reporter
 from fibackup.store.repo import BackupStore
 from fibackup.virt import blockjobs, domxml
 from fibackup.virt.chains import live_chain
-from fibackup.virt.libvirt_api import Connection, Domain
+from fibackup.virt.libvirt_api import Connection, Domain, libvirt
 
 METHODS = ("commit", "active", "pull")
 JOB_NAMES = {"commit": "commit", "active": "active commit", "pull": "pull"}
@@ -110,14 +110,21 @@ def check_options(options: ConsolidateOptions) -> None:
 
 def consolidate_domain(conn: Connection, name: str, options: ConsolidateOptions,
                        report: Reporter) -> ConsolidateResult:
+    from fibackup.commands.repair import journalled
     check_options(options)
     domain = conn.domain(name)
-    with DomainLock(domain.uuid, domain.name):
-        return consolidate_locked(conn, domain, options, report)
+    with journalled(conn, domain, "consolidate", journal_options(options), report) as journal:
+        return consolidate_locked(conn, domain, options, report, journal)
+
+
+def journal_options(options: ConsolidateOptions) -> dict[str, object]:
+    """What repair needs to finish an interrupted run the way it was asked for."""
+    return {"method": options.method, "keep_files": options.keep_files,
+            "backup_dir": os.path.abspath(options.backup_dir) if options.backup_dir else None}
 
 
 def consolidate_locked(conn: Connection, domain: Domain, options: ConsolidateOptions,
-                       report: Reporter) -> ConsolidateResult:
+                       report: Reporter, journal: Journal) -> ConsolidateResult:
     """Consolidate a domain whose lock the caller holds."""
     live = _check_state(domain)
     result = ConsolidateResult(domain.name, options.method, live)
@@ -129,7 +136,7 @@ def consolidate_locked(conn: Connection, domain: Domain, options: ConsolidateOpt
     missing = _unbacked(domain, work, options, report)
     if missing and options.backup_dir:
         report.info(f"{domain.name}: {_describe(missing)}; taking a snapshot with backup first")
-        result.snapshot = _catch_up(domain, options, report)
+        result.snapshot = _catch_up(domain, options, report, journal)
         disks = _disks(domain, options)
         work = _work(disks, options.method)
         _refuse_shared(domain, work, options.method, users)
@@ -151,7 +158,7 @@ def consolidate_locked(conn: Connection, domain: Domain, options: ConsolidateOpt
         report.info(f"{domain.name}: nothing to consolidate (every chain is already short)")
         return result
     for disk in work:
-        outcome = _consolidate_disk(domain, disk, options, live, report, users)
+        outcome = _consolidate_disk(domain, disk, options, live, report, users, journal)
         result.disks.append(outcome)
         if outcome.outcome == "aborted":
             report.warn(f"{domain.name}: the {JOB_NAMES[options.method]} of disk {disk.target} "
@@ -255,11 +262,14 @@ def _refusal(name: str, missing: Sequence[_Missing], method: str) -> str:
             "full generation)")
 
 
-def _catch_up(domain: Domain, options: ConsolidateOptions, report: Reporter) -> dict[str, object]:
+def _catch_up(domain: Domain, options: ConsolidateOptions, report: Reporter,
+              journal: Journal) -> dict[str, object]:
     from fibackup.commands.snapshot import SnapshotOptions, snapshot_locked
+    step = journal.start("consolidate.catch-up", backup_dir=options.backup_dir)
     snapshot = snapshot_locked(domain, SnapshotOptions(
         backup_dir=options.backup_dir, disks=options.disks, exclude=options.exclude,
-        space_check=options.space_check), report)
+        space_check=options.space_check), report, journal)
+    journal.done(step)
     return snapshot.to_json()
 
 
@@ -284,15 +294,16 @@ def images_of_other_domains(conn: Connection, uuid: str) -> dict[tuple[int, int]
     """(device, inode) of every image in the chains of every other domain -> who uses it."""
     users: dict[tuple[int, int], str] = {}
     for other in conn.other_domains(uuid):
-        xmls = [other.live_xml()]
-        if other.is_active() and other.is_persistent():
-            xmls.append(other.inactive_xml())
-        for xml in xmls:
-            for spec in domxml.disks(domxml.parse(xml)):
-                for path in _chain_files(spec):
-                    key = _file_key(path)
-                    if key is not None:
-                        users.setdefault(key, f"domain '{other.name}'")
+        try:
+            xmls = [other.live_xml()]
+            if other.is_active() and other.is_persistent():
+                xmls.append(other.inactive_xml())
+        except libvirt.libvirtError as error:
+            if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                continue                # undefined while we looked: it uses nothing now
+            raise
+        for key, who in _files_in(xmls, lambda _spec, name=other.name: f"domain '{name}'").items():
+            users.setdefault(key, who)
     return users
 
 
@@ -302,15 +313,33 @@ def _own_other_disks(domain: Domain, disks: Sequence[LiveDisk]) -> dict[tuple[in
     worked = {_file_key(layer.path) for disk in disks for layer in disk.layers}
     targets = {disk.target for disk in disks}
     current = domain.current_xml()
+    return _files_in({current, domain.inactive_xml()}, _same_domain,
+                     skip=lambda spec, xml: spec.target in targets and xml == current,
+                     worked=worked)
+
+
+def own_chain_files(domain: Domain) -> dict[tuple[int, int], str]:
+    """Every image in the chains of this domain's disks now (live and persistent)."""
+    return _files_in({domain.current_xml(), domain.inactive_xml()}, _same_domain)
+
+
+def _same_domain(spec: domxml.DiskSpec) -> str:
+    return f"disk {spec.target} of the same domain"
+
+
+def _files_in(xmls: Iterable[str], describe: Callable[[domxml.DiskSpec], str],
+              skip: Callable[[domxml.DiskSpec, str], bool] = lambda _spec, _xml: False,
+              worked: Collection[Optional[tuple[int, int]]] = ()) -> dict[tuple[int, int], str]:
+    """(device, inode) of every image in the disks' chains of ``xmls`` -> who uses it."""
     users: dict[tuple[int, int], str] = {}
-    for xml in {current, domain.inactive_xml()}:
+    for xml in xmls:
         for spec in domxml.disks(domxml.parse(xml)):
-            if spec.target in targets and xml == current:
+            if skip(spec, xml):
                 continue
             for path in _chain_files(spec):
                 key = _file_key(path)
                 if key is not None and key not in worked:
-                    users.setdefault(key, f"disk {spec.target} of the same domain")
+                    users.setdefault(key, describe(spec))
     return users
 
 
@@ -336,7 +365,8 @@ def _file_key(path: str) -> Optional[tuple[int, int]]:
 # -- one disk ---------------------------------------------------------------------------------
 
 def _consolidate_disk(domain: Domain, disk: LiveDisk, options: ConsolidateOptions, live: bool,
-                      report: Reporter, users: dict[tuple[int, int], str]) -> DiskOutcome:
+                      report: Reporter, users: dict[tuple[int, int], str],
+                      journal: Journal) -> DiskOutcome:
     method = options.method
     before = _paths(disk)
     moved = _moved_layers(disk, method)
@@ -347,22 +377,29 @@ def _consolidate_disk(domain: Domain, disk: LiveDisk, options: ConsolidateOption
                 f"{len(moved)} layer(s), {human(merged_bytes)}")
     moment = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     began = time.monotonic()
+    step = journal.start("consolidate.job", disk=disk.target, method=method, live=live,
+                         time=moment, before=before, expected=_expected_chain(disk, method),
+                         formats=[layer.format for layer in disk.layers],
+                         moved=[layer.path for layer in moved],
+                         parts=[part.__dict__ for part in parts])
     try:
-        job = (_run_live if live else _run_offline)(domain, disk, options, report, merged_bytes)
+        job = (_run_live(domain, disk, options, report, merged_bytes) if live
+               else _run_offline(domain, disk, options, journal))
     except FibackupError:
-        _record(domain.uuid, host_state.Consolidation(
+        record_once(domain.uuid, host_state.Consolidation(
             disk=disk.target, method=method, time=moment, outcome="failed",
             base=disk.base.path, merged=tuple(layer.path for layer in moved)))
         raise
-    after = _chain_now(domain, disk.target)
+    after = chain_now(domain, disk.target)
     expected = _expected_chain(disk, method) if job.completed else before
     outcome = "merged" if job.completed else "aborted"
-    _record(domain.uuid, host_state.Consolidation(
+    record_once(domain.uuid, host_state.Consolidation(
         disk=disk.target, method=method, time=moment,
         outcome=outcome if after == expected else "failed", base=disk.base.path,
         merged=tuple(layer.path for layer in moved),
         result=file_identity(disk.base.path) if job.completed and method == "commit" else None,
         parts=parts if job.completed and after == expected else ()))
+    journal.done(step, outcome=outcome)
     if after != expected:
         raise InconsistentChainError(
             f"after the {method} of disk {disk.target} of '{domain.name}' its chain is "
@@ -373,9 +410,8 @@ def _consolidate_disk(domain: Domain, disk: LiveDisk, options: ConsolidateOption
     result.next_backup = ("incremental" if job.completed and method == "commit"
                           else "new generation")
     if job.completed:
-        consistent = _sync_definition(domain, disk, after, report)
-        if not options.keep_files and consistent:
-            _delete_merged(domain, disk, method, report, result, users)
+        finish_merge(domain, disk, method, after, options.keep_files, users, report, journal,
+                     result)
         report.info(f"{domain.name}: disk {disk.target} consolidated ({method}, "
                     f"{result.seconds:.1f} s): {' <- '.join(os.path.basename(p) for p in after)}")
         if result.next_backup == "new generation":
@@ -386,8 +422,30 @@ def _consolidate_disk(domain: Domain, disk: LiveDisk, options: ConsolidateOption
     return result
 
 
-def _record(domain_uuid: str, consolidation: host_state.Consolidation) -> None:
+def finish_merge(domain: Domain, disk: LiveDisk, method: str, after: Sequence[str],
+                 keep_files: bool, users: dict[tuple[int, int], str], report: Reporter,
+                 journal: Journal, result: DiskOutcome) -> None:
+    """After a completed job: the persistent definition, then the merged files."""
+    step = journal.start("consolidate.sync-xml", disk=disk.target)
+    consistent = sync_definition(domain, disk, after, report)
+    journal.done(step, consistent=consistent)
+    if keep_files or not consistent:
+        return
+    step = journal.start("consolidate.delete", disk=disk.target,
+                         files=[layer.path for layer in _moved_layers(disk, method)
+                                if layer is not disk.base])
+    delete_merged(domain, disk, method, report, result, users)
+    journal.done(step)
+
+
+def record_once(domain_uuid: str, consolidation: host_state.Consolidation) -> None:
+    """Record a consolidation; the same run's record for the disk is replaced, not doubled
+    (repair may record what an interrupted run already had)."""
     state = host_state.load(domain_uuid)
+    last = state.last_consolidation(consolidation.disk)
+    if last is not None and (last.time, last.method) == (consolidation.time,
+                                                         consolidation.method):
+        state.consolidations.remove(last)
     state.record(consolidation)
     state.save()
 
@@ -409,7 +467,7 @@ def _expected_chain(disk: LiveDisk, method: str) -> list[str]:
     return [disk.active.path]
 
 
-def _chain_now(domain: Domain, target: str) -> list[str]:
+def chain_now(domain: Domain, target: str) -> list[str]:
     for spec in domxml.disks(domxml.parse(domain.current_xml())):
         if spec.target == target and spec.source:
             return [layer.path for layer in live_chain(spec, domain.is_active())]
@@ -428,9 +486,13 @@ def _run_live(domain: Domain, disk: LiveDisk, options: ConsolidateOptions, repor
     return blockjobs.pull(domain, disk.target, options.bandwidth_mib, options.timeout, progress)
 
 
-def _run_offline(domain: Domain, disk: LiveDisk, options: ConsolidateOptions, _report: Reporter,
-                 _total: int) -> blockjobs.JobResult:
-    """The same results with qemu-img; every step leaves a chain that shows the same data."""
+def _run_offline(domain: Domain, disk: LiveDisk, options: ConsolidateOptions,
+                 journal: Journal) -> blockjobs.JobResult:
+    """The same results with qemu-img; every step leaves a chain that shows the same data.
+
+    The journal marks where the data work ends: once ``consolidate.rebase`` or
+    ``consolidate.redefine`` has started, the commit (or pull) completed.
+    """
     began = time.monotonic()
     rate = options.bandwidth_mib * MIB
     headers = [info.path for info in reversed(img.backing_chain(disk.active.path,
@@ -449,19 +511,29 @@ def _run_offline(domain: Domain, disk: LiveDisk, options: ConsolidateOptions, _r
             top = disk.layers[-2] if options.method == "commit" else disk.active
             img.commit(top.path, top.format, disk.base.path, rate, options.timeout)
             if options.method == "commit":
+                step = journal.start("consolidate.rebase", disk=disk.target)
                 img.rebase_unsafe(disk.active.path, disk.base.path, disk.base.format)
+                journal.done(step)
     except img.Timeout as error:
         return blockjobs.JobResult("aborted", time.monotonic() - began, 0, str(error))
-    if options.method == "active":
-        xml = domxml.repoint_disks(domain.inactive_xml(),
-                                   {disk.target: (disk.base.path, disk.base.format)})
-    else:
-        xml, _changed = domxml.strip_backing_stores(domain.inactive_xml(), [disk.target])
-    domain.redefine(xml)
+    step = journal.start("consolidate.redefine", disk=disk.target)
+    redefine_offline(domain, disk.target, options.method, disk.base)
+    journal.done(step)
     return blockjobs.JobResult("completed", time.monotonic() - began, 0)
 
 
-def _sync_definition(domain: Domain, disk: LiveDisk, after: Sequence[str],
+def redefine_offline(domain: Domain, target: str, method: str, base: LiveLayer) -> None:
+    """The definition after an offline job: the base for an active commit, otherwise the
+    same top without a stale explicit chain."""
+    if method == "active":
+        xml = domxml.repoint_disks(domain.inactive_xml(), {target: (base.path, base.format)})
+    else:
+        xml, _changed = domxml.strip_backing_stores(domain.inactive_xml(), [target])
+    if xml != domain.inactive_xml():
+        domain.redefine(xml)
+
+
+def sync_definition(domain: Domain, disk: LiveDisk, after: Sequence[str],
                      report: Reporter) -> bool:
     """After a live job, the persistent definition must name the new top and no stale
     chain; False when it names something else (then no merged file may be deleted)."""
@@ -484,7 +556,7 @@ def _sync_definition(domain: Domain, disk: LiveDisk, after: Sequence[str],
     return True
 
 
-def _delete_merged(domain: Domain, disk: LiveDisk, method: str, report: Reporter,
+def delete_merged(domain: Domain, disk: LiveDisk, method: str, report: Reporter,
                    result: DiskOutcome, users: dict[tuple[int, int], str]) -> None:
     """Delete the files the job made useless: only overlays fibackup created, never the
     base, never a file another domain uses."""

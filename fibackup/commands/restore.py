@@ -8,6 +8,7 @@ the files moved to their final names, and only then is a domain (re)defined.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pwd
@@ -15,12 +16,16 @@ import secrets
 import shutil
 import stat
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
+
+from fibackup import faults
 
 from fibackup.errors import (DestinationError, DomainStateError, IntegrityError,
                              NotEnoughSpaceError, UsageError)
-from fibackup.fsutil import ensure_space, file_identity, fsync_dir, publish
+from fibackup.fsutil import ensure_space, file_identity, fsync_dir, publish, remove_quietly
+from fibackup.host import journal as journals
 from fibackup.host import state as host_state
+from fibackup.host.journal import Journal
 from fibackup.host.lock import DomainLock
 from fibackup.model.chain import chain_from_ids
 from fibackup.model.naming import safe_component
@@ -96,6 +101,8 @@ def restore(options: RestoreOptions, connect: Callable[[], Connection],
     _check_options(options)
     store = BackupStore.open(options.backup_dir)
     conn = connect() if options.define else None
+    from fibackup.commands.repair import repair_restores
+    repair_restores(conn, report)
     named = conn.find_domain(options.domain) if conn and options.as_name is None else None
     problems: list[str] = []
     points = find_points(store, options.domain, problems, named.uuid if named else None)
@@ -106,6 +113,9 @@ def restore(options: RestoreOptions, connect: Callable[[], Connection],
     target_domain = _target_domain(conn, point, options) if conn else None
     if target_domain is not None:
         with DomainLock(target_domain.uuid, target_domain.name):
+            if journals.load(target_domain.uuid) is not None:
+                from fibackup.commands.repair import reconcile
+                reconcile(conn, target_domain, report, wait=False)
             _require_shut_off(target_domain)
             return _restore(store, point, disks, options, conn, target_domain, report)
     return _restore(store, point, disks, options, conn, None, report)
@@ -166,39 +176,78 @@ def _restore(store: BackupStore, point: RestorePoint, disks: list[PointDisk],
         ensure_space(destination, _needed_bytes(store, point, disks),
                      f"restore point {point.id}")
     staging = os.path.join(destination, f".fibackup-restore-{secrets.token_hex(4)}")
-    os.mkdir(staging, 0o700)
-    try:
+    with _journalled(point, options, staging, conn, report) as journal:
+        os.mkdir(staging, 0o700)
         try:
-            for files in names:
-                _build_disk(store, point, files, staging, options.flatten, report)
-        except OSError as error:
-            if error.errno != errno.ENOSPC:
-                raise
-            raise NotEnoughSpaceError(
-                f"{destination} filled up during the restore; nothing was left there: free up "
-                "space or restore elsewhere") from None
-        result = RestoreResult(point)
+            result = _stage_and_publish(store, point, names, staging, destination, options,
+                                        report, journal)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        fsync_dir(destination)
+        if not options.flatten and options.as_name is None:
+            _remember_restored(store, point, names, destination)
+        if definition is not None:
+            assert conn is not None
+            step = journal.start("restore.define")
+            result.defined = _define(conn, point, definition, result.disks, options, report)
+            journal.done(step)
+    return result
+
+
+@contextlib.contextmanager
+def _journalled(point: RestorePoint, options: RestoreOptions, staging: str,
+                conn: Optional[Connection], report: Reporter) -> Iterator[Journal]:
+    """Journal the restore; on any failure undo it at once (its staging directory, files
+    it published without defining their domain); after a crash 'repair' does."""
+    from fibackup.commands.repair import undo_restore
+    key = journals.restore_key()
+    with DomainLock(key, f"restore {key}") as lock:
+        journal = Journal(key, "restore", point.domain_name, {
+            "staging": staging, "domain_uuid": point.domain_uuid, "as_name": options.as_name,
+            "point": point.id}).begin()
+        try:
+            yield journal
+        except BaseException:
+            undo_restore(conn, journal, report)
+            journal.end()
+            raise
+        journal.end()
+    remove_quietly(lock.path)
+
+
+def _stage_and_publish(store: BackupStore, point: RestorePoint, names: Sequence[_DiskFiles],
+                       staging: str, destination: str, options: RestoreOptions,
+                       report: Reporter, journal: Journal) -> RestoreResult:
+    """Build every disk in ``staging``, then move the files into ``destination``."""
+    step = journal.start("restore.stage")
+    try:
         for files in names:
-            for name in files.all:
-                final = os.path.join(destination, name)
-                publish(os.path.join(staging, name), final, replace=options.force)
-                result.files.append(final)
-            result.disks[files.disk.target] = os.path.join(destination, files.top)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    fsync_dir(destination)
-    if not options.flatten and options.as_name is None:
-        _remember_restored(store, point, names, destination)
-    if definition is not None:
-        assert conn is not None
-        result.defined = _define(conn, point, definition, result.disks, options, report)
+            _build_disk(store, point, files, staging, options.flatten, report)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        raise NotEnoughSpaceError(
+            f"{destination} filled up during the restore; nothing was left there: free up "
+            "space or restore elsewhere") from None
+    journal.done(step)
+    result = RestoreResult(point)
+    step = journal.start("restore.publish", files={
+        os.path.join(destination, name): os.stat(os.path.join(staging, name)).st_ino
+        for files in names for name in files.all})
+    for files in names:
+        for name in files.all:
+            final = os.path.join(destination, name)
+            publish(os.path.join(staging, name), final, replace=options.force)
+            result.files.append(final)
+        result.disks[files.disk.target] = os.path.join(destination, files.top)
+    journal.done(step)
     return result
 
 
 def _prepare_destination(path: str, define: bool, report: Reporter) -> str:
     destination = os.path.abspath(path)
     try:
-        os.makedirs(destination, exist_ok=True)
+        os.makedirs(destination, mode=0o755, exist_ok=True)   # the images inside are 0600
     except OSError as error:
         raise DestinationError(f"cannot create {destination} ({error.strerror}); check the "
                                "path and its permissions, or choose another --to") from None
@@ -281,8 +330,8 @@ def _build_disk(store: BackupStore, point: RestorePoint, files: _DiskFiles, stag
     previous: Optional[tuple[str, str]] = None
     for layer, name in zip(disk.layers, layer_names):
         path = os.path.join(staging, name)
-        store.restore_layer(point.domain_uuid, layer.id, path,
-                            progress=report.progress(f"{disk.target} {name}", layer.data_bytes))
+        store.restore_layer(point.domain_uuid, layer.id, path, progress=faults.counting(
+            report.progress(f"{disk.target} {name}", layer.data_bytes)), expected=layer)
         if layer.image_format == "qcow2":
             _check_standalone(path, is_base=previous is None)
             if previous is not None:

@@ -18,18 +18,20 @@ from typing import Optional, Sequence
 
 from fibackup.errors import (ConsolidationFailedError, DomainStateError, FibackupError,
                              ImageToolError, InconsistentChainError, SnapshotError,
+                             StoreUnavailableError,
                              UnsupportedDiskError, UsageError)
 from fibackup.fsutil import allocated_bytes, ensure_space, file_identity, host_name, human
 from fibackup.commands.common import check_chain, layer_index, select_disks
+from fibackup import faults
 from fibackup.host import state as host_state
-from fibackup.host.lock import DomainLock
+from fibackup.host.journal import Journal
 from fibackup.model import naming
 from fibackup.model.chain import (DiskPlan, FileIdentity, FrozenLayer, LayerIndex, LiveDisk,
                                   LiveLayer, StoredLayer, plan_disk)
 from fibackup.model.points import PointDisk, PointLayer, RestorePoint
 from fibackup.qemu import img
 from fibackup.report import Reporter
-from fibackup.store.repo import BackupStore
+from fibackup.store.repo import MARKER, BackupStore
 from fibackup.virt import domxml
 from fibackup.virt.chains import live_chain
 from fibackup.virt.libvirt_api import Connection, Domain
@@ -76,11 +78,17 @@ CHAIN_WARNING = 32
 def snapshot_domain(conn: Connection, name: str, options: SnapshotOptions,
                     report: Reporter) -> SnapshotResult:
     _check_options(options)
+    from fibackup.commands.repair import journalled
     domain = conn.domain(name)
-    with DomainLock(domain.uuid, domain.name):
-        result = snapshot_locked(domain, options, report)
-        _consolidate_after(conn, domain, options, result, report)
+    with journalled(conn, domain, "snapshot", _journal_options(options), report) as journal:
+        result = snapshot_locked(domain, options, report, journal)
+        _consolidate_after(conn, domain, options, result, report, journal)
         return result
+
+
+def _journal_options(options: SnapshotOptions) -> dict[str, object]:
+    return {"backup_dir": os.path.abspath(options.backup_dir) if options.backup_dir else None,
+            "consolidate": options.consolidate, "max_chain": options.max_chain}
 
 
 def _check_options(options: SnapshotOptions) -> None:
@@ -93,7 +101,7 @@ def _check_options(options: SnapshotOptions) -> None:
 
 
 def _consolidate_after(conn: Connection, domain: Domain, options: SnapshotOptions,
-                       result: SnapshotResult, report: Reporter) -> None:
+                       result: SnapshotResult, report: Reporter, journal: Journal) -> None:
     """fi-backup's -C, and the --max-chain bound; warn about long chains otherwise."""
     from fibackup.commands.consolidate import ConsolidateOptions, consolidate_locked
     longest = max(len(disk) for disk in result.chains.values()) if result.chains else 0
@@ -111,7 +119,7 @@ def _consolidate_after(conn: Connection, domain: Domain, options: SnapshotOption
     try:
         outcome = consolidate_locked(conn, domain, ConsolidateOptions(
             method=method, backup_dir=options.backup_dir, disks=options.disks,
-            exclude=options.exclude, space_check=options.space_check), report)
+            exclude=options.exclude, space_check=options.space_check), report, journal)
     except FibackupError as error:
         stored = f"restore point {result.point.id} is stored" if result.point else \
             f"snapshot {result.tag} was taken"
@@ -119,7 +127,8 @@ def _consolidate_after(conn: Connection, domain: Domain, options: SnapshotOption
     result.consolidation = outcome.to_json()
 
 
-def snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter) -> SnapshotResult:
+def snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter,
+                    journal: Journal) -> SnapshotResult:
     _check_state(domain)
     if options.quiesce and not domain.is_active():
         raise UsageError(f"domain '{domain.name}' is shut off: there is nothing to quiesce; "
@@ -139,12 +148,16 @@ def snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter) 
     tag = _free_tag(naming.timestamp_tag(moment), disks, backup[0] if backup else None,
                     domain.uuid)
     overlays = naming.overlay_paths(_actives(disks), tag)
+    step = journal.start("snapshot.take", tag=tag, overlays=overlays)
     _take_snapshot(domain, overlays, [spec.target for spec in specs], options.quiesce)
-    _remember_overlays(domain.uuid, overlays, tag)
+    remember_overlays(domain.uuid, overlays, tag)
+    journal.done(step)
     report.info(f"{domain.name}: snapshot {tag} taken "
                 f"({', '.join(f'{t} -> {os.path.basename(p)}' for t, p in overlays.items())})")
     _check_new_chains(domain, disks, overlays)
-    _tidy_persistent_xml(domain, overlays)
+    step = journal.start("snapshot.tidy-xml", overlays=overlays)
+    tidy_persistent_xml(domain, overlays)
+    journal.done(step)
 
     result = SnapshotResult(domain.name, tag, overlays, skipped=list(selection.skipped))
     result.chains = {disk.target: [*(layer.path for layer in disk.layers), overlays[disk.target]]
@@ -155,8 +168,22 @@ def snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter) 
             domain_uuid=domain.uuid, host=host_name(), disks={}, domain_xml=config_xml,
             quiesced=options.quiesce,
             skipped_disks=tuple(target for target, _ in selection.skipped))
-        _back_up(backup[0], backup[1], domain, disks, point, result, report)
+        try:
+            _back_up(backup[0], backup[1], domain, disks, point, result, report, journal)
+        except OSError as error:
+            _store_gone(backup[0], tag, error)
+            raise
     return result
+
+
+def _store_gone(store: BackupStore, tag: str, error: OSError) -> None:
+    """Name a backup directory that vanished mid-run (unmounted, removed) as such."""
+    if os.path.isfile(os.path.join(store.root, MARKER)):
+        return
+    raise StoreUnavailableError(
+        f"the backup directory {store.root} disappeared during the backup ({error.strerror}; "
+        f"unmounted or removed?); no restore point was made. Snapshot {tag} was taken: the "
+        "next 'fibackup snapshot -b' copies its frozen layers") from None
 
 
 def _prepare_backup(domain: Domain, disks: Sequence[LiveDisk],
@@ -172,7 +199,8 @@ def _prepare_backup(domain: Domain, disks: Sequence[LiveDisk],
 
 
 def _back_up(store: BackupStore, index: LayerIndex, domain: Domain, disks: Sequence[LiveDisk],
-             draft: RestorePoint, result: SnapshotResult, report: Reporter) -> None:
+             draft: RestorePoint, result: SnapshotResult, report: Reporter,
+             journal: Journal) -> None:
     """Copy what the store lacks of each now-frozen chain, then publish the point."""
     plans = [plan_disk(disk.target, _frozen(domain, disk, index), index) for disk in disks]
     point_disks = {}
@@ -183,10 +211,12 @@ def _back_up(store: BackupStore, index: LayerIndex, domain: Domain, disks: Seque
             report.info(f"{domain.name}: disk {disk.target} starts a new full copy "
                         f"({_new_generation_reason(plan, state.last_consolidation(disk.target))})")
         point_disks[disk.target] = _back_up_disk(store, domain, disk, plan, draft.id, result,
-                                                 report)
+                                                 report, journal)
     point = replace(draft, seq=store.next_seq(domain.uuid), disks=point_disks)
+    step = journal.start("backup.publish", store=store.root, point=point.id)
     result.point = store.publish_point(point)
-    _remember_store(domain.uuid, store)
+    journal.done(step, seq=result.point.seq)
+    remember_store(domain.uuid, store)
     report.info(f"{domain.name}: restore point {point.id} (#{result.point.seq}) stored in "
                 f"{store.root}: {human(result.bytes_copied)} copied")
 
@@ -255,7 +285,7 @@ def _take_snapshot(domain: Domain, overlays: dict[str, str], targets: Sequence[s
     try:
         domain.snapshot(domxml.snapshot_xml(overlays, targets), quiesce)
     except SnapshotError as error:
-        moved = [target for target, path in _tops(domain).items() if overlays.get(target) == path]
+        moved = [target for target, path in current_tops(domain).items() if overlays.get(target) == path]
         if not moved:
             raise SnapshotError(f"{error}. No snapshot was taken") from None
         raise SnapshotError(
@@ -279,14 +309,16 @@ def _actives(disks: Sequence[LiveDisk]) -> dict[str, str]:
     return {disk.target: disk.active.path for disk in disks}
 
 
-def _remember_overlays(domain_uuid: str, overlays: dict[str, str], tag: str) -> None:
+def remember_overlays(domain_uuid: str, overlays: dict[str, str], tag: str) -> None:
     state = host_state.load(domain_uuid)
-    state.overlays.extend({"disk": target, "path": path, "tag": tag}
-                          for target, path in overlays.items())
-    state.save()
+    new = [{"disk": target, "path": path, "tag": tag} for target, path in overlays.items()
+           if not state.created_overlay(path)]
+    if new:
+        state.overlays.extend(new)
+        state.save()
 
 
-def _remember_store(domain_uuid: str, store: BackupStore) -> None:
+def remember_store(domain_uuid: str, store: BackupStore) -> None:
     """Consolidation checks every backup directory a domain was backed up to."""
     state = host_state.load(domain_uuid)
     if state.stores.get(store.store_id) != store.root:
@@ -294,7 +326,7 @@ def _remember_store(domain_uuid: str, store: BackupStore) -> None:
         state.save()
 
 
-def _tops(domain: Domain) -> dict[str, Optional[str]]:
+def current_tops(domain: Domain) -> dict[str, Optional[str]]:
     return {spec.target: spec.source for spec in domxml.disks(domxml.parse(domain.current_xml()))}
 
 
@@ -313,7 +345,7 @@ def _check_new_chains(domain: Domain, disks: Sequence[LiveDisk], overlays: dict[
                 f"was made: check 'virsh domblklist {domain.name}' before going on")
 
 
-def _tidy_persistent_xml(domain: Domain, overlays: dict[str, str]) -> None:
+def tidy_persistent_xml(domain: Domain, overlays: dict[str, str]) -> None:
     """Drop the explicit chain libvirt writes into the persistent XML after a live snapshot.
 
     An explicit ``<backingStore>`` wins over the image headers, so a stale one
@@ -373,20 +405,23 @@ def _frozen_info(domain: Domain, target: str, layer: LiveLayer) -> img.ImageInfo
 
 
 def _back_up_disk(store: BackupStore, domain: Domain, disk: LiveDisk, plan: DiskPlan, tag: str,
-                  result: SnapshotResult, report: Reporter) -> PointDisk:
+                  result: SnapshotResult, report: Reporter, journal: Journal) -> PointDisk:
     layers = [_point_layer(stored, new=False) for stored in plan.reuse]
     parent = plan.parent_of_first_copy
     start = len(plan.reuse)
     for position, item in enumerate(plan.copy, start=start):
         layer_id = naming.new_layer_id(tag, disk.target, position)
         report.info(f"{domain.name}: copying {disk.target} layer {item.layer.path}")
+        step = journal.start("backup.copy", store=store.root, disk=disk.target, layer=layer_id,
+                             source=item.layer.path)
         stored = store.store_layer(domain.uuid, layer_id, item.layer.path, item.layer.format,
                                    item.virtual_size, parent, disk.target, item.identity,
-                                   progress=report.progress(
+                                   progress=faults.counting(report.progress(
                                        f"{disk.target} {os.path.basename(item.layer.path)}",
-                                       allocated_bytes(item.layer.path)),
+                                       allocated_bytes(item.layer.path))),
                                    check_source=lambda path=item.layer.path, want=item.identity:
                                    _unchanged(path, want))
+        journal.done(step)
         layers.append(_point_layer(stored, new=True))
         result.bytes_copied += stored.data_bytes
         parent = stored.id

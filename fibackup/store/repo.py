@@ -27,6 +27,7 @@ from dataclasses import replace
 import uuid as _uuid
 from typing import Callable, Iterator, Optional, Sequence, Union
 
+from fibackup import faults
 from fibackup.errors import (CorruptStoreError, IntegrityError, NotEnoughSpaceError,
                              StoreUnavailableError)
 from fibackup.fsutil import publish, remove_quietly, temp_name, write_file
@@ -272,6 +273,7 @@ class BackupStore:
             if check_source is not None:
                 check_source()
             publish(temporary, final)
+            faults.point("store.image-published")
         except OSError as error:
             remove_quietly(temporary)
             if error.errno == errno.ENOSPC:

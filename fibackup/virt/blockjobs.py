@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from fibackup import faults
 from fibackup.errors import BlockJobError
 from fibackup.virt.libvirt_api import Domain, libvirt, libvirt_message
 
@@ -74,6 +75,25 @@ class _Watch:
         except libvirt.libvirtError:
             return None
 
+    def check_alive(self) -> None:
+        """Raise when libvirtd went away or the domain stopped under the job."""
+        name, target = self.domain.name, self.target
+        try:
+            alive = bool(self.domain.handle.connect().isAlive())
+            stopped = alive and not self.domain.is_active()
+        except libvirt.libvirtError:
+            alive, stopped = False, False
+        if stopped:
+            raise BlockJobError(
+                f"domain '{name}' stopped during the block job on disk {target} (QEMU exited); "
+                "its images keep a valid chain: start it again and run "
+                f"'fibackup repair -d {name}'")
+        if not alive:
+            raise BlockJobError(
+                f"the connection to libvirtd was lost during the block job on disk {target} of "
+                f"'{name}'; the job may go on inside QEMU and the domain keeps running: once "
+                f"libvirtd is back, run 'fibackup repair -d {name}'")
+
     def wait(self, wanted: set[int], deadline: Optional[float], progress: Progress) -> Optional[int]:
         """The first event in ``wanted``; None on timeout; COMPLETED if the job vanished."""
         shown = 0
@@ -88,7 +108,7 @@ class _Watch:
                 pass
             info = self.info()
             if info is None:
-                pass                        # libvirt did not answer: neither running nor gone
+                self.check_alive()          # libvirt did not answer: neither running nor gone
             elif info:
                 vanished = 0
                 self.bytes_done = max(self.bytes_done, int(info.get("cur", 0)))
@@ -125,6 +145,7 @@ def _run(domain: Domain, target: str, bandwidth_mib: int, timeout: Optional[floa
     deadline = began + timeout if timeout else None
     with _Watch(domain, target) as watch:
         _start(domain, target, what, start, base)
+        faults.point("consolidate.job.running")
         try:
             status = watch.wait({COMPLETED, FAILED, CANCELED}, deadline, progress)
         except BaseException:
@@ -154,9 +175,11 @@ def active_commit(domain: Domain, target: str, base: str, bandwidth_mib: int,
     with _Watch(domain, target) as watch:
         _start(domain, target, what,
                lambda: domain.handle.blockCommit(target, base, None, bandwidth_mib, flags), base)
+        faults.point("consolidate.job.running")
         try:
             status = watch.wait({READY, FAILED, CANCELED, COMPLETED}, deadline, progress)
             if status == READY:
+                faults.point("consolidate.job.ready")
                 status = _pivot(domain, target, watch, deadline or time.monotonic() + PIVOT_RETRY)
         except BaseException:
             _abort_quietly(watch)           # never leave the domain mirrored in READY
@@ -252,3 +275,45 @@ def _start_message(name: str, target: str, what: str, text: str, base: Optional[
         return (f"disk {target} of '{name}' already runs a block job ('virsh blockjob {name} "
                 f"{target}' shows it); wait for it or abort it, then run again. Nothing was changed")
     return f"libvirt refused the {what} of disk {target} of '{name}': {text}. Nothing was changed"
+
+
+# -- jobs an interrupted run left behind (fibackup repair) ---------------------------------------
+
+def settle(domain: Domain, target: str, pivot: bool, deadline: Optional[float]) -> str:
+    """Bring a block job a dead run left on ``target`` to an end.
+
+    A job still copying is waited for (until ``deadline``: then ``running``);
+    a mirror in READY is pivoted (``pivot``, what an active commit intended)
+    or aborted.  Returns ``none`` (no job), ``ended``, ``pivoted``, ``aborted``
+    or ``running``; the caller re-reads the chain to learn what it now is.
+    """
+    with _Watch(domain, target) as watch:
+        info = watch.info()
+        if info == {}:
+            return "none"
+        while True:
+            if info == {}:
+                return "ended"
+            if info is None:
+                watch.check_alive()
+            elif _ready(domain, target, info):
+                if pivot:
+                    status = _pivot(domain, target, watch, deadline or time.monotonic() + PIVOT_RETRY)
+                    return "pivoted" if status == COMPLETED else "aborted"
+                _abort(watch)
+                return "aborted"
+            if deadline is not None and time.monotonic() >= deadline:
+                return "running"
+            try:
+                if watch.events.get(timeout=POLL_SECONDS) in (COMPLETED, FAILED, CANCELED):
+                    return "ended"
+            except queue.Empty:
+                pass
+            info = watch.info()
+
+
+def _ready(domain: Domain, target: str, info: dict[str, int]) -> bool:
+    """A mirror (active commit) that waits for its pivot."""
+    if info.get("type") != libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT:
+        return False
+    return domain.mirror_ready(target) or (0 < info.get("end", 0) == info.get("cur", -1))

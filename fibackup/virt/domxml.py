@@ -92,6 +92,16 @@ def _backing(element: ET.Element) -> tuple[tuple[LiveLayer, ...], bool]:
     return tuple(layers), False
 
 
+def mirror_ready(xml: str, target: str) -> bool:
+    """Whether the disk ``target`` has a ``<mirror ready='yes'>`` (a job waiting to pivot)."""
+    for element in parse(xml).findall("./devices/disk"):
+        node = element.find("target")
+        if node is not None and node.get("dev") == target:
+            mirror = element.find("mirror")
+            return mirror is not None and mirror.get("ready") == "yes"
+    return False
+
+
 def select_disks(specs: Sequence[DiskSpec], include: Sequence[str],
                  exclude: Sequence[str]) -> Selection:
     """Apply --disk / --exclude-disk and sort out what cannot be backed up."""

@@ -160,6 +160,11 @@ class Domain:
             raise LibvirtError(f"cannot ask libvirt about block jobs on disk {target} of "
                                f"'{self.name}': {libvirt_message(error)}") from None
 
+    def mirror_ready(self, target: str) -> bool:
+        """The live XML says the disk's mirror (active commit) is ready to pivot."""
+        from fibackup.virt import domxml
+        return domxml.mirror_ready(self.live_xml(), target)
+
     def redefine(self, xml: str) -> None:
         """Replace the persistent definition (also while the domain runs)."""
         try:
