@@ -7,6 +7,7 @@ from types import TracebackType
 from typing import Optional
 
 from fibackup.errors import DomainLockedError, StateDirError
+from fibackup.fsutil import make_private_dirs
 from fibackup.host.state import state_dir
 
 
@@ -23,7 +24,7 @@ class DomainLock:
 
     def acquire(self) -> None:
         try:
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            make_private_dirs(os.path.dirname(self.path))
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as error:
             raise StateDirError(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from fibackup.errors import CorruptStoreError
-from fibackup.fsutil import write_file
+from fibackup.fsutil import make_private_dirs, write_file
 from fibackup.model.chain import FileIdentity
 
 STATE_KIND = "fibackup-host-state"
@@ -112,7 +112,7 @@ class HostState:
         return None
 
     def save(self) -> None:
-        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        make_private_dirs(os.path.dirname(self.path))
         document = {
             "kind": STATE_KIND, "version": STATE_VERSION, "domain_uuid": self.domain_uuid,
             "restored": [{"store_id": item.store_id, "layer_id": item.layer_id,

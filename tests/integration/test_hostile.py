@@ -202,8 +202,6 @@ def test_backup_and_host_state_are_private_whatever_the_umask(lab, umask_000):
     assert [problem for problem in wrong_modes(to) if not problem.startswith(f"{to}: ")] == []
 
 
-@pytest.mark.xfail(strict=True, reason="host/lock.py and host/state.py create the state dir "
-                   "itself with os.makedirs, whose intermediate directories ignore mode=0o700")
 def test_state_dir_itself_is_private_whatever_the_umask(lab, umask_000):
     lab.data_domain(16 * MiB, 2 * MiB).snapshot(lab.path("backup"))
     assert modes(lab.state_dir)[lab.state_dir] == ("dir", 0o700)
