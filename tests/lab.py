@@ -54,8 +54,8 @@ class CliResult:
 
 
 def run_cli(*args: str, state_dir: str, expect: Optional[int] = 0,
-            timeout: float = 600) -> CliResult:
-    env = {**os.environ, "FIBACKUP_STATE_DIR": state_dir}
+            timeout: float = 600, env: Optional[dict[str, str]] = None) -> CliResult:
+    env = {**os.environ, "FIBACKUP_STATE_DIR": state_dir, **(env or {})}
     completed = subprocess.run([sys.executable, "-m", "fibackup", *args], capture_output=True,
                                text=True, env=env, timeout=timeout)
     result = CliResult(completed.returncode, completed.stdout, completed.stderr)
@@ -98,8 +98,9 @@ class Lab:
     def path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
 
-    def cli(self, *args: str, expect: Optional[int] = 0) -> CliResult:
-        return run_cli(*args, state_dir=self.state_dir, expect=expect)
+    def cli(self, *args: str, expect: Optional[int] = 0,
+            env: Optional[dict[str, str]] = None) -> CliResult:
+        return run_cli(*args, state_dir=self.state_dir, expect=expect, env=env)
 
     def domain(self, disks: Sequence[DiskDef] = (DiskDef("vda", "qcow2"), DiskDef("vdb", "raw")),
                start: bool = True, guest_cmdline: Optional[str] = None,
@@ -124,6 +125,14 @@ class Lab:
         qemu_io(dom.image_path(dom.disks[0]), "raw", f"write -P 1 {size // 2} {data}")
         dom.start()
         return dom
+
+    def reconnect(self) -> None:
+        """A new connection, after libvirtd was restarted under the test."""
+        try:
+            self.conn.close()
+        except libvirt.libvirtError:
+            pass
+        self.conn = libvirt.open(URI)
 
     def forget_name(self, name: str) -> None:
         self.extra_names.append(name)
