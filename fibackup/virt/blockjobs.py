@@ -115,6 +115,8 @@ class _Watch:
                 if progress is not None and self.bytes_done > shown:
                     progress(self.bytes_done - shown)
                     shown = self.bytes_done
+                if READY in wanted and _ready(self.domain, self.target, info):
+                    return READY            # its event was lost; the pivot re-checks
             else:
                 vanished += 1
                 if vanished >= 8 and self.events.empty():
@@ -316,4 +318,6 @@ def _ready(domain: Domain, target: str, info: dict[str, int]) -> bool:
     """A mirror (active commit) that waits for its pivot."""
     if info.get("type") != libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT:
         return False
-    return domain.mirror_ready(target) or (0 < info.get("end", 0) == info.get("cur", -1))
+    if not 0 < info.get("end", 0) == info.get("cur", -1):
+        return False
+    return domain.mirror_ready(target)
