@@ -377,6 +377,8 @@ def _consolidate_disk(domain: Domain, disk: LiveDisk, options: ConsolidateOption
                 f"{len(moved)} layer(s), {human(merged_bytes)}")
     moment = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     began = time.monotonic()
+    if not live:
+        _check_headers(domain, disk)
     step = journal.start("consolidate.job", disk=disk.target, method=method, live=live,
                          time=moment, before=before, expected=_expected_chain(disk, method),
                          formats=[layer.format for layer in disk.layers],
@@ -385,6 +387,9 @@ def _consolidate_disk(domain: Domain, disk: LiveDisk, options: ConsolidateOption
     try:
         job = (_run_live(domain, disk, options, report, merged_bytes) if live
                else _run_offline(domain, disk, options, journal))
+    except blockjobs.JobNotStartedError:
+        journal.done(step, outcome="not started")       # nothing was written
+        raise
     except FibackupError:
         record_once(domain.uuid, host_state.Consolidation(
             disk=disk.target, method=method, time=moment, outcome="failed",
@@ -393,13 +398,13 @@ def _consolidate_disk(domain: Domain, disk: LiveDisk, options: ConsolidateOption
     after = chain_now(domain, disk.target)
     expected = _expected_chain(disk, method) if job.completed else before
     outcome = "merged" if job.completed else "aborted"
+    recorded = outcome if after == expected else "failed"
     record_once(domain.uuid, host_state.Consolidation(
-        disk=disk.target, method=method, time=moment,
-        outcome=outcome if after == expected else "failed", base=disk.base.path,
+        disk=disk.target, method=method, time=moment, outcome=recorded, base=disk.base.path,
         merged=tuple(layer.path for layer in moved),
         result=file_identity(disk.base.path) if job.completed and method == "commit" else None,
         parts=parts if job.completed and after == expected else ()))
-    journal.done(step, outcome=outcome)
+    journal.done(step, outcome=recorded)
     if after != expected:
         raise InconsistentChainError(
             f"after the {method} of disk {disk.target} of '{domain.name}' its chain is "
@@ -486,15 +491,8 @@ def _run_live(domain: Domain, disk: LiveDisk, options: ConsolidateOptions, repor
     return blockjobs.pull(domain, disk.target, options.bandwidth_mib, options.timeout, progress)
 
 
-def _run_offline(domain: Domain, disk: LiveDisk, options: ConsolidateOptions,
-                 journal: Journal) -> blockjobs.JobResult:
-    """The same results with qemu-img; every step leaves a chain that shows the same data.
-
-    The journal marks where the data work ends: once ``consolidate.rebase`` or
-    ``consolidate.redefine`` has started, the commit (or pull) completed.
-    """
-    began = time.monotonic()
-    rate = options.bandwidth_mib * MIB
+def _check_headers(domain: Domain, disk: LiveDisk) -> None:
+    """Offline, the definition's chain must be the one the image headers give."""
     headers = [info.path for info in reversed(img.backing_chain(disk.active.path,
                                                                   disk.active.format))]
     if [os.path.realpath(path) for path in headers] != \
@@ -504,6 +502,17 @@ def _run_offline(domain: Domain, disk: LiveDisk, options: ConsolidateOptions,
             f"{' <- '.join(_paths(disk))}, but the image headers give {' <- '.join(headers)}; "
             "nothing was changed. Remove the explicit <backingStore> from the definition "
             "('virsh edit') so both agree, then run again")
+
+
+def _run_offline(domain: Domain, disk: LiveDisk, options: ConsolidateOptions,
+                 journal: Journal) -> blockjobs.JobResult:
+    """The same results with qemu-img; every step leaves a chain that shows the same data.
+
+    The journal marks where the data work ends: once ``consolidate.rebase`` or
+    ``consolidate.redefine`` has started, the commit (or pull) completed.
+    """
+    began = time.monotonic()
+    rate = options.bandwidth_mib * MIB
     try:
         if options.method == "pull":
             img.make_standalone(disk.active.path, options.timeout)

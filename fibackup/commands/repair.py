@@ -189,8 +189,6 @@ class _Replay:
         from fibackup.commands.snapshot import remember_store
         root = str(step.data.get("store"))
         self.stores.add(root)
-        if step.status != "started":
-            return
         try:
             store = BackupStore.open(root)
             published = any(point.id == step.data.get("point")
@@ -199,8 +197,9 @@ class _Replay:
             return
         if published:
             remember_store(self.domain.uuid, store)
-            self.act(f"restore point {step.data.get('point')} had been published in {root}")
-        else:
+            if step.status == "started":
+                self.act(f"restore point {step.data.get('point')} had been published in {root}")
+        elif step.status == "started":
             self.act(f"restore point {step.data.get('point')} was not published in {root}")
 
     # -- consolidation ------------------------------------------------------------------------
@@ -300,15 +299,16 @@ class _Replay:
         if names & {"consolidate.rebase", "consolidate.redefine"}:
             cons.redefine_offline(self.domain, disk.target, method, disk.base)
             return
-        try:
-            img.info(disk.base.path, disk.base.format)
-        except ImageToolError as error:
-            if "another process" in str(error):
-                raise RepairNeededError(
-                    f"{disk.base.path} is still locked by another process (the qemu-img of the "
-                    f"interrupted {method}?); wait until it exits, then run 'fibackup repair "
-                    f"-d {self.domain.name}'") from None
-            raise
+        for layer in (disk.base, disk.active):      # commit writes the base, pull the top
+            try:
+                img.info(layer.path, layer.format)
+            except ImageToolError as error:
+                if "another process" in str(error):
+                    raise RepairNeededError(
+                        f"{layer.path} is still locked by another process (the qemu-img of the "
+                        f"interrupted {method}?); wait until it exits, then run 'fibackup "
+                        f"repair -d {self.domain.name}'") from None
+                raise
 
 
 # -- restores ---------------------------------------------------------------------------------
@@ -327,8 +327,13 @@ def repair_restores(conn: Optional[Connection], report: Reporter,
         try:
             lock.acquire()
         except FibackupError:
-            continue                     # that restore is still running
+            report.info(f"the restore {journal.key} (pid {journal.pid}) is still running; "
+                        "left alone")
+            continue
         try:
+            journal = journals.load(journal.key)    # it may have ended before we got the lock
+            if journal is None:
+                continue
             undone = undo_restore(conn, journal, report)
             if undone is not None:
                 actions.extend(undone)
@@ -345,36 +350,39 @@ def undo_restore(conn: Optional[Connection], journal: Journal,
     to tell whether the domain was already defined with the files."""
     actions = []
     staging = journal.options.get("staging")
+    define = journal.last("restore.define")
+    publish = journal.last("restore.publish")
+    if publish is not None and (define is None or define.status != "done"):
+        files: dict[str, list[int]] = dict(publish.data.get("files") or {})   # file_key
+        existed = set(publish.data.get("existed") or [])
+        if define is not None and conn is None:
+            return None
+        if define is None or conn is None or not _defined_with(conn, journal, list(files)):
+            for path, key in files.items():
+                # moved there by this restore, and not a name it overwrote (--force)
+                if path not in existed and _file_key(path) == tuple(key):
+                    remove_quietly(path)
+                    actions.append(f"removed {path}, published by a restore that was "
+                                   "interrupted before it defined the domain (run the restore "
+                                   "again)")
     if staging and os.path.isdir(staging):
         shutil.rmtree(staging, ignore_errors=True)
         actions.append(f"removed the staging directory {staging} of an interrupted restore")
-    define = journal.last("restore.define")
-    publish = journal.last("restore.publish")
-    if publish is None or (define is not None and define.status == "done"):
-        return _report(report, actions)
-    files: dict[str, int] = dict(publish.data.get("files") or {})
-    if define is not None and conn is None:
-        return None
-    if define is not None and conn is not None and _defined_with(conn, journal, list(files)):
-        return _report(report, actions)
-    for path, inode in files.items():
-        if _inode(path) == inode:       # moved there by this restore, not a file it found
-            remove_quietly(path)
-            actions.append(f"removed {path}, published by a restore that was interrupted "
-                           "before it defined the domain (run the restore again)")
     return _report(report, actions)
 
 
-def _inode(path: str) -> Optional[int]:
+def _file_key(path: str) -> Optional[tuple[int, ...]]:
+    from fibackup.commands.restore import file_key
     try:
-        return os.lstat(path).st_ino
+        return file_key(path)
     except OSError:
         return None
 
 
 def _defined_with(conn: Connection, journal: Journal, files: list[str]) -> bool:
-    name = journal.options.get("as_name") or journal.domain_name
-    domain = conn.find_domain(str(name))
+    name = journal.options.get("as_name")
+    domain = (conn.find_domain(str(name)) if name
+              else conn.domain_by_uuid(str(journal.options.get("domain_uuid"))))
     if domain is None:
         return False
     sources = {spec.source for spec in domxml.disks(domxml.parse(domain.inactive_xml()))}

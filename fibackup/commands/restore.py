@@ -209,10 +209,16 @@ def _journalled(point: RestorePoint, options: RestoreOptions, staging: str,
             yield journal
         except BaseException:
             undo_restore(conn, journal, report)
-            journal.end()
             raise
-        journal.end()
-    remove_quietly(lock.path)
+        finally:
+            journal.end()
+            remove_quietly(lock.path)
+
+
+def file_key(path: str) -> tuple[int, int, int, int]:
+    """Device, inode, size and mtime: which file a name holds (inodes are reused)."""
+    status = os.lstat(path)
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def _stage_and_publish(store: BackupStore, point: RestorePoint, names: Sequence[_DiskFiles],
@@ -231,9 +237,11 @@ def _stage_and_publish(store: BackupStore, point: RestorePoint, names: Sequence[
             "space or restore elsewhere") from None
     journal.done(step)
     result = RestoreResult(point)
+    finals = {os.path.join(destination, name): os.path.join(staging, name)
+              for files in names for name in files.all}
     step = journal.start("restore.publish", files={
-        os.path.join(destination, name): os.stat(os.path.join(staging, name)).st_ino
-        for files in names for name in files.all})
+        final: file_key(staged) for final, staged in finals.items()},
+        existed=[final for final in finals if os.path.lexists(final)])
     for files in names:
         for name in files.all:
             final = os.path.join(destination, name)

@@ -4,9 +4,11 @@
 only while a run that changes something is under way.  Each step is written
 (atomically, fsynced) as ``started`` with everything needed to finish or undo
 it before its work begins, and marked ``done`` after; the file is removed when
-the run ends, whether it succeeded or failed cleanly.  A journal found by the
-next run therefore means the run before it died (SIGKILL, power loss, OOM):
-``fibackup repair`` (fibackup/commands/repair.py) reads it and reconciles.
+the run ends, also on an error between steps.  On an error inside a step it is
+kept with ``error`` set, as the step may be half done.  A journal found by the
+next run therefore means the run before it died (SIGKILL, power loss, OOM) or
+stopped inside a step: ``fibackup repair`` (fibackup/commands/repair.py) reads
+it and reconciles.
 
 Restores are journalled under ``restore-<token>.json``, as they need no domain.
 """

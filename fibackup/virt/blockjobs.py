@@ -26,6 +26,10 @@ COMPLETED, FAILED, CANCELED, READY = 0, 1, 2, 3
 Progress = Optional[Callable[[int], None]]
 
 
+class JobNotStartedError(BlockJobError):
+    """libvirt refused to start the job: nothing was written."""
+
+
 @dataclass
 class JobResult:
     """How a job ended: ``completed`` (pivoted, for an active commit) or ``aborted``."""
@@ -260,8 +264,8 @@ def _start(domain: Domain, target: str, what: str, start: Callable[[], object],
     try:
         start()
     except libvirt.libvirtError as error:
-        raise BlockJobError(_start_message(domain.name, target, what, libvirt_message(error),
-                                           base)) from None
+        raise JobNotStartedError(_start_message(domain.name, target, what,
+                                                libvirt_message(error), base)) from None
 
 
 def _start_message(name: str, target: str, what: str, text: str, base: Optional[str]) -> str:
@@ -301,6 +305,8 @@ def settle(domain: Domain, target: str, pivot: bool, deadline: Optional[float]) 
             elif _ready(domain, target, info):
                 if pivot:
                     status = _pivot(domain, target, watch, deadline or time.monotonic() + PIVOT_RETRY)
+                    if status is None:          # "not ready" until the deadline: still mirroring
+                        return "running"
                     return "pivoted" if status == COMPLETED else "aborted"
                 _abort(watch)
                 return "aborted"
@@ -318,6 +324,4 @@ def _ready(domain: Domain, target: str, info: dict[str, int]) -> bool:
     """A mirror (active commit) that waits for its pivot."""
     if info.get("type") != libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT:
         return False
-    if not 0 < info.get("end", 0) == info.get("cur", -1):
-        return False
-    return domain.mirror_ready(target)
+    return domain.mirror_ready(target)    # cur trails end while the guest writes

@@ -427,3 +427,25 @@ def restart_libvirtd(lab) -> None:
         assert time.monotonic() < deadline + 30, "libvirtd did not come back"
         time.sleep(0.2)
     lab.reconnect()
+
+
+def test_a_job_fibackup_did_not_start_is_never_adopted(lab):
+    history = History(lab)
+    history.rounds(2)
+    dom = history.dom.dom
+    dom.blockRebase("vda", None, 1, 0)      # a slow pull (it never writes the base)
+    try:
+        refused = lab.cli("consolidate", "-d", history.dom.name, "--disk", "vda", expect=1)
+        assert "already runs a block job" in refused.stderr, refused.stderr
+        journal = os.path.join(lab.state_dir, "journal")
+        assert not os.path.isdir(journal) or not os.listdir(journal), "no work was left open"
+        assert "nothing to repair" in history.repair()
+        assert dom.blockJobInfo("vda", 0), "the foreign job was left alone"
+    finally:
+        dom.blockJobAbort("vda", 0)
+    deadline = time.monotonic() + 30
+    while dom.blockJobInfo("vda", 0) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    history.write()
+    history.snapshot()
+    history.check()

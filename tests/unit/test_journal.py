@@ -128,3 +128,53 @@ def test_tidy_removes_only_partial_files_while_a_manifest_is_unreadable(store, s
         json.dump({"kind": "fibackup-point"}, handle)
     assert tidy_domain(store, UUID) == []
     assert os.path.exists(orphan)
+
+
+def _published(tmp_path, names, existed=()):
+    """A restore journal that published ``names`` into tmp_path/to (no define step)."""
+    from fibackup.commands.restore import file_key
+    destination = tmp_path / "to"
+    staging = destination / ".fibackup-restore-1"
+    staging.mkdir(parents=True)
+    for name in existed:
+        (destination / name).write_bytes(b"the user's own file")
+    files = {}
+    for name in names:
+        (destination / name).write_bytes(b"restored") if name not in existed else \
+            (destination / name).write_bytes(b"restored over the user's file")
+        files[str(destination / name)] = list(file_key(str(destination / name)))
+    journal = Journal(journals.restore_key(), "restore", "web",
+                      {"staging": str(staging)}).begin()
+    journal.start("restore.publish", files=files,
+                  existed=[str(destination / name) for name in existed])
+    return journal, destination, staging
+
+
+def test_undo_restore_removes_what_it_published_and_its_staging(tmp_path):
+    from fibackup.commands.repair import undo_restore
+    from fibackup.report import Reporter
+    journal, destination, staging = _published(tmp_path, ["vda.qcow2", "vda-00.qcow2"])
+    actions = undo_restore(None, journal, Reporter(quiet=True))
+    assert sorted(os.listdir(destination)) == [] and not staging.exists()
+    assert len(actions) == 3
+
+
+def test_undo_restore_never_removes_a_name_that_existed_or_a_file_since_replaced(tmp_path):
+    from fibackup.commands.repair import undo_restore
+    from fibackup.report import Reporter
+    journal, destination, _staging = _published(tmp_path, ["vda.qcow2", "vdb.qcow2"],
+                                                existed=["vda.qcow2"])
+    os.unlink(destination / "vdb.qcow2")
+    (destination / "vdb.qcow2").write_bytes(b"someone else's, written after the crash")
+    undo_restore(None, journal, Reporter(quiet=True))
+    assert sorted(os.listdir(destination)) == ["vda.qcow2", "vdb.qcow2"]
+
+
+def test_undo_restore_needs_libvirt_when_the_define_step_began(tmp_path):
+    from fibackup.commands.repair import undo_restore
+    from fibackup.report import Reporter
+    journal, destination, _staging = _published(tmp_path, ["vda.qcow2"])
+    journal.done(journal.steps[-1])
+    journal.start("restore.define")
+    assert undo_restore(None, journal, Reporter(quiet=True)) is None
+    assert "vda.qcow2" in os.listdir(destination), "kept until libvirt can say"
