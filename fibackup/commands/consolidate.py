@@ -236,13 +236,10 @@ def _unbacked(domain: Domain, disks: Sequence[LiveDisk], options: ConsolidateOpt
     for store in _stores(domain, options, state, report):
         index = layer_index(store, domain.uuid, state)
         for disk in disks:
-            parent: Optional[str] = None
-            for layer in disk.layers[:-1]:
-                segment = index.match(file_identity(layer.path), parent)
-                if segment is None:
-                    missing.append(_Missing(store.root, disk.target, layer.path))
-                    break
-                parent = segment[-1].id
+            frozen = disk.layers[:-1]
+            covered = len(index.match_prefix([file_identity(layer.path) for layer in frozen]))
+            if covered < len(frozen):
+                missing.append(_Missing(store.root, disk.target, frozen[covered].path))
     return missing
 
 

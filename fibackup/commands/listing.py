@@ -1,6 +1,7 @@
 """``fibackup list`` and ``fibackup status``: what the store holds, what the live chain is."""
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -55,14 +56,12 @@ def domain_status(conn: Connection, name: str,
     for spec in domxml.select_disks(domxml.disks(domxml.parse(domain.current_xml())), (), ()).selected:
         chain = live_chain(spec, running)
         rows: list[LayerStatus] = []
-        parent: Optional[str] = None
+        present = itertools.takewhile(lambda layer: os.path.exists(layer.path), chain[:-1])
+        segments = index.match_prefix([file_identity(layer.path)
+                                       for layer in present]) if index else []
         for position, layer in enumerate(chain):
             active = position == len(chain) - 1
-            stored = None
-            if index is not None and not active and os.path.exists(layer.path):
-                match = index.match(file_identity(layer.path), parent)
-                stored = match[-1].id if match else None
-                parent = stored if stored else "-"
+            stored = segments[position][-1].id if position < len(segments) else None
             rows.append(LayerStatus(layer.path, layer.format, "active" if active else "frozen", stored))
         status[spec.target] = list(reversed(rows))
     return status

@@ -249,16 +249,9 @@ def _preflight(name: str, disks: Sequence[LiveDisk], index: LayerIndex) -> int:
     """
     total = 0
     for disk in disks:
-        parent: Optional[str] = None
-        matching = True
-        for layer in disk.layers:
-            active = layer is disk.active
-            segment = (index.match(file_identity(layer.path), parent)
-                       if matching and not active else None)
-            if segment is not None:
-                parent = segment[-1].id
-                continue
-            matching = False
+        covered = len(index.match_prefix([file_identity(layer.path)
+                                          for layer in disk.layers[:-1]]))
+        for layer in disk.layers[covered:]:
             info = img.info(layer.path, layer.format, force_share=True)
             _refuse_data_file(name, disk.target, info)
             if layer is disk.base and info.backing_file:

@@ -161,6 +161,44 @@ class LayerIndex:
             return None
         return self.match_sequence(parts, parent, depth + 1)
 
+    def match_prefix(self, identities: Sequence[FileIdentity]) -> list[list[StoredLayer]]:
+        """For the longest stored prefix of a chain (base first), the stored layers of
+        each file (one, or several for a commit's result); its length is how many of
+        ``identities`` are stored.
+
+        A file stored more than once (a new generation re-copied an unchanged base)
+        has several candidates; the one that lets the most layers above it match is
+        taken, the newest on a tie, so one extra copy never makes every later backup
+        a full one.
+        """
+        best: dict[tuple[int, Optional[str]], list[list[StoredLayer]]] = {}
+
+        def longest(position: int, parent: Optional[str]) -> list[list[StoredLayer]]:
+            key = (position, parent)
+            if key not in best:
+                result: list[list[StoredLayer]] = []
+                if position < len(identities):
+                    for segment in self._candidates(identities[position], parent):
+                        rest = longest(position + 1, segment[-1].id)
+                        if len(rest) + 1 > len(result):
+                            result = [segment, *rest]
+                best[key] = result
+            return best[key]
+
+        return longest(0, None)
+
+    def _candidates(self, identity: FileIdentity, parent: Optional[str]) -> list[list[StoredLayer]]:
+        """Every proof of the file's content resting on ``parent``: its stored copies,
+        newest first, then the layers of the files a commit merged into it."""
+        found = [[stored] for stored in reversed(self._by_identity.get(identity, ()))
+                 if stored.parent == parent]
+        parts = self._compositions.get(identity)
+        if parts:
+            composed = self.match_sequence(parts, parent, 1)
+            if composed is not None:
+                found.append(composed)
+        return found
+
     def match_sequence(self, identities: Sequence[FileIdentity], parent: Optional[str],
                        depth: int = 0) -> Optional[list[StoredLayer]]:
         """Stored layers for a stack of files (base first) resting on ``parent``."""
@@ -179,14 +217,9 @@ def plan_disk(target: str, frozen: Sequence[FrozenLayer], index: LayerIndex) -> 
     if not frozen:
         raise ValueError(f"disk {target} has no frozen layer to back up")
     plan = DiskPlan(target=target)
-    parent: Optional[str] = None
-    for position, item in enumerate(frozen):
-        segment = index.match(item.identity, parent)
-        if segment is None:
-            plan.copy = list(frozen[position:])
-            break
-        plan.reuse.extend(segment)
-        parent = segment[-1].id
+    segments = index.match_prefix([item.identity for item in frozen])
+    plan.reuse = [layer for segment in segments for layer in segment]
+    plan.copy = list(frozen[len(segments):])
     if not plan.reuse:
         plan.new_generation = True
         plan.reason = ("its base is not a file this backup holds: it was changed, replaced "

@@ -228,6 +228,14 @@ def test_resized_disk_starts_a_new_full_copy(lab):
                 "after resize")
     point_id = next(iter(first))
     assert_same(restore_and_read(lab, dom.name, backup, point_id), first[point_id], "before resize")
+    # the base is now stored twice; the next backups rest on the new generation
+    for pattern in (0x5B, 0x5C):
+        dom.write("vda", pattern, 2 * MiB, MiB)
+        later = dom.snapshot(backup).json()[0]
+        assert later["new_generation"] == [] and later["bytes_copied"] < 4 * MiB, later
+        assert_same(restore_and_read(lab, dom.name, backup, later["point"]), dom.expected_now(),
+                    "incremental after resize")
+    assert "ok:" in lab.cli("verify", "-b", backup).stdout
 
 
 def test_modified_base_is_never_used_as_a_stored_layer(lab):

@@ -206,3 +206,28 @@ def test_plan_detects_resize_across_a_composition():
     assert plan.reuse == []
     assert plan.copy == [B1, grown]
     assert "resized" in plan.reason
+
+
+def test_a_base_stored_twice_does_not_make_every_later_backup_full():
+    """After a resize the unchanged base is re-copied in a new generation; the layers
+    above rest on the newer copy, which must be the one matched."""
+    from tests.unit.chain_builders import frozen, stored_from
+    from fibackup.model.chain import LayerIndex, plan_disk
+    base, resized, later = frozen("/i/base", 1), frozen("/i/o1", 2), frozen("/i/o2", 3)
+    old_base = stored_from(base, "20260101-000000-vda-000-aaaaaa", None)
+    new_base = stored_from(base, "20260102-000000-vda-000-bbbbbb", None)
+    above = stored_from(resized, "20260102-000000-vda-001-cccccc", new_base.id)
+    index = LayerIndex([old_base, new_base, above])
+    plan = plan_disk("vda", [base, resized, later], index)
+    assert [layer.id for layer in plan.reuse] == [new_base.id, above.id]
+    assert [item.layer.path for item in plan.copy] == ["/i/o2"] and not plan.new_generation
+
+
+def test_on_a_tie_the_newest_stored_copy_is_matched():
+    from tests.unit.chain_builders import frozen, stored_from
+    from fibackup.model.chain import LayerIndex
+    base = frozen("/i/base", 1)
+    older = stored_from(base, "20260101-000000-vda-000-aaaaaa", None)
+    newer = stored_from(base, "20260103-000000-vda-000-bbbbbb", None)
+    assert LayerIndex([older, newer]).match_prefix([base.identity]) == [[newer]]
+    assert LayerIndex([older, newer]).match_prefix([frozen("/i/x", 9).identity]) == []
