@@ -1,0 +1,151 @@
+"""Keep large copies from flooding the host's page cache (Linux, through libc).
+
+A nightly backup reads and writes gigabytes that nobody will read again soon;
+left to the kernel, they would push the guests' and the host's hot pages out of
+memory.  Two tools, both best effort (any failure leaves the cache alone):
+
+* ``SourceCache``: before a range of the source is read, ``mincore`` tells which
+  of its pages are already cached; after reading, only the pages this read
+  brought in are dropped, so data the host was using stays cached.  It also
+  prefetches the next range while the current one is hashed and written.
+* ``WriteBehind``: each written range is handed to writeback at once
+  (``sync_file_range``), and a range written ``LAG`` bytes ago is waited for and
+  dropped, so dirty pages stay bounded and the final ``fsync`` has little left.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+import os
+from collections import deque
+from typing import Optional
+
+PAGE = mmap.PAGESIZE
+SYNC_FILE_RANGE_WAIT_BEFORE = 1
+SYNC_FILE_RANGE_WRITE = 2
+SYNC_FILE_RANGE_WAIT_AFTER = 4
+PROT_READ = 1
+MAP_SHARED = 1
+MAP_FAILED = ctypes.c_void_p(-1).value
+
+_libc: Optional[ctypes.CDLL] = None
+
+
+def _load() -> Optional[ctypes.CDLL]:
+    global _libc
+    if _libc is None:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.mmap.restype = ctypes.c_void_p
+            libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                                  ctypes.c_int, ctypes.c_long]
+            libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+            libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+            libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_long,
+                                             ctypes.c_uint]
+            _libc = libc
+        except (OSError, AttributeError):
+            return None
+    return _libc
+
+
+def drop(fd: int, offset: int, length: int) -> None:
+    try:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    except (AttributeError, OSError):
+        pass
+
+
+def uncached_runs(fd: int, offset: int, end: int) -> Optional[list[tuple[int, int]]]:
+    """Page-aligned ``(start, end)`` runs of ``[offset, end)`` not in the page cache,
+    or None when that cannot be told."""
+    libc = _load()
+    if libc is None or end <= offset:
+        return None
+    start = offset - offset % PAGE
+    length = end - start
+    address = libc.mmap(None, length, PROT_READ, MAP_SHARED, fd, start)
+    if address in (None, MAP_FAILED):
+        return None
+    try:
+        pages = (length + PAGE - 1) // PAGE
+        vector = (ctypes.c_ubyte * pages)()
+        if libc.mincore(address, length, vector) != 0:
+            return None
+    finally:
+        libc.munmap(address, length)
+    runs: list[tuple[int, int]] = []
+    run_start: Optional[int] = None
+    for page in range(pages):
+        resident = vector[page] & 1
+        if not resident and run_start is None:
+            run_start = start + page * PAGE
+        elif resident and run_start is not None:
+            runs.append((run_start, start + page * PAGE))
+            run_start = None
+    if run_start is not None:
+        runs.append((run_start, start + pages * PAGE))
+    return runs
+
+
+class SourceCache:
+    """Reads a source ahead of time and drops what its reading brought into the cache.
+
+    The kernel's own readahead is switched off (``POSIX_FADV_RANDOM``): it would
+    cache pages beyond the range being read, and those would then look as if
+    the host had cached them.  Instead ``prepare`` notes which pages of a range
+    are not cached yet and asks for them (``WILLNEED``) one range ahead of the
+    read; ``release`` drops exactly those pages once they have been read.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.ours: dict[int, list[tuple[int, int]]] = {}
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        except (AttributeError, OSError):
+            pass
+
+    def prepare(self, start: int, end: int) -> None:
+        if start in self.ours:
+            return
+        self.ours[start] = uncached_runs(self.fd, start, end) or []
+        try:
+            os.posix_fadvise(self.fd, start, end - start, os.POSIX_FADV_WILLNEED)
+        except (AttributeError, OSError):
+            pass
+
+    def release(self, start: int) -> None:
+        for run_start, run_end in self.ours.pop(start, ()):
+            drop(self.fd, run_start, run_end - run_start)
+
+
+class WriteBehind:
+    """Starts writeback of each written range and drops ranges written LAG bytes ago."""
+
+    LAG = 32 * 1024 * 1024
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.libc = _load()
+        self.flushing: deque[tuple[int, int]] = deque()
+        self.in_flight = 0
+
+    def written(self, offset: int, length: int) -> None:
+        if self.libc is None or length <= 0:
+            return
+        self._sync(offset, length, SYNC_FILE_RANGE_WRITE)
+        self.flushing.append((offset, length))
+        self.in_flight += length
+        while self.in_flight > self.LAG:
+            old_offset, old_length = self.flushing.popleft()
+            self.in_flight -= old_length
+            self._sync(old_offset, old_length, SYNC_FILE_RANGE_WAIT_BEFORE
+                       | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER)
+            drop(self.fd, old_offset, old_length)
+
+    def _sync(self, offset: int, length: int, flags: int) -> None:
+        assert self.libc is not None
+        if self.libc.sync_file_range(self.fd, offset, length, flags) != 0:
+            self.libc = None                     # unsupported here: leave it to fsync
