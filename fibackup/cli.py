@@ -11,7 +11,6 @@ import traceback
 from typing import Callable, List, Optional, TypeVar
 
 import typer
-from tabulate import tabulate
 
 from fibackup import __version__
 from fibackup.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, FibackupError
@@ -41,6 +40,34 @@ ConnectOpt = typer.Option(None, "--connect", "-c", envvar="LIBVIRT_DEFAULT_URI",
 JsonOpt = typer.Option(False, "--json", help="Print a JSON result on stdout.")
 DebugOpt = typer.Option(False, "--debug", help="Show tracebacks of errors.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr.")
+JobsOpt = typer.Option(None, "--jobs", "-j", min=1, max=64, metavar="N", show_default=False,
+                       help="Disks copied at once [default: 2].")
+BwlimitOpt = typer.Option(None, "--bwlimit", metavar="RATE", help="Limit all copies of the run "
+                          "together to RATE bytes/s: 200M (MiB/s), 1G, 500K; a plain number "
+                          "is MiB/s [default: unlimited].")
+
+RATE_UNITS = {"": 1024 ** 2, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
+
+
+def parse_rate(text: str) -> int:
+    """Bytes per second from ``200M``, ``1.5G``, ``500K`` or ``200`` (MiB/s)."""
+    from fibackup.errors import UsageError
+    value = text.strip().upper().removesuffix("/S").removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in RATE_UNITS else ""
+    number = value[:-1] if unit else value
+    try:
+        rate = float(number) * RATE_UNITS[unit]
+    except ValueError:
+        rate = -1.0
+    if not rate > 0 or rate != rate or rate == float("inf"):
+        raise UsageError(f"--bwlimit {text!r} is not a rate; use e.g. 200M (MiB/s), 1G or 500K")
+    return max(1, int(rate))
+
+
+def _io_options(jobs: Optional[int], bwlimit: Optional[str]):
+    from fibackup.commands.parallel import DEFAULT_JOBS, IOOptions
+    return IOOptions(jobs=jobs or DEFAULT_JOBS,
+                     bwlimit=parse_rate(bwlimit) if bwlimit is not None else None)
 
 
 def _run(debug: bool, action: Callable[[], int]) -> None:
@@ -92,6 +119,7 @@ def snapshot(
     no_space_check: bool = typer.Option(False, "--no-space-check", help="Skip the free-space check before copying."),
     consolidate: Optional[str] = typer.Option(None, "--consolidate", metavar="METHOD", help="Consolidate right after the snapshot and backup: commit, active or pull (see 'fibackup consolidate --help')."),
     max_chain: Optional[int] = typer.Option(None, "--max-chain", metavar="N", help="Consolidate (commit) when a disk's chain has more than N layers."),
+    jobs: Optional[int] = JobsOpt, bwlimit: Optional[str] = BwlimitOpt,
     connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ) -> None:
@@ -106,6 +134,7 @@ def snapshot(
       fibackup snapshot -d web -d db -b /backup      # snapshot + backup
       fibackup snapshot -d web -b /backup --exclude-disk vdc --quiesce
       fibackup snapshot -d web -b /backup --max-chain 8   # nightly, bounded chain
+      fibackup snapshot -d web -b /backup --bwlimit 200M -j 4
     """
     from fibackup.commands.snapshot import SnapshotOptions, snapshot_domain
 
@@ -113,7 +142,8 @@ def snapshot(
         report = Reporter(quiet=quiet)
         options = SnapshotOptions(backup_dir=backup_dir, disks=disk, exclude=exclude_disk,
                                   quiesce=quiesce, space_check=not no_space_check,
-                                  consolidate=consolidate, max_chain=max_chain)
+                                  consolidate=consolidate, max_chain=max_chain,
+                                  io=_io_options(jobs, bwlimit))
         conn = _connector(connect)()
         results, failures = [], []
         for name in domain:
@@ -256,6 +286,7 @@ def list_command(
             table = [[row["domain"], row["seq"], row["id"], row["time"], ",".join(row["disks"]),
                       row["layers"], human(row["bytes_new"]), human(row["bytes_total"]),
                       "yes" if row["quiesced"] else "no"] for row in rows]
+            from tabulate import tabulate
             print(tabulate(table, headers=["domain", "seq", "id", "time (UTC)", "disks", "layers",
                                            "new", "restore size", "quiesced"]))
         return EXIT_OK
@@ -288,6 +319,7 @@ def status(
                                                     ("-" if layer.role == "active" else "NOT BACKED UP"))]
                     for layer in layers]
             headers = ["role", "format", "path"] + (["in backup"] if backup_dir else [])
+            from tabulate import tabulate
             print(tabulate([row[:len(headers)] for row in rows], headers=headers))
         return EXIT_OK
 
@@ -299,6 +331,7 @@ def verify(
     backup_dir: str = typer.Option(..., "-b", "--backup-dir", metavar="DIR", help="Backup directory."),
     domain: Optional[str] = typer.Option(None, "-d", "--domain", metavar="NAME", help="Only this domain."),
     at: Optional[str] = typer.Option(None, "--at", metavar="ID", help="Only this restore point (id or seq)."),
+    bwlimit: Optional[str] = BwlimitOpt,
     as_json: bool = JsonOpt, quiet: bool = QuietOpt, debug: bool = DebugOpt,
 ) -> None:
     """Re-read every stored layer and check it against its checksums (no libvirt needed).
@@ -311,7 +344,8 @@ def verify(
     def action() -> int:
         if at is not None and domain is None:
             raise UsageError("--at needs -d DOMAIN")
-        result = run_verify(backup_dir, domain, at, Reporter(quiet=quiet))
+        result = run_verify(backup_dir, domain, at, Reporter(quiet=quiet),
+                            throttle=_io_options(None, bwlimit).throttle())
         if as_json:
             _emit_json(result.to_json())
         elif result.ok:
@@ -338,6 +372,7 @@ def restore(
     as_name: Optional[str] = typer.Option(None, "--as", metavar="NEWNAME", help="Define a copy under this new name."),
     force: bool = typer.Option(False, "--force", help="Overwrite files already in --to."),
     no_space_check: bool = typer.Option(False, "--no-space-check", help="Skip the free-space check."),
+    jobs: Optional[int] = JobsOpt, bwlimit: Optional[str] = BwlimitOpt,
     connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ) -> None:
@@ -357,7 +392,8 @@ def restore(
     def action() -> int:
         options = RestoreOptions(domain=domain, backup_dir=backup_dir, to=to, at=at, disks=disk,
                                  flatten=flatten, define=not no_define, as_name=as_name,
-                                 force=force, space_check=not no_space_check)
+                                 force=force, space_check=not no_space_check,
+                                 io=_io_options(jobs, bwlimit))
         result = run_restore(options, _connector(connect), Reporter(quiet=quiet))
         if as_json:
             _emit_json(result.to_json())

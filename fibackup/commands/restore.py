@@ -22,6 +22,7 @@ from fibackup import faults
 
 from fibackup.errors import (DestinationError, DomainStateError, IntegrityError,
                              NotEnoughSpaceError, UsageError)
+from fibackup.commands.parallel import Guard, IOOptions, run_each
 from fibackup.fsutil import ensure_space, file_identity, fsync_dir, publish, remove_quietly
 from fibackup.host import journal as journals
 from fibackup.host import state as host_state
@@ -32,6 +33,7 @@ from fibackup.model.naming import safe_component
 from fibackup.model.points import PointDisk, RestorePoint, select_point
 from fibackup.qemu import img
 from fibackup.report import Reporter
+from fibackup.store.chunks import Throttle
 from fibackup.store.repo import BackupStore
 from fibackup.virt import domxml
 from fibackup.virt.libvirt_api import Connection, Domain
@@ -51,6 +53,7 @@ class RestoreOptions:
     as_name: Optional[str] = None
     force: bool = False
     space_check: bool = True
+    io: IOOptions = field(default_factory=IOOptions)
 
 
 @dataclass
@@ -226,9 +229,13 @@ def _stage_and_publish(store: BackupStore, point: RestorePoint, names: Sequence[
                        report: Reporter, journal: Journal) -> RestoreResult:
     """Build every disk in ``staging``, then move the files into ``destination``."""
     step = journal.start("restore.stage")
+    throttle = options.io.throttle()
+
+    def build(files: _DiskFiles, guard: Guard) -> None:
+        _build_disk(store, point, files, staging, options.flatten, report, throttle, guard)
+
     try:
-        for files in names:
-            _build_disk(store, point, files, staging, options.flatten, report)
+        run_each(list(names), build, options.io.jobs)
     except OSError as error:
         if error.errno != errno.ENOSPC:
             raise
@@ -328,7 +335,8 @@ def _needed_bytes(store: BackupStore, point: RestorePoint, disks: Sequence[Point
 
 
 def _build_disk(store: BackupStore, point: RestorePoint, files: _DiskFiles, staging: str,
-                flatten: bool, report: Reporter) -> None:
+                flatten: bool, report: Reporter, throttle: Optional[Throttle],
+                guard: Guard) -> None:
     disk = files.disk
     _check_stacking(store, point, disk)
     layer_names = files.layers or [f"{files.top}.layer{index:02d}.{layer.image_format}"
@@ -338,8 +346,10 @@ def _build_disk(store: BackupStore, point: RestorePoint, files: _DiskFiles, stag
     previous: Optional[tuple[str, str]] = None
     for layer, name in zip(disk.layers, layer_names):
         path = os.path.join(staging, name)
-        store.restore_layer(point.domain_uuid, layer.id, path, progress=faults.counting(
-            report.progress(f"{disk.target} {name}", layer.data_bytes)), expected=layer)
+        progress = guard(faults.counting(report.progress(f"{disk.target} {name}",
+                                                         layer.data_bytes)))
+        store.restore_layer(point.domain_uuid, layer.id, path, progress=progress,
+                            expected=layer, throttle=throttle)
         if layer.image_format == "qcow2":
             _check_standalone(path, is_base=previous is None)
             if previous is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import time
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
@@ -22,6 +23,8 @@ from fibackup.errors import (ConsolidationFailedError, DomainStateError, Fibacku
                              UnsupportedDiskError, UsageError)
 from fibackup.fsutil import allocated_bytes, ensure_space, file_identity, host_name, human
 from fibackup.commands.common import check_chain, layer_index, select_disks
+from fibackup.commands.parallel import Guard, IOOptions, run_each
+from fibackup.store.chunks import Throttle
 from fibackup import faults
 from fibackup.host import state as host_state
 from fibackup.host.journal import Journal
@@ -48,6 +51,7 @@ class SnapshotOptions:
     """Consolidate with this method right after the snapshot (and backup)."""
     max_chain: Optional[int] = None
     """Consolidate (commit) when a disk's chain has more layers than this."""
+    io: IOOptions = field(default_factory=IOOptions)
 
 
 @dataclass
@@ -61,6 +65,8 @@ class SnapshotResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     consolidation: Optional[dict[str, object]] = None
     chains: dict[str, list[str]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent in each phase: ``snapshot`` (the libvirt call alone), ``backup``."""
 
     def to_json(self) -> dict[str, object]:
         return {"domain": self.domain, "tag": self.tag, "overlays": self.overlays,
@@ -68,7 +74,8 @@ class SnapshotResult:
                 "seq": self.point.seq if self.point else None,
                 "bytes_copied": self.bytes_copied, "new_generation": self.new_generation,
                 "skipped": [{"disk": disk, "reason": why} for disk, why in self.skipped],
-                "consolidation": self.consolidation}
+                "consolidation": self.consolidation,
+                "timings": {phase: round(seconds, 4) for phase, seconds in self.timings.items()}}
 
 
 CHAIN_WARNING = 32
@@ -149,7 +156,9 @@ def snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter,
                     domain.uuid)
     overlays = naming.overlay_paths(_actives(disks), tag)
     step = journal.start("snapshot.take", tag=tag, overlays=overlays)
+    started = time.perf_counter()
     _take_snapshot(domain, overlays, [spec.target for spec in specs], options.quiesce)
+    snapshot_seconds = time.perf_counter() - started
     remember_overlays(domain.uuid, overlays, tag)
     journal.done(step)
     report.info(f"{domain.name}: snapshot {tag} taken "
@@ -160,6 +169,7 @@ def snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter,
     journal.done(step)
 
     result = SnapshotResult(domain.name, tag, overlays, skipped=list(selection.skipped))
+    result.timings["snapshot"] = snapshot_seconds
     result.chains = {disk.target: [*(layer.path for layer in disk.layers), overlays[disk.target]]
                      for disk in disks}
     if backup is not None:
@@ -168,11 +178,14 @@ def snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter,
             domain_uuid=domain.uuid, host=host_name(), disks={}, domain_xml=config_xml,
             quiesced=options.quiesce,
             skipped_disks=tuple(target for target, _ in selection.skipped))
+        started = time.perf_counter()
         try:
-            _back_up(backup[0], backup[1], domain, disks, point, result, report, journal)
+            _back_up(backup[0], backup[1], domain, disks, point, result, report, journal,
+                     options)
         except OSError as error:
             _store_gone(backup[0], tag, error)
             raise
+        result.timings["backup"] = time.perf_counter() - started
     return result
 
 
@@ -200,18 +213,26 @@ def _prepare_backup(domain: Domain, disks: Sequence[LiveDisk],
 
 def _back_up(store: BackupStore, index: LayerIndex, domain: Domain, disks: Sequence[LiveDisk],
              draft: RestorePoint, result: SnapshotResult, report: Reporter,
-             journal: Journal) -> None:
-    """Copy what the store lacks of each now-frozen chain, then publish the point."""
+             journal: Journal, options: SnapshotOptions) -> None:
+    """Copy what the store lacks of each now-frozen chain (disks in parallel), then
+    publish the point."""
     plans = [plan_disk(disk.target, _frozen(domain, disk, index), index) for disk in disks]
-    point_disks = {}
     state = host_state.load(domain.uuid)
     for disk, plan in zip(disks, plans):
         if plan.new_generation and index.has_disk(disk.target):
             result.new_generation.append(disk.target)
             report.info(f"{domain.name}: disk {disk.target} starts a new full copy "
                         f"({_new_generation_reason(plan, state.last_consolidation(disk.target))})")
-        point_disks[disk.target] = _back_up_disk(store, domain, disk, plan, draft.id, result,
-                                                 report, journal)
+    throttle = options.io.throttle()
+
+    def copy_disk(item: tuple[LiveDisk, DiskPlan], guard: Guard) -> tuple[PointDisk, int]:
+        disk, plan = item
+        return _back_up_disk(store, domain, disk, plan, draft.id, report, journal,
+                             throttle, guard)
+
+    copied = run_each(list(zip(disks, plans)), copy_disk, options.io.jobs)
+    point_disks = {disk.target: point_disk for disk, (point_disk, _) in zip(disks, copied)}
+    result.bytes_copied += sum(count for _, count in copied)
     point = replace(draft, seq=store.next_seq(domain.uuid), disks=point_disks)
     step = journal.start("backup.publish", store=store.root, point=point.id)
     result.point = store.publish_point(point)
@@ -398,28 +419,33 @@ def _frozen_info(domain: Domain, target: str, layer: LiveLayer) -> img.ImageInfo
 
 
 def _back_up_disk(store: BackupStore, domain: Domain, disk: LiveDisk, plan: DiskPlan, tag: str,
-                  result: SnapshotResult, report: Reporter, journal: Journal) -> PointDisk:
+                  report: Reporter, journal: Journal, throttle: Optional[Throttle],
+                  guard: Guard) -> tuple[PointDisk, int]:
+    """Copy one disk's missing layers in order; its point entry and the bytes copied."""
     layers = [_point_layer(stored, new=False) for stored in plan.reuse]
     parent = plan.parent_of_first_copy
     start = len(plan.reuse)
+    copied = 0
     for position, item in enumerate(plan.copy, start=start):
         layer_id = naming.new_layer_id(tag, disk.target, position)
         report.info(f"{domain.name}: copying {disk.target} layer {item.layer.path}")
         step = journal.start("backup.copy", store=store.root, disk=disk.target, layer=layer_id,
                              source=item.layer.path)
+        progress = guard(faults.counting(report.progress(
+            f"{disk.target} {os.path.basename(item.layer.path)}",
+            allocated_bytes(item.layer.path))))
         stored = store.store_layer(domain.uuid, layer_id, item.layer.path, item.layer.format,
                                    item.virtual_size, parent, disk.target, item.identity,
-                                   progress=faults.counting(report.progress(
-                                       f"{disk.target} {os.path.basename(item.layer.path)}",
-                                       allocated_bytes(item.layer.path))),
+                                   progress=progress, throttle=throttle,
                                    check_source=lambda path=item.layer.path, want=item.identity:
                                    _unchanged(path, want))
         journal.done(step)
         layers.append(_point_layer(stored, new=True))
-        result.bytes_copied += stored.data_bytes
+        copied += stored.data_bytes
         parent = stored.id
-    return PointDisk(target=disk.target, virtual_size=layers[-1].virtual_size,
-                     layers=tuple(layers), source_path=disk.active.path)
+    point_disk = PointDisk(target=disk.target, virtual_size=layers[-1].virtual_size,
+                           layers=tuple(layers), source_path=disk.active.path)
+    return point_disk, copied
 
 
 def _unchanged(path: str, identity: FileIdentity) -> None:

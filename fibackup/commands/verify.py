@@ -16,6 +16,7 @@ from fibackup.commands.restore import find_points
 from fibackup.errors import CorruptStoreError
 from fibackup.model.points import PointDisk, PointLayer, RestorePoint, select_point
 from fibackup.report import Reporter
+from fibackup.store.chunks import Throttle
 from fibackup.store.repo import BackupStore, layer_disagreement
 
 
@@ -43,10 +44,11 @@ class _Seen:
     """Layers whose data was re-read, and where it was found damaged ("" if intact)."""
     listed: dict[tuple[str, str], tuple[str, PointLayer]] = field(default_factory=dict)
     """The first listing of each layer: "restore point N/ID disk T" and its entry."""
+    throttle: Optional[Throttle] = None
 
 
 def verify(backup_dir: str, domain: Optional[str], at: Optional[str],
-           report: Reporter) -> VerifyResult:
+           report: Reporter, throttle: Optional[Throttle] = None) -> VerifyResult:
     store = BackupStore.open(backup_dir)
     result = VerifyResult()
     unreadable: list[str] = []
@@ -60,7 +62,7 @@ def verify(backup_dir: str, domain: Optional[str], at: Optional[str],
     for problem in unreadable:
         result.problems.append(problem)
         report.warn(problem)
-    seen = _Seen()
+    seen = _Seen(throttle=throttle)
     for point in points:
         result.points += 1
         for target, disk in sorted(point.disks.items()):
@@ -110,7 +112,8 @@ def _data_problems(store: BackupStore, key: tuple[str, str], here: str, seen: _S
     if key in seen.damaged:
         where = seen.damaged[key]
         return [f"layer {key[1]} is damaged (see {where})"] if where else []
-    problems = store.check_layer(*key, progress=lambda count: _count(result, count))
+    problems = store.check_layer(*key, progress=lambda count: _count(result, count),
+                                 throttle=seen.throttle)
     result.layers += 1
     seen.damaged[key] = here if problems else ""
     return problems

@@ -18,6 +18,7 @@ import datetime as _dt
 import json
 import os
 import secrets
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
@@ -70,6 +71,8 @@ class Journal:
     pid: int = field(default_factory=os.getpid)
     error: Optional[str] = None
     """Set when the run ended on an error with a step still open (it did not crash)."""
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    """Disks are copied in parallel: one step is recorded at a time."""
 
     @property
     def path(self) -> str:
@@ -91,21 +94,24 @@ class Journal:
         """Record that step ``name`` begins, with what repair needs to finish or undo it."""
         assert name in ALL_STEPS, name
         step = Step(name, "started", _now(), dict(data))
-        self.steps.append(step)
-        self._save()
+        with self.lock:
+            self.steps.append(step)
+            self._save()
         faults.point(name)
         return step
 
     def done(self, step: Step, **data: Any) -> None:
         faults.point(f"{step.name}.after")
-        step.status = "done"
-        step.data.update(data)
-        self._save()
+        with self.lock:
+            step.status = "done"
+            step.data.update(data)
+            self._save()
 
     def failed(self, error: BaseException) -> None:
         """Keep the journal of a run that stops on an error inside a step, saying so."""
-        self.error = str(error) or type(error).__name__
-        self._save()
+        with self.lock:
+            self.error = str(error) or type(error).__name__
+            self._save()
 
     def describe(self) -> str:
         """How the run that left this journal ended, for the next run's message."""

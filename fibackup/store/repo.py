@@ -34,7 +34,7 @@ from fibackup.fsutil import publish, remove_quietly, temp_name, write_file
 from fibackup.model.chain import FileIdentity, StoredLayer
 from fibackup.model.points import PointLayer, RestorePoint
 from fibackup.store import format as fmt
-from fibackup.store.chunks import ChunkList, ProgressFn, scan_file
+from fibackup.store.chunks import ChunkList, ProgressFn, Throttle, scan_file
 
 MARKER = "fibackup-store.json"
 POINT_NAME_DIGITS = 8
@@ -259,7 +259,8 @@ class BackupStore:
     def store_layer(self, domain_uuid: str, layer_id: str, source: str, image_format: str,
                     virtual_size: int, parent: Optional[str], disk: str,
                     identity: FileIdentity, progress: Optional[ProgressFn] = None,
-                    check_source: Optional[Callable[[], None]] = None) -> StoredLayer:
+                    check_source: Optional[Callable[[], None]] = None,
+                    throttle: Optional[Throttle] = None) -> StoredLayer:
         """Copy ``source`` into the store (hashing in the same pass), then its record.
 
         ``check_source`` runs after the copy and before anything is published; if
@@ -269,7 +270,7 @@ class BackupStore:
         directory = self._private_dir(self._layers(domain_uuid))
         temporary = temp_name(directory, os.path.basename(final))
         try:
-            chunks = scan_file(source, temporary, progress=progress).chunks
+            chunks = scan_file(source, temporary, progress=progress, throttle=throttle).chunks
             if check_source is not None:
                 check_source()
             publish(temporary, final)
@@ -320,7 +321,8 @@ class BackupStore:
     # -- checking ------------------------------------------------------------
 
     def check_layer(self, domain_uuid: str, layer_id: str,
-                    progress: Optional[ProgressFn] = None) -> list[str]:
+                    progress: Optional[ProgressFn] = None,
+                    throttle: Optional[Throttle] = None) -> list[str]:
         """Problems found re-reading one stored layer (empty when it is intact)."""
         try:
             record = self.layer_record(domain_uuid, layer_id)
@@ -329,7 +331,8 @@ class BackupStore:
         path = self.layer_path(domain_uuid, layer_id, record.layer.image_format)
         try:
             result = scan_file(path, expected=record.chunks, progress=progress,
-                               opener=self._image_opener(domain_uuid, record.layer))
+                               opener=self._image_opener(domain_uuid, record.layer),
+                               throttle=throttle)
             problems = describe_damage(path, record.chunks, result)
             if not problems:
                 problems = self._stored_size_problems(domain_uuid, record.layer, path)
@@ -343,7 +346,8 @@ class BackupStore:
 
     def restore_layer(self, domain_uuid: str, layer_id: str, destination: str,
                       progress: Optional[ProgressFn] = None,
-                      expected: Optional[PointLayer] = None) -> fmt.LayerRecord:
+                      expected: Optional[PointLayer] = None,
+                      throttle: Optional[Throttle] = None) -> fmt.LayerRecord:
         """Copy a stored layer to ``destination``, checking every chunk on the way.
 
         The layer's record must agree with ``expected`` (the restore point's
@@ -364,7 +368,8 @@ class BackupStore:
                     "choose another restore point with --at)")
         try:
             result = scan_file(path, destination, expected=record.chunks, progress=progress,
-                               opener=self._image_opener(domain_uuid, record.layer))
+                               opener=self._image_opener(domain_uuid, record.layer),
+                               throttle=throttle)
         except FileNotFoundError as error:
             if error.filename != path:
                 raise                            # the destination, not the store
