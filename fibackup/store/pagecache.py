@@ -14,12 +14,13 @@ memory.  Two tools, both best effort (any failure leaves the cache alone):
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import mmap
 import os
 from collections import deque
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    import ctypes
 
 PAGE = mmap.PAGESIZE
 SYNC_FILE_RANGE_WAIT_BEFORE = 1
@@ -27,16 +28,18 @@ SYNC_FILE_RANGE_WRITE = 2
 SYNC_FILE_RANGE_WAIT_AFTER = 4
 PROT_READ = 1
 MAP_SHARED = 1
-MAP_FAILED = ctypes.c_void_p(-1).value
 
-_libc: Optional[ctypes.CDLL] = None
+_libc: Optional["ctypes.CDLL"] = None
 
 
-def _load() -> Optional[ctypes.CDLL]:
+def _load() -> Optional["ctypes.CDLL"]:
+    """libc, loaded on the first copy (ctypes costs ~20 ms of start-up otherwise);
+    by its soname, as ``ctypes.util.find_library`` runs ldconfig."""
     global _libc
     if _libc is None:
+        import ctypes
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
             libc.mmap.restype = ctypes.c_void_p
             libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
                                   ctypes.c_int, ctypes.c_long]
@@ -63,10 +66,11 @@ def uncached_runs(fd: int, offset: int, end: int) -> Optional[list[tuple[int, in
     libc = _load()
     if libc is None or end <= offset:
         return None
+    import ctypes
     start = offset - offset % PAGE
     length = end - start
     address = libc.mmap(None, length, PROT_READ, MAP_SHARED, fd, start)
-    if address in (None, MAP_FAILED):
+    if address in (None, ctypes.c_void_p(-1).value):             # MAP_FAILED
         return None
     try:
         pages = (length + PAGE - 1) // PAGE
