@@ -64,10 +64,11 @@ def parse_rate(text: str) -> int:
     return max(1, int(rate))
 
 
-def _io_options(jobs: Optional[int], bwlimit: Optional[str]):
+def _io_options(jobs: Optional[int], bwlimit: Optional[str], reflink: bool = False):
     from fibackup.commands.parallel import DEFAULT_JOBS, IOOptions
     return IOOptions(jobs=jobs or DEFAULT_JOBS,
-                     bwlimit=parse_rate(bwlimit) if bwlimit is not None else None)
+                     bwlimit=parse_rate(bwlimit) if bwlimit is not None else None,
+                     reflink=reflink)
 
 
 def _run(debug: bool, action: Callable[[], int]) -> None:
@@ -120,6 +121,7 @@ def snapshot(
     consolidate: Optional[str] = typer.Option(None, "--consolidate", metavar="METHOD", help="Consolidate right after the snapshot and backup: commit, active or pull (see 'fibackup consolidate --help')."),
     max_chain: Optional[int] = typer.Option(None, "--max-chain", metavar="N", help="Consolidate (commit) when a disk's chain has more than N layers."),
     jobs: Optional[int] = JobsOpt, bwlimit: Optional[str] = BwlimitOpt,
+    reflink: bool = typer.Option(False, "--reflink", help="Where the backup directory is on the images' btrfs/XFS filesystem, store layers as reflinks (shared blocks: instant, but not independent of the images' blocks)."),
     connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ) -> None:
@@ -143,7 +145,7 @@ def snapshot(
         options = SnapshotOptions(backup_dir=backup_dir, disks=disk, exclude=exclude_disk,
                                   quiesce=quiesce, space_check=not no_space_check,
                                   consolidate=consolidate, max_chain=max_chain,
-                                  io=_io_options(jobs, bwlimit))
+                                  io=_io_options(jobs, bwlimit, reflink))
         conn = _connector(connect)()
         results, failures = [], []
         for name in domain:
@@ -373,6 +375,7 @@ def restore(
     force: bool = typer.Option(False, "--force", help="Overwrite files already in --to."),
     no_space_check: bool = typer.Option(False, "--no-space-check", help="Skip the free-space check."),
     jobs: Optional[int] = JobsOpt, bwlimit: Optional[str] = BwlimitOpt,
+    no_reflink: bool = typer.Option(False, "--no-reflink", help="Always write full copies, even where --to is on the backup's btrfs/XFS filesystem (by default restored layers share the stored blocks there: instant)."),
     connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ) -> None:
@@ -393,7 +396,7 @@ def restore(
         options = RestoreOptions(domain=domain, backup_dir=backup_dir, to=to, at=at, disks=disk,
                                  flatten=flatten, define=not no_define, as_name=as_name,
                                  force=force, space_check=not no_space_check,
-                                 io=_io_options(jobs, bwlimit))
+                                 io=_io_options(jobs, bwlimit, reflink=not no_reflink))
         result = run_restore(options, _connector(connect), Reporter(quiet=quiet))
         if as_json:
             _emit_json(result.to_json())

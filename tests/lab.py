@@ -94,6 +94,7 @@ class Lab:
         self.domains: list[LabDomain] = []
         self.extra_names: list[str] = []
         self.mounts: list[str] = []
+        self.loops: list[str] = []
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
@@ -104,9 +105,10 @@ class Lab:
 
     def domain(self, disks: Sequence[DiskDef] = (DiskDef("vda", "qcow2"), DiskDef("vdb", "raw")),
                start: bool = True, guest_cmdline: Optional[str] = None,
-               dirname: str = "images dir", extra_devices: Sequence[ET.Element] = ()) -> "LabDomain":
+               dirname: str = "images dir", extra_devices: Sequence[ET.Element] = (),
+               parent: Optional[str] = None) -> "LabDomain":
         name = f"{PREFIX}{uuid.uuid4().hex[:8]}"
-        directory = self.path(f"{name} {dirname}")
+        directory = os.path.join(parent or self.root, f"{name} {dirname}")
         os.makedirs(directory)
         os.chmod(directory, 0o755)
         lab_domain = LabDomain(self, name, directory, list(disks), guest_cmdline)
@@ -145,6 +147,22 @@ class Lab:
         self.mounts.append(mountpoint)
         return mountpoint
 
+    def xfs(self, name: str, size: int = 1024 * MiB) -> str:
+        """A fresh XFS filesystem with reflink support, loop-mounted at ``name``."""
+        image = self.path(f"{name}.xfs.img")
+        with open(image, "wb") as handle:
+            handle.truncate(size)
+        loop = subprocess.run(["losetup", "-f", "--show", image], check=True,
+                              capture_output=True, text=True).stdout.strip()
+        self.loops.append(loop)
+        subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", loop], check=True)
+        mountpoint = self.path(name)
+        os.makedirs(mountpoint, exist_ok=True)
+        subprocess.run(["mount", loop, mountpoint], check=True)
+        self.mounts.append(mountpoint)
+        os.chmod(mountpoint, 0o755)
+        return mountpoint
+
     def close(self) -> None:
         names = [d.name for d in self.domains] + self.extra_names
         for name in names:
@@ -172,6 +190,8 @@ class Lab:
                     os.unlink(stray)
         for mountpoint in reversed(self.mounts):
             subprocess.run(["umount", "-l", mountpoint], check=False, capture_output=True)
+        for loop in self.loops:
+            subprocess.run(["losetup", "-d", loop], check=False, capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
         self.conn.close()
 

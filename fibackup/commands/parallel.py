@@ -29,6 +29,8 @@ class IOOptions:
     jobs: int = DEFAULT_JOBS
     bwlimit: Optional[int] = None
     """Bytes per second for all copies of the run together; None: unlimited."""
+    reflink: bool = False
+    """Copy by sharing blocks where the filesystem can (same btrfs/XFS filesystem)."""
 
     def throttle(self) -> Optional[Throttle]:
         return Throttle(self.bwlimit) if self.bwlimit else None

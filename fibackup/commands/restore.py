@@ -53,7 +53,7 @@ class RestoreOptions:
     as_name: Optional[str] = None
     force: bool = False
     space_check: bool = True
-    io: IOOptions = field(default_factory=IOOptions)
+    io: IOOptions = field(default_factory=lambda: IOOptions(reflink=True))
 
 
 @dataclass
@@ -232,7 +232,8 @@ def _stage_and_publish(store: BackupStore, point: RestorePoint, names: Sequence[
     throttle = options.io.throttle()
 
     def build(files: _DiskFiles, guard: Guard) -> None:
-        _build_disk(store, point, files, staging, options.flatten, report, throttle, guard)
+        _build_disk(store, point, files, staging, options.flatten, report, throttle, guard,
+                    options.io.reflink)
 
     try:
         run_each(list(names), build, options.io.jobs)
@@ -336,7 +337,7 @@ def _needed_bytes(store: BackupStore, point: RestorePoint, disks: Sequence[Point
 
 def _build_disk(store: BackupStore, point: RestorePoint, files: _DiskFiles, staging: str,
                 flatten: bool, report: Reporter, throttle: Optional[Throttle],
-                guard: Guard) -> None:
+                guard: Guard, clone: bool) -> None:
     disk = files.disk
     _check_stacking(store, point, disk)
     layer_names = files.layers or [f"{files.top}.layer{index:02d}.{layer.image_format}"
@@ -349,7 +350,7 @@ def _build_disk(store: BackupStore, point: RestorePoint, files: _DiskFiles, stag
         progress = guard(faults.counting(report.progress(f"{disk.target} {name}",
                                                          layer.data_bytes)))
         store.restore_layer(point.domain_uuid, layer.id, path, progress=progress,
-                            expected=layer, throttle=throttle)
+                            expected=layer, throttle=throttle, clone=clone)
         if layer.image_format == "qcow2":
             _check_standalone(path, is_base=previous is None)
             if previous is not None:

@@ -228,7 +228,7 @@ def _back_up(store: BackupStore, index: LayerIndex, domain: Domain, disks: Seque
     def copy_disk(item: tuple[LiveDisk, DiskPlan], guard: Guard) -> tuple[PointDisk, int]:
         disk, plan = item
         return _back_up_disk(store, domain, disk, plan, draft.id, report, journal,
-                             throttle, guard)
+                             throttle, guard, options.io.reflink)
 
     copied = run_each(list(zip(disks, plans)), copy_disk, options.io.jobs)
     point_disks = {disk.target: point_disk for disk, (point_disk, _) in zip(disks, copied)}
@@ -420,7 +420,7 @@ def _frozen_info(domain: Domain, target: str, layer: LiveLayer) -> img.ImageInfo
 
 def _back_up_disk(store: BackupStore, domain: Domain, disk: LiveDisk, plan: DiskPlan, tag: str,
                   report: Reporter, journal: Journal, throttle: Optional[Throttle],
-                  guard: Guard) -> tuple[PointDisk, int]:
+                  guard: Guard, clone: bool) -> tuple[PointDisk, int]:
     """Copy one disk's missing layers in order; its point entry and the bytes copied."""
     layers = [_point_layer(stored, new=False) for stored in plan.reuse]
     parent = plan.parent_of_first_copy
@@ -436,7 +436,7 @@ def _back_up_disk(store: BackupStore, domain: Domain, disk: LiveDisk, plan: Disk
             allocated_bytes(item.layer.path))))
         stored = store.store_layer(domain.uuid, layer_id, item.layer.path, item.layer.format,
                                    item.virtual_size, parent, disk.target, item.identity,
-                                   progress=progress, throttle=throttle,
+                                   progress=progress, throttle=throttle, clone=clone,
                                    check_source=lambda path=item.layer.path, want=item.identity:
                                    _unchanged(path, want))
         journal.done(step)

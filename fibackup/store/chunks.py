@@ -187,7 +187,8 @@ def scan_file(src_path: str, dst_path: Optional[str] = None, *,
               progress: Optional[ProgressFn] = None,
               follow_symlinks: bool = True,
               opener: Optional[Callable[[str, int], int]] = None,
-              throttle: Optional[Throttle] = None) -> ScanResult:
+              throttle: Optional[Throttle] = None,
+              clone: bool = False) -> ScanResult:
     """Read ``src_path`` once: hash it, and copy it to ``dst_path`` if given.
 
     With ``expected`` every chunk is compared with the list; the copy stops at
@@ -198,6 +199,12 @@ def scan_file(src_path: str, dst_path: Optional[str] = None, *,
     store opens its files relative to checked directories.  ``throttle`` limits
     the bytes read per second.  The copy leaves the page cache as it found it
     (pagecache.py): source pages it brought in and everything it wrote are dropped.
+
+    With ``clone`` the copy is first tried as a reflink (``FICLONE``: same
+    filesystem, btrfs or XFS): the filesystem shares the source's blocks, and
+    the pass then reads the *copy* to hash and check it, so the checksums
+    describe exactly what was written.  Where cloning is not possible the copy
+    is made as usual.
     """
     if expected is not None:
         chunk_size = expected.chunk_size
@@ -206,16 +213,22 @@ def scan_file(src_path: str, dst_path: Optional[str] = None, *,
     dst = -1
     try:
         size = os.fstat(src).st_size
+        cloned = False
         if dst_path is not None:
-            dst = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            os.ftruncate(dst, size)
+            dst = os.open(dst_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            cloned = clone and _reflink(src, dst, size)
+            if not cloned:
+                os.ftruncate(dst, size)
         checker = _Checker(expected) if expected is not None else None
         result = ScanResult(chunks=ChunkList(size, chunk_size, ()))
         if expected is not None and expected.size != size:
             result.size_mismatch = True
             if dst >= 0:
                 return result
-        listed = _scan(src, dst, size, chunk_size, checker, progress, throttle)
+        if cloned:
+            listed = _scan(dst, -1, size, chunk_size, checker, progress, throttle)
+        else:
+            listed = _scan(src, dst, size, chunk_size, checker, progress, throttle)
         result.chunks = ChunkList(size, chunk_size, tuple(listed))
         if checker is not None:
             result.mismatches = checker.finish()
@@ -227,6 +240,19 @@ def scan_file(src_path: str, dst_path: Optional[str] = None, *,
         os.close(src)
         if dst >= 0:
             os.close(dst)
+
+
+FICLONE = 0x40049409
+
+
+def _reflink(src: int, dst: int, size: int) -> bool:
+    """Make ``dst`` share ``src``'s blocks; False where the filesystem cannot."""
+    import fcntl
+    try:
+        fcntl.ioctl(dst, FICLONE, src)
+    except OSError:
+        return False
+    return os.fstat(dst).st_size == size
 
 
 class _Writer:

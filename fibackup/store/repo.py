@@ -260,7 +260,7 @@ class BackupStore:
                     virtual_size: int, parent: Optional[str], disk: str,
                     identity: FileIdentity, progress: Optional[ProgressFn] = None,
                     check_source: Optional[Callable[[], None]] = None,
-                    throttle: Optional[Throttle] = None) -> StoredLayer:
+                    throttle: Optional[Throttle] = None, clone: bool = False) -> StoredLayer:
         """Copy ``source`` into the store (hashing in the same pass), then its record.
 
         ``check_source`` runs after the copy and before anything is published; if
@@ -270,7 +270,8 @@ class BackupStore:
         directory = self._private_dir(self._layers(domain_uuid))
         temporary = temp_name(directory, os.path.basename(final))
         try:
-            chunks = scan_file(source, temporary, progress=progress, throttle=throttle).chunks
+            chunks = scan_file(source, temporary, progress=progress, throttle=throttle,
+                               clone=clone).chunks
             if check_source is not None:
                 check_source()
             publish(temporary, final)
@@ -347,7 +348,8 @@ class BackupStore:
     def restore_layer(self, domain_uuid: str, layer_id: str, destination: str,
                       progress: Optional[ProgressFn] = None,
                       expected: Optional[PointLayer] = None,
-                      throttle: Optional[Throttle] = None) -> fmt.LayerRecord:
+                      throttle: Optional[Throttle] = None,
+                      clone: bool = False) -> fmt.LayerRecord:
         """Copy a stored layer to ``destination``, checking every chunk on the way.
 
         The layer's record must agree with ``expected`` (the restore point's
@@ -369,7 +371,7 @@ class BackupStore:
         try:
             result = scan_file(path, destination, expected=record.chunks, progress=progress,
                                opener=self._image_opener(domain_uuid, record.layer),
-                               throttle=throttle)
+                               throttle=throttle, clone=clone)
         except FileNotFoundError as error:
             if error.filename != path:
                 raise                            # the destination, not the store
