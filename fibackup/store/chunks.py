@@ -337,20 +337,21 @@ _POOL = _BufferPool()
 def _scan(src: int, dst: int, size: int, chunk_size: int, checker: Optional[_Checker],
           progress: Optional[ProgressFn], throttle: Optional[Throttle]) -> list[Chunk]:
     writer = _Writer(dst)
+    cache = SourceCache(src)
     try:
-        listed = _scan_with(writer, src, size, chunk_size, checker, progress, throttle)
+        listed = _scan_with(writer, cache, src, size, chunk_size, checker, progress, throttle)
         writer.finish()
         return listed
     finally:
         writer.close()
+        cache.close()
 
 
-def _scan_with(writer: _Writer, src: int, size: int, chunk_size: int,
+def _scan_with(writer: _Writer, cache: SourceCache, src: int, size: int, chunk_size: int,
                checker: Optional[_Checker], progress: Optional[ProgressFn],
                throttle: Optional[Throttle]) -> list[Chunk]:
     buffers = writer.buffers(chunk_size)
     zeros = bytes(chunk_size)
-    cache = SourceCache(src)
     listed: list[Chunk] = []
     for number, (offset, ranges, upcoming) in enumerate(
             _with_ahead(chunk_ranges(src, size, chunk_size), READ_AHEAD)):
