@@ -354,7 +354,7 @@ def _scan_with(writer: _Writer, cache: SourceCache, src: int, size: int, chunk_s
     zeros = bytes(chunk_size)
     listed: list[Chunk] = []
     for number, (offset, ranges, upcoming) in enumerate(
-            _with_ahead(chunk_ranges(src, size, chunk_size), READ_AHEAD)):
+            _with_ahead(chunk_ranges(src, size, chunk_size), CLASSIFY_AHEAD)):
         if writer.pool is not None:
             writer.reserve()
         view = buffers[number % len(buffers)]
@@ -366,6 +366,7 @@ def _scan_with(writer: _Writer, cache: SourceCache, src: int, size: int, chunk_s
         cache.prepare(ranges[0][0], ranges[-1][1])
         for ahead in upcoming:
             cache.prepare(ahead[0][0], ahead[-1][1])
+        _prefetch_after_holes(cache, ranges, upcoming)
         for start, end in ranges:
             _read_exact(src, view[start - offset:end - offset], start)
         cache.release(ranges[0][0])
@@ -386,9 +387,26 @@ def _scan_with(writer: _Writer, cache: SourceCache, src: int, size: int, chunk_s
     return listed
 
 
-READ_AHEAD = 4
-"""Chunks asked for (WILLNEED) ahead of the one being read: 16 MiB in flight keeps a
-disk busy while a chunk is hashed and written, as the kernel's readahead would."""
+CLASSIFY_AHEAD = 16
+"""Chunks whose page cache residency is noted ahead of the read (64 MiB): beyond the
+reach of the kernel's readahead, so what it brings in counts as the copy's own."""
+
+
+PREFETCH_AFTER_HOLE = CLASSIFY_AHEAD
+"""Chunks asked for (WILLNEED) when a hole follows the current chunk: the kernel's
+readahead does not cross holes, and restarts small after one."""
+
+
+def _prefetch_after_holes(cache: SourceCache, ranges: list[tuple[int, int]],
+                          upcoming: list[list[tuple[int, int]]]) -> None:
+    """Ask early for the data after each hole in sight: the kernel's readahead does
+    not cross holes, so its seek would otherwise stall the copy when reached."""
+    previous_end = ranges[-1][1]
+    for index, ahead in enumerate(upcoming):
+        if ahead[0][0] != previous_end:
+            for after_hole in upcoming[index:index + PREFETCH_AFTER_HOLE]:
+                cache.prefetch(after_hole[0][0], after_hole[-1][1])
+        previous_end = ahead[-1][1]
 
 
 def _with_ahead(items: Iterator[tuple[int, list[tuple[int, int]]]], depth: int

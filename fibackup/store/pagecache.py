@@ -6,8 +6,7 @@ memory.  Two tools, both best effort (any failure leaves the cache alone):
 
 * ``SourceCache``: before a range of the source is read, ``mincore`` tells which
   of its pages are already cached; after reading, only the pages this read
-  brought in are dropped, so data the host was using stays cached.  It also
-  prefetches the next range while the current one is hashed and written.
+  brought in are dropped, so data the host was using stays cached.
 * ``WriteBehind``: each written range is handed to writeback at once
   (``sync_file_range``), and a range written ``LAG`` bytes ago is waited for and
   dropped, so dirty pages stay bounded and the final ``fsync`` has little left.
@@ -92,28 +91,35 @@ _NOT_RESIDENT = re.compile(b"\x00+")
 
 
 class SourceCache:
-    """Reads a source ahead of time and drops what its reading brought into the cache.
+    """Drops, once a range has been read, exactly the pages its reading brought in.
 
-    The kernel's own readahead is switched off (``POSIX_FADV_RANDOM``): it would
-    cache pages beyond the range being read, and those would then look as if
-    the host had cached them.  Instead ``prepare`` notes which pages of a range
-    are not cached yet and asks for them (``WILLNEED``) one range ahead of the
-    read; ``release`` drops exactly those pages once they have been read.
+    Which pages of a range the host already had cached is noted (``prepare``)
+    well before the range is read: far enough ahead (``CLASSIFY_AHEAD`` of the
+    caller) that the kernel's own readahead, which runs a few MiB ahead of the
+    reads, has not touched it yet.  The kernel's sequential readahead is kept (it
+    reads faster than explicit requests); after a hole the next data range is
+    asked for (``prefetch``), as readahead does not cross holes.
     """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.ours: dict[int, list[tuple[int, int]]] = {}
+        self.asked: set[int] = set()
         self.dropper: Optional[ThreadPoolExecutor] = None
         try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         except (AttributeError, OSError):
             pass
 
     def prepare(self, start: int, end: int) -> None:
-        if start in self.ours:
+        if start not in self.ours:
+            self.ours[start] = uncached_runs(self.fd, start, end) or []
+
+    def prefetch(self, start: int, end: int) -> None:
+        """Ask for a range to be read (once; it must have been prepared first)."""
+        if start in self.asked:
             return
-        self.ours[start] = uncached_runs(self.fd, start, end) or []
+        self.asked.add(start)
         try:
             os.posix_fadvise(self.fd, start, end - start, os.POSIX_FADV_WILLNEED)
         except (AttributeError, OSError):
