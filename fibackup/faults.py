@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from typing import Callable, Optional
 
 ENV = "FIBACKUP_FAULT"
@@ -32,12 +33,23 @@ def _spec() -> tuple[str, str]:
     return name, action
 
 
+_fired = threading.Event()
+
+
 def point(name: str) -> None:
-    """Fire the configured fault if it names ``name``."""
+    """Fire the configured fault if it names ``name``: once per process, as disks
+    copied in parallel reach the same step on several threads."""
     wanted, action = _spec()
     if not wanted or wanted != name:
         return
+    with _lock:
+        if _fired.is_set():
+            return
+        _fired.set()
     os.kill(os.getpid(), signal.SIGSTOP if action == "stop" else signal.SIGKILL)
+
+
+_lock = threading.Lock()
 
 
 def counting(progress: Optional[Callable[[int], None]]) -> Optional[Callable[[int], None]]:
