@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up the host and run the test suite that CI runs (real libvirtd + QEMU).
-#   scripts/test.sh              unit + integration tests (what CI runs, ~12 min on 2 cores)
+#   scripts/test.sh              unit + integration tests (what CI runs, ~14 min on 2 cores)
 #   scripts/test.sh --stress     also the long stress runs and every fault-injection step (FIBACKUP_STRESS=1)
 #   scripts/test.sh -- ARGS      extra pytest arguments, e.g. -- -k restore
 set -euo pipefail
