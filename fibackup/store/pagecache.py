@@ -13,6 +13,7 @@ memory.  Two tools, both best effort (any failure leaves the cache alone):
 """
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import re
@@ -27,6 +28,7 @@ PAGE = mmap.PAGESIZE
 SYNC_FILE_RANGE_WAIT_BEFORE = 1
 SYNC_FILE_RANGE_WRITE = 2
 SYNC_FILE_RANGE_WAIT_AFTER = 4
+UNSUPPORTED = (errno.ENOSYS, errno.EINVAL, errno.ESPIPE, errno.EOPNOTSUPP)
 PROT_READ = 1
 MAP_SHARED = 1
 
@@ -137,7 +139,10 @@ class SourceCache:
             self.dropper.submit(drop, self.fd, run_start, run_end - run_start)
 
     def close(self) -> None:
-        """Wait for the pending drops (before the descriptor is closed)."""
+        """Drop what was noted but not read (a copy that stopped early), and wait for
+        the pending drops (before the descriptor is closed)."""
+        for start in list(self.ours):
+            self.release(start)
         if self.dropper is not None:
             self.dropper.shutdown(wait=True)
             self.dropper = None
@@ -158,6 +163,8 @@ class WriteBehind:
         if self.libc is None or length <= 0:
             return
         self._sync(offset, length, SYNC_FILE_RANGE_WRITE)
+        if self.libc is None:
+            return
         self.flushing.append((offset, length))
         self.in_flight += length
         while self.in_flight > self.LAG:
@@ -165,9 +172,19 @@ class WriteBehind:
             self.in_flight -= old_length
             self._sync(old_offset, old_length, SYNC_FILE_RANGE_WAIT_BEFORE
                        | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER)
-            drop(self.fd, old_offset, old_length)
+            if self.libc is None:
+                return
+            drop(self.fd, old_offset, old_length)          # written out: its pages can go
 
     def _sync(self, offset: int, length: int, flags: int) -> None:
+        """Raises the write error the kernel reports: it reports it once per descriptor,
+        so the final fsync would not see it again and a bad copy would look good."""
+        import ctypes
         assert self.libc is not None
-        if self.libc.sync_file_range(self.fd, offset, length, flags) != 0:
-            self.libc = None                     # unsupported here: leave it to fsync
+        if self.libc.sync_file_range(self.fd, offset, length, flags) == 0:
+            return
+        error = ctypes.get_errno()
+        if error in UNSUPPORTED:
+            self.libc = None                     # not on this filesystem: fsync does it all
+            return
+        raise OSError(error, os.strerror(error))

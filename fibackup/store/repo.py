@@ -396,6 +396,8 @@ class BackupStore:
 
     def _stored_size_problems(self, domain_uuid: str, layer: StoredLayer,
                               path: str) -> list[str]:
+        if layer.image_format == "raw":                 # needs no read: opened for nothing
+            return _presented_size_problems(path, layer, path)
         fd = _open_file(self.root, self._layers(domain_uuid),
                         _image_name(layer.id, layer.image_format))
         return _presented_size_problems(fd, layer, path)
