@@ -45,23 +45,33 @@ JobsOpt = typer.Option(None, "--jobs", "-j", min=1, max=64, metavar="N", show_de
 BwlimitOpt = typer.Option(None, "--bwlimit", metavar="RATE", help="Limit all copies of the run "
                           "together to RATE bytes/s: 200M (MiB/s), 1G, 500K; a plain number "
                           "is MiB/s [default: unlimited].")
+VerifyBwlimitOpt = typer.Option(None, "--bwlimit", metavar="RATE", help="Limit reading to RATE "
+                                "bytes/s: 200M (MiB/s), 1G, 500K; a plain number is MiB/s "
+                                "[default: unlimited].")
 
-RATE_UNITS = {"": 1024 ** 2, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
+RATE_UNITS = {"B": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
+MIN_RATE = 64 * 1024
+"""Below this a 4 MiB chunk takes over a minute: surely a typo for a larger unit."""
 
 
 def parse_rate(text: str) -> int:
-    """Bytes per second from ``200M``, ``1.5G``, ``500K`` or ``200`` (MiB/s)."""
+    """Bytes per second from ``200M``, ``1.5G``, ``500K``, ``65536B`` or ``200`` (MiB/s)."""
     from fibackup.errors import UsageError
-    value = text.strip().upper().removesuffix("/S").removesuffix("IB").removesuffix("B")
-    unit = value[-1:] if value[-1:] in RATE_UNITS else ""
-    number = value[:-1] if unit else value
+    value = text.strip().upper().replace(" ", "").removesuffix("/S")
+    if value.endswith("IB") or (value.endswith("B") and value[-2:-1] in ("K", "M", "G")):
+        value = value[:-2] if value.endswith("IB") else value[:-1]
+    unit = value[-1:] if value[-1:] in RATE_UNITS else "M"
+    number = value[:-1] if value[-1:] in RATE_UNITS else value
     try:
         rate = float(number) * RATE_UNITS[unit]
     except ValueError:
-        rate = -1.0
-    if not rate > 0 or rate != rate or rate == float("inf"):
+        rate = float("nan")
+    if not rate > 0 or rate == float("inf"):
         raise UsageError(f"--bwlimit {text!r} is not a rate; use e.g. 200M (MiB/s), 1G or 500K")
-    return max(1, int(rate))
+    if rate < MIN_RATE:
+        raise UsageError(f"--bwlimit {text!r} is below 64K per second, which would take "
+                         "minutes per 4 MiB chunk; a plain number means MiB/s (200 = 200M)")
+    return int(rate)
 
 
 def _io_options(jobs: Optional[int], bwlimit: Optional[str], reflink: bool = False):
@@ -121,7 +131,7 @@ def snapshot(
     consolidate: Optional[str] = typer.Option(None, "--consolidate", metavar="METHOD", help="Consolidate right after the snapshot and backup: commit, active or pull (see 'fibackup consolidate --help')."),
     max_chain: Optional[int] = typer.Option(None, "--max-chain", metavar="N", help="Consolidate (commit) when a disk's chain has more than N layers."),
     jobs: Optional[int] = JobsOpt, bwlimit: Optional[str] = BwlimitOpt,
-    reflink: bool = typer.Option(False, "--reflink", help="Where the backup directory is on the images' btrfs/XFS filesystem, store layers as reflinks (shared blocks: instant, but not independent of the images' blocks)."),
+    reflink: bool = typer.Option(False, "--reflink", help="Where the backup directory is on the images' btrfs/XFS filesystem, store layers as reflinks: nothing is written (each layer is still read and hashed), but the backup shares its blocks with the images, so it is not independent of them."),
     connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ) -> None:
@@ -333,7 +343,7 @@ def verify(
     backup_dir: str = typer.Option(..., "-b", "--backup-dir", metavar="DIR", help="Backup directory."),
     domain: Optional[str] = typer.Option(None, "-d", "--domain", metavar="NAME", help="Only this domain."),
     at: Optional[str] = typer.Option(None, "--at", metavar="ID", help="Only this restore point (id or seq)."),
-    bwlimit: Optional[str] = BwlimitOpt,
+    bwlimit: Optional[str] = VerifyBwlimitOpt,
     as_json: bool = JsonOpt, quiet: bool = QuietOpt, debug: bool = DebugOpt,
 ) -> None:
     """Re-read every stored layer and check it against its checksums (no libvirt needed).
@@ -375,7 +385,7 @@ def restore(
     force: bool = typer.Option(False, "--force", help="Overwrite files already in --to."),
     no_space_check: bool = typer.Option(False, "--no-space-check", help="Skip the free-space check."),
     jobs: Optional[int] = JobsOpt, bwlimit: Optional[str] = BwlimitOpt,
-    no_reflink: bool = typer.Option(False, "--no-reflink", help="Always write full copies, even where --to is on the backup's btrfs/XFS filesystem (by default restored layers share the stored blocks there: instant)."),
+    no_reflink: bool = typer.Option(False, "--no-reflink", help="Always write full copies. By default, where --to is on the backup's btrfs/XFS filesystem, restored layers share the stored blocks (nothing is written; every chunk is still read and checked), so a media error there would damage both."),
     connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ) -> None:

@@ -44,13 +44,20 @@ Guard = Callable[[Optional[ProgressFn]], ProgressFn]
 
 
 def run_each(items: Sequence[Item], action: Callable[[Item, Guard], Result],
-             jobs: int) -> list[Result]:
+             jobs: int, throttle: Optional[Throttle] = None) -> list[Result]:
     """``action(item, guard)`` for each item, ``jobs`` at a time; results in item order.
 
     ``guard(progress)`` returns a progress callback that raises ``Cancelled`` once
-    the run is being stopped; pass it to every copy.
+    the run is being stopped; pass it to every copy, and call it before each
+    layer (``guard(None)(0)``) so that a queued disk starts nothing.  Stopping
+    also wakes the copies sleeping in ``throttle``.
     """
     stop = threading.Event()
+
+    def stop_all() -> None:
+        stop.set()
+        if throttle is not None:
+            throttle.stop()
 
     def guard(progress: Optional[ProgressFn]) -> ProgressFn:
         def advance(count: int) -> None:
@@ -68,10 +75,10 @@ def run_each(items: Sequence[Item], action: Callable[[Item, Guard], Result],
         futures = [pool.submit(action, item, guard) for item in items]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         if any(future.exception() is not None for future in done):
-            stop.set()
+            stop_all()
         wait(futures)
     except BaseException:
-        stop.set()
+        stop_all()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

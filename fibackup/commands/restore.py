@@ -236,7 +236,7 @@ def _stage_and_publish(store: BackupStore, point: RestorePoint, names: Sequence[
                     options.io.reflink)
 
     try:
-        run_each(list(names), build, options.io.jobs)
+        run_each(list(names), build, options.io.jobs, throttle)
     except OSError as error:
         if error.errno != errno.ENOSPC:
             raise
@@ -346,6 +346,7 @@ def _build_disk(store: BackupStore, point: RestorePoint, files: _DiskFiles, stag
                 f"({len(disk.layers)} layer(s))")
     previous: Optional[tuple[str, str]] = None
     for layer, name in zip(disk.layers, layer_names):
+        guard(None)(0)                                # another disk failed: start nothing
         path = os.path.join(staging, name)
         progress = guard(faults.counting(report.progress(f"{disk.target} {name}",
                                                          layer.data_bytes)))

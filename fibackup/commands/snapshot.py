@@ -230,7 +230,7 @@ def _back_up(store: BackupStore, index: LayerIndex, domain: Domain, disks: Seque
         return _back_up_disk(store, domain, disk, plan, draft.id, report, journal,
                              throttle, guard, options.io.reflink)
 
-    copied = run_each(list(zip(disks, plans)), copy_disk, options.io.jobs)
+    copied = run_each(list(zip(disks, plans)), copy_disk, options.io.jobs, throttle)
     point_disks = {disk.target: point_disk for disk, (point_disk, _) in zip(disks, copied)}
     result.bytes_copied += sum(count for _, count in copied)
     point = replace(draft, seq=store.next_seq(domain.uuid), disks=point_disks)
@@ -427,6 +427,7 @@ def _back_up_disk(store: BackupStore, domain: Domain, disk: LiveDisk, plan: Disk
     start = len(plan.reuse)
     copied = 0
     for position, item in enumerate(plan.copy, start=start):
+        guard(None)(0)                                # another disk failed: start nothing
         layer_id = naming.new_layer_id(tag, disk.target, position)
         report.info(f"{domain.name}: copying {disk.target} layer {item.layer.path}")
         step = journal.start("backup.copy", store=store.root, disk=disk.target, layer=layer_id,

@@ -33,26 +33,33 @@ class Throttle:
     """A bandwidth limit shared by every copy of a run (``--bwlimit``).
 
     ``consume(n)`` sleeps as long as needed for the bytes consumed so far, by
-    all threads together, to stay at or below ``rate`` bytes per second.
+    all threads together, to stay at or below ``rate`` bytes per second.  Idle
+    time earns at most ``BURST`` seconds of credit, and ``stop()`` wakes every
+    sleeper at once (a failed disk or Ctrl-C must not wait out a slow limit).
     """
+
+    BURST = 1.0
 
     def __init__(self, rate: int) -> None:
         if rate <= 0:
             raise ValueError("a bandwidth limit must be positive")
         self.rate = rate
         self.lock = threading.Lock()
-        self.started: Optional[float] = None
-        self.total = 0
+        self.next_free: Optional[float] = None
+        self.stopped = threading.Event()
 
     def consume(self, count: int) -> None:
         with self.lock:
             now = time.monotonic()
-            if self.started is None:
-                self.started = now
-            self.total += count
-            due = self.started + self.total / self.rate
+            start = now - self.BURST if self.next_free is None else \
+                max(self.next_free, now - self.BURST)
+            self.next_free = start + count / self.rate
+            due = self.next_free
         if due > now:
-            time.sleep(due - now)
+            self.stopped.wait(due - now)
+
+    def stop(self) -> None:
+        self.stopped.set()
 
 
 @dataclass(frozen=True)
@@ -218,6 +225,7 @@ def scan_file(src_path: str, dst_path: Optional[str] = None, *,
             dst = os.open(dst_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             cloned = clone and _reflink(src, dst, size)
             if not cloned:
+                os.ftruncate(dst, 0)          # a failed clone may have left blocks behind
                 os.ftruncate(dst, size)
         checker = _Checker(expected) if expected is not None else None
         result = ScanResult(chunks=ChunkList(size, chunk_size, ()))
@@ -266,10 +274,12 @@ class _Writer:
     BUFFERS = 3
 
     def __init__(self, fd: int) -> None:
-        self.fd = fd
+        # its own descriptor: should a second Ctrl-C cut short the wait in close(), a
+        # late write can never land in another file that reuses the caller's number
+        self.fd = os.dup(fd) if fd >= 0 else -1
         self.pool = ThreadPoolExecutor(max_workers=1) if fd >= 0 else None
         self.pending: deque[Future[None]] = deque()
-        self.behind = WriteBehind(fd) if fd >= 0 else None
+        self.behind = WriteBehind(self.fd) if fd >= 0 else None
         self.taken: list[memoryview] = []
 
     def buffers(self, chunk_size: int) -> list[memoryview]:
@@ -302,7 +312,10 @@ class _Writer:
             for future in self.pending:
                 future.cancel()
             self.pool.shutdown(wait=True)
-        for buffer in self.taken:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        for buffer in self.taken:                # only once no write can use them
             _POOL.give(buffer)
         self.taken = []
 

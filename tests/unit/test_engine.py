@@ -76,7 +76,7 @@ def test_throttle_paces_all_threads_together():
     start = time.monotonic()
 
     def consume() -> None:
-        for _ in range(4):
+        for _ in range(8):
             throttle.consume(MiB)
 
     threads = [threading.Thread(target=consume) for _ in range(2)]
@@ -84,7 +84,27 @@ def test_throttle_paces_all_threads_together():
         thread.start()
     for thread in threads:
         thread.join()
-    assert time.monotonic() - start >= 0.9          # 8 MiB at 8 MiB/s, the first MiB free
+    assert time.monotonic() - start >= 0.9          # 16 MiB at 8 MiB/s, one second's credit
+
+
+def test_throttle_stop_wakes_sleepers_at_once():
+    throttle = Throttle(64 * 1024)
+    throttle.consume(64 * 1024)                        # the credit is spent
+    timer = threading.Timer(0.2, throttle.stop)
+    timer.start()
+    start = time.monotonic()
+    throttle.consume(64 * MiB)                         # would sleep ~17 minutes
+    assert time.monotonic() - start < 5
+    timer.join()
+
+
+def test_throttle_idle_time_earns_one_second_at_most():
+    throttle = Throttle(MiB)
+    throttle.consume(MiB)
+    time.sleep(0.3)                                    # idle: at most BURST of credit
+    start = time.monotonic()
+    throttle.consume(2 * MiB)
+    assert time.monotonic() - start >= 0.5
 
 
 def test_throttle_refuses_zero():
@@ -134,12 +154,60 @@ def test_cancelled_alone_is_not_an_error_users_see():
 @pytest.mark.parametrize("text, rate", [("200M", 200 * MiB), ("200", 200 * MiB),
                                         ("1G", 1024 * MiB), ("500K", 500 * 1024),
                                         ("1.5g", 1536 * MiB), ("100MiB/s", 100 * MiB),
-                                        ("64MB", 64 * MiB)])
+                                        ("64MB", 64 * MiB), ("65536B", 65536),
+                                        ("100 M", 100 * MiB), ("2KB", None)])
 def test_parse_rate(text, rate):
-    assert parse_rate(text) == rate
+    if rate is None:
+        with pytest.raises(UsageError, match="below 64K"):
+            parse_rate(text)
+    else:
+        assert parse_rate(text) == rate
 
 
-@pytest.mark.parametrize("text", ["", "0", "-5M", "fast", "12x", "nan", "inf"])
+@pytest.mark.parametrize("text", ["", "0", "-5M", "fast", "12x", "nan", "inf", "1000B",
+                                  "1e-9", "0.0000001"])
 def test_parse_rate_refuses_nonsense(text):
     with pytest.raises(UsageError, match="--bwlimit"):
         parse_rate(text)
+
+
+class _FailingLibc:
+    """sync_file_range reporting a write error, as the kernel does once per file."""
+
+    def __init__(self, error: int) -> None:
+        self.error = error
+
+    def sync_file_range(self, fd, offset, length, flags) -> int:
+        import ctypes
+        if flags & pagecache.SYNC_FILE_RANGE_WAIT_AFTER:
+            ctypes.set_errno(self.error)
+            return -1
+        return 0
+
+
+def _fail_write_behind(monkeypatch, error: int) -> None:
+    original = pagecache.WriteBehind.__init__
+
+    def init(self, fd: int) -> None:
+        original(self, fd)
+        self.libc = _FailingLibc(error)
+
+    monkeypatch.setattr(pagecache.WriteBehind, "__init__", init)
+    monkeypatch.setattr(pagecache.WriteBehind, "LAG", 1)
+
+
+def test_write_error_seen_by_write_behind_fails_the_copy(dense, tmp_path, monkeypatch):
+    import errno
+    _fail_write_behind(monkeypatch, errno.EIO)
+    with pytest.raises(OSError) as caught:
+        scan_file(dense, str(tmp_path / "copy"))
+    assert caught.value.errno == errno.EIO
+
+
+def test_write_behind_unsupported_falls_back_to_fsync(dense, tmp_path, monkeypatch):
+    import errno
+    _fail_write_behind(monkeypatch, errno.ESPIPE)
+    copy = str(tmp_path / "copy")
+    assert scan_file(dense, copy).ok
+    with open(dense, "rb") as a, open(copy, "rb") as b:
+        assert a.read() == b.read()
