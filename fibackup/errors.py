@@ -83,6 +83,15 @@ class SnapshotError(LibvirtError):
     """libvirt or QEMU refused to create the external snapshot."""
 
 
+class NothingTakenError(SnapshotError):
+    """The snapshot failed before any disk moved to its overlay (``cause``: libvirt's
+    reason, without the "no snapshot was taken" conclusion)."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
 class ImageToolError(FibackupError):
     """qemu-img failed."""
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 from fibackup.errors import (ConsolidationFailedError, DomainStateError, FibackupError,
-                             ImageToolError, InconsistentChainError, SnapshotError,
-                             StoreUnavailableError,
-                             UnsupportedDiskError, UsageError)
+                             ImageToolError, InconsistentChainError, NothingTakenError,
+                             SnapshotError, StoreUnavailableError, UnsupportedDiskError,
+                             UsageError)
 from fibackup.fsutil import allocated_bytes, ensure_space, file_identity, host_name, human
 from fibackup.commands.common import check_chain, layer_index, select_disks
 from fibackup.commands.parallel import Guard, IOOptions, run_each
@@ -46,6 +46,8 @@ class SnapshotOptions:
     disks: Sequence[str] = ()
     exclude: Sequence[str] = ()
     quiesce: bool = False
+    quiesce_fallback: bool = False
+    """Try to quiesce; without a guest agent take a crash-consistent snapshot, warning."""
     space_check: bool = True
     consolidate: Optional[str] = None
     """Consolidate with this method right after the snapshot (and backup)."""
@@ -67,6 +69,8 @@ class SnapshotResult:
     chains: dict[str, list[str]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds spent in each phase: ``snapshot`` (the libvirt call alone), ``backup``."""
+    quiesced: bool = False
+    """Whether the guest's filesystems were frozen (application-consistent)."""
 
     def to_json(self) -> dict[str, object]:
         return {"domain": self.domain, "tag": self.tag, "overlays": self.overlays,
@@ -74,7 +78,7 @@ class SnapshotResult:
                 "seq": self.point.seq if self.point else None,
                 "bytes_copied": self.bytes_copied, "new_generation": self.new_generation,
                 "skipped": [{"disk": disk, "reason": why} for disk, why in self.skipped],
-                "consolidation": self.consolidation,
+                "consolidation": self.consolidation, "quiesced": self.quiesced,
                 "timings": {phase: round(seconds, 4) for phase, seconds in self.timings.items()}}
 
 
@@ -137,7 +141,7 @@ def _consolidate_after(conn: Connection, domain: Domain, options: SnapshotOption
 def snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter,
                     journal: Journal) -> SnapshotResult:
     _check_state(domain)
-    if options.quiesce and not domain.is_active():
+    if options.quiesce and not options.quiesce_fallback and not domain.is_active():
         raise UsageError(f"domain '{domain.name}' is shut off: there is nothing to quiesce; "
                          "run without --quiesce")
     config_xml = domain.inactive_xml()
@@ -157,7 +161,8 @@ def snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter,
     overlays = naming.overlay_paths(_actives(disks), tag)
     step = journal.start("snapshot.take", tag=tag, overlays=overlays)
     started = time.perf_counter()
-    _take_snapshot(domain, overlays, [spec.target for spec in specs], options.quiesce)
+    quiesced = _snapshot_with_policy(domain, overlays, [spec.target for spec in specs],
+                                     options, report)
     snapshot_seconds = time.perf_counter() - started
     remember_overlays(domain.uuid, overlays, tag)
     journal.done(step)
@@ -170,13 +175,14 @@ def snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter,
 
     result = SnapshotResult(domain.name, tag, overlays, skipped=list(selection.skipped))
     result.timings["snapshot"] = snapshot_seconds
+    result.quiesced = quiesced
     result.chains = {disk.target: [*(layer.path for layer in disk.layers), overlays[disk.target]]
                      for disk in disks}
     if backup is not None:
         point = RestorePoint(
             id=tag, seq=0, time=moment.strftime("%Y-%m-%dT%H:%M:%SZ"), domain_name=domain.name,
             domain_uuid=domain.uuid, host=host_name(), disks={}, domain_xml=config_xml,
-            quiesced=options.quiesce,
+            quiesced=quiesced,
             skipped_disks=tuple(target for target, _ in selection.skipped))
         started = time.perf_counter()
         try:
@@ -294,6 +300,30 @@ def _refuse_data_file(name: str, target: str, info: img.ImageInfo) -> None:
             f"--exclude-disk {target}")
 
 
+def _snapshot_with_policy(domain: Domain, overlays: dict[str, str], targets: Sequence[str],
+                          options: SnapshotOptions, report: Reporter) -> bool:
+    """Take the snapshot as the quiesce policy says; whether it was quiesced.
+
+    ``--quiesce`` fails without a guest agent; ``--quiesce-fallback`` then takes a
+    crash-consistent snapshot instead, with a warning, but only when the quiesced
+    attempt took nothing (a partly taken snapshot is never retried).
+    """
+    if not options.quiesce_fallback:
+        _take_snapshot(domain, overlays, targets, options.quiesce)
+        return options.quiesce
+    if not domain.is_active():
+        _take_snapshot(domain, overlays, targets, False)   # shut off: consistent as it is
+        return False
+    try:
+        _take_snapshot(domain, overlays, targets, True)
+        return True
+    except NothingTakenError as error:
+        report.warn(f"{domain.name}: {error.cause}; taking a crash-consistent snapshot instead "
+                    "(restore point not application-consistent)")
+    _take_snapshot(domain, overlays, targets, False)
+    return False
+
+
 def _take_snapshot(domain: Domain, overlays: dict[str, str], targets: Sequence[str],
                    quiesce: bool) -> None:
     try:
@@ -301,7 +331,7 @@ def _take_snapshot(domain: Domain, overlays: dict[str, str], targets: Sequence[s
     except SnapshotError as error:
         moved = [target for target, path in current_tops(domain).items() if overlays.get(target) == path]
         if not moved:
-            raise SnapshotError(f"{error}. No snapshot was taken") from None
+            raise NothingTakenError(f"{error}. No snapshot was taken", str(error)) from None
         raise SnapshotError(
             f"{error}. The snapshot was nevertheless taken: disk(s) {', '.join(moved)} now "
             "write to new overlays; no backup was made, and the next 'fibackup snapshot -b' "
