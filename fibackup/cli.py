@@ -34,6 +34,29 @@ app = typer.Typer(
 T = TypeVar("T")
 
 DomainOpt = typer.Option(..., "-d", "--domain", metavar="NAME", help="Domain name (repeatable).")
+DomainsOpt = typer.Option([], "-d", "--domain", metavar="NAME",
+                          help="Domain name (repeatable); or --all / --all-running.")
+AllOpt = typer.Option(False, "--all", help="Every defined (persistent) domain.")
+AllRunningOpt = typer.Option(False, "--all-running", help="Every running domain.")
+
+
+def _select_domains(conn, names: List[str], every: bool, running: bool) -> List[str]:
+    """The domains a run works on: -d names, then --all / --all-running, each once."""
+    from fibackup.errors import UsageError
+    if not names and not every and not running:
+        raise UsageError("name the domains with -d NAME (repeatable), or pass --all or "
+                         "--all-running")
+    chosen = list(names)
+    if every or running:
+        chosen += conn.domain_names(running_only=running and not every)
+    return list(dict.fromkeys(chosen))
+
+
+def _exit_code(failures: int, count: int) -> int:
+    """0 when every domain succeeded, 3 when some did, 1 when none did."""
+    if not failures:
+        return EXIT_OK
+    return EXIT_PARTIAL if failures < count else EXIT_FAILURE
 BackupOpt = typer.Option(None, "-b", "--backup-dir", metavar="DIR", help="Backup directory.")
 ConnectOpt = typer.Option(None, "--connect", "-c", envvar="LIBVIRT_DEFAULT_URI", metavar="URI",
                           help="libvirt URI [default: qemu:///system].")
@@ -122,11 +145,13 @@ def _connector(uri: Optional[str]):
 
 @app.command()
 def snapshot(
-    domain: List[str] = DomainOpt,
+    domain: List[str] = DomainsOpt,
+    all_domains: bool = AllOpt, all_running: bool = AllRunningOpt,
     backup_dir: Optional[str] = BackupOpt,
     disk: List[str] = typer.Option([], "--disk", metavar="DISK", help="Only this disk target, e.g. vda (repeatable)."),
     exclude_disk: List[str] = typer.Option([], "--exclude-disk", metavar="DISK", help="Leave this disk out (repeatable)."),
     quiesce: bool = typer.Option(False, "--quiesce", help="Freeze guest filesystems through the guest agent; fail without one."),
+    quiesce_fallback: bool = typer.Option(False, "--quiesce-fallback", help="Freeze guest filesystems if the guest agent answers; otherwise take a crash-consistent snapshot and warn ('list' shows which points are quiesced)."),
     no_space_check: bool = typer.Option(False, "--no-space-check", help="Skip the free-space check before copying."),
     consolidate: Optional[str] = typer.Option(None, "--consolidate", metavar="METHOD", help="Consolidate right after the snapshot and backup: commit, active or pull (see 'fibackup consolidate --help')."),
     max_chain: Optional[int] = typer.Option(None, "--max-chain", metavar="N", help="Consolidate (commit) when a disk's chain has more than N layers."),
@@ -147,38 +172,43 @@ def snapshot(
       fibackup snapshot -d web -b /backup --exclude-disk vdc --quiesce
       fibackup snapshot -d web -b /backup --max-chain 8   # nightly, bounded chain
       fibackup snapshot -d web -b /backup --bwlimit 200M -j 4
+      fibackup snapshot --all-running -b /backup --quiesce-fallback   # nightly, every VM
     """
     from fibackup.commands.snapshot import SnapshotOptions, snapshot_domain
 
     def action() -> int:
         report = Reporter(quiet=quiet)
         options = SnapshotOptions(backup_dir=backup_dir, disks=disk, exclude=exclude_disk,
-                                  quiesce=quiesce, space_check=not no_space_check,
+                                  quiesce=quiesce or quiesce_fallback,
+                                  quiesce_fallback=quiesce_fallback,
+                                  space_check=not no_space_check,
                                   consolidate=consolidate, max_chain=max_chain,
                                   io=_io_options(jobs, bwlimit, reflink))
         conn = _connector(connect)()
-        results, failures = [], []
-        for name in domain:
+        names = _select_domains(conn, domain, all_domains, all_running)
+        if not names:
+            report.info("no domain to snapshot")
+        results, failures = [], 0
+        for name in names:
             try:
                 results.append(snapshot_domain(conn, name, options, report).to_json())
             except FibackupError as error:
-                if len(domain) == 1:
+                if len(names) == 1:
                     raise
-                failures.append(error)
+                failures += 1
                 print(f"fibackup: {name}: {error}", file=sys.stderr)
                 results.append({"domain": name, "error": str(error)})
         if as_json:
             _emit_json(results)
-        if not failures:
-            return EXIT_OK
-        return EXIT_PARTIAL if len(failures) < len(domain) else EXIT_FAILURE
+        return _exit_code(failures, len(names))
 
     _run(debug, action)
 
 
 @app.command("consolidate")
 def consolidate_command(
-    domain: List[str] = DomainOpt,
+    domain: List[str] = DomainsOpt,
+    all_domains: bool = AllOpt, all_running: bool = AllRunningOpt,
     method: str = typer.Option("commit", "--method", "-m", metavar="METHOD", help="commit (default): merge the frozen layers into the base, backup stays incremental; active: merge everything into the base and pivot (next backup: full copy); pull: copy the backing data into the active layer (next backup: full copy)."),
     backup_dir: Optional[str] = typer.Option(None, "-b", "--backup-dir", metavar="DIR", help="Backup directory; frozen layers it lacks are backed up first (snapshot -b)."),
     bandwidth: int = typer.Option(0, "--bandwidth", metavar="MIB_PER_S", show_default=False, help="Limit the block job to this many MiB/s [default: unlimited]."),
@@ -212,12 +242,15 @@ def consolidate_command(
                                      keep_files=keep_files, force=force, disks=disk,
                                      exclude=exclude_disk, space_check=not no_space_check)
         conn = _connector(connect)()
+        names = _select_domains(conn, domain, all_domains, all_running)
+        if not names:
+            report.info("no domain to consolidate")
         results, failures = [], 0
-        for name in domain:
+        for name in names:
             try:
                 outcome = consolidate_domain(conn, name, options, report)
             except FibackupError as error:
-                if len(domain) == 1:
+                if len(names) == 1:
                     raise
                 failures += 1
                 print(f"fibackup: {name}: {error}", file=sys.stderr)
@@ -232,9 +265,7 @@ def consolidate_command(
                           f"({outcome.aborted[0].reason})", file=sys.stderr)
         if as_json:
             _emit_json(results)
-        if not failures:
-            return EXIT_OK
-        return EXIT_PARTIAL if failures < len(domain) else EXIT_FAILURE
+        return _exit_code(failures, len(names))
 
     _run(debug, action)
 

@@ -101,6 +101,16 @@ class Connection:
                                f"{libvirt_message(error)}") from None
         return [Domain(handle) for handle in handles if handle.UUIDString() != uuid]
 
+    def domain_names(self, running_only: bool) -> list[str]:
+        """Names of every defined (persistent) domain, or of every running one."""
+        flags = libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE if running_only else \
+            libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT
+        try:
+            return sorted(handle.name() for handle in self.handle.listAllDomains(flags))
+        except libvirt.libvirtError as error:
+            raise LibvirtError(f"cannot list the domains on {self.uri}: "
+                               f"{libvirt_message(error)}") from None
+
     def define(self, xml: str) -> "Domain":
         try:
             return Domain(self.handle.defineXML(xml))
