@@ -104,31 +104,36 @@ def _io_options(jobs: Optional[int], bwlimit: Optional[str], reflink: bool = Fal
                      reflink=reflink)
 
 
-def _run(debug: bool, action: Callable[[], int]) -> None:
+def _run(debug: bool, action: Callable[[], int], as_json: bool = False) -> None:
+    """Run a command; every expected failure is one line on stderr and, with --json,
+    also ``{"error": {...}}`` on stdout, so a script always gets a document."""
     try:
         code = action()
     except FibackupError as error:
         if debug:
             traceback.print_exc()
-        print(f"fibackup: {error}", file=sys.stderr)
-        raise typer.Exit(error.exit_code)
+        _fail(str(error), type(error).__name__, error.exit_code, as_json)
     except KeyboardInterrupt:
-        print("fibackup: interrupted; nothing incomplete was published", file=sys.stderr)
-        raise typer.Exit(130)
+        _fail("interrupted; nothing incomplete was published", "Interrupted", 130, as_json)
     except OSError as error:
         if debug:
             traceback.print_exc()
         where = f" ({error.filename})" if error.filename else ""
-        print(f"fibackup: {error.strerror or error}{where}", file=sys.stderr)
-        raise typer.Exit(EXIT_FAILURE)
+        _fail(f"{error.strerror or error}{where}", "OSError", EXIT_FAILURE, as_json)
     except Exception as error:  # noqa: BLE001 - last resort: one line, never a traceback
         if type(error).__module__ != "libvirt":
             raise
         if debug:
             traceback.print_exc()
-        print(f"fibackup: libvirt failed: {error}; check 'virsh list --all' and libvirtd's "
-              "log, then run again", file=sys.stderr)
-        raise typer.Exit(EXIT_FAILURE)
+        _fail(f"libvirt failed: {error}; check 'virsh list --all' and libvirtd's log, then "
+              "run again", "LibvirtError", EXIT_FAILURE, as_json)
+    raise typer.Exit(code)
+
+
+def _fail(message: str, kind: str, code: int, as_json: bool) -> None:
+    print(f"fibackup: {message}", file=sys.stderr)
+    if as_json:
+        _emit_json({"error": {"message": message, "kind": kind, "exit_code": code}})
     raise typer.Exit(code)
 
 
@@ -202,7 +207,7 @@ def snapshot(
             _emit_json(results)
         return _exit_code(failures, len(names))
 
-    _run(debug, action)
+    _run(debug, action, as_json)
 
 
 @app.command("consolidate")
@@ -267,7 +272,7 @@ def consolidate_command(
             _emit_json(results)
         return _exit_code(failures, len(names))
 
-    _run(debug, action)
+    _run(debug, action, as_json)
 
 
 @app.command()
@@ -301,7 +306,7 @@ def repair(
             _emit_json(results)
         return EXIT_OK
 
-    _run(debug, action)
+    _run(debug, action, as_json)
 
 
 @app.command("list")
@@ -334,7 +339,7 @@ def list_command(
                                            "new", "restore size", "quiesced"]))
         return EXIT_OK
 
-    _run(debug, action)
+    _run(debug, action, as_json)
 
 
 @app.command()
@@ -366,7 +371,7 @@ def status(
             print(tabulate([row[:len(headers)] for row in rows], headers=headers))
         return EXIT_OK
 
-    _run(debug, action)
+    _run(debug, action, as_json)
 
 
 @app.command()
@@ -400,7 +405,7 @@ def verify(
             print(f"fibackup: verify found {len(result.problems)} problem(s)", file=sys.stderr)
         return EXIT_OK if result.ok else EXIT_FAILURE
 
-    _run(debug, action)
+    _run(debug, action, as_json)
 
 
 @app.command()
@@ -446,7 +451,7 @@ def restore(
                 print(f"{target}: {path}")
         return EXIT_OK
 
-    _run(debug, action)
+    _run(debug, action, as_json)
 
 
 def _version(value: bool) -> None:

@@ -76,3 +76,15 @@ def test_quiesce_fallback_without_agent_takes_a_crash_consistent_point(lab):
     dom.destroy()
     result = lab.cli("snapshot", "-d", dom.name, "--quiesce-fallback", "--json")
     assert result.json()[0]["quiesced"] is False and "warning:" not in result.stderr
+
+
+def test_json_runs_print_errors_as_json_too(lab):
+    missing = f"{PREFIX}missing"
+    result = lab.cli("snapshot", "-d", missing, "--json", expect=1)
+    error = result.json()["error"]
+    assert error["kind"] == "DomainNotFoundError" and error["exit_code"] == 1
+    assert missing in error["message"] and missing in result.stderr
+    result = lab.cli("verify", "-b", lab.path("no backup here"), "--json", expect=1)
+    assert result.json()["error"]["kind"] == "StoreUnavailableError"
+    result = lab.cli("list", "-b", lab.path("no backup here"), "--json", expect=1)
+    assert "backup directory" in result.json()["error"]["message"]
