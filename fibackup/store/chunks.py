@@ -233,10 +233,9 @@ def scan_file(src_path: str, dst_path: Optional[str] = None, *,
             result.size_mismatch = True
             if dst >= 0:
                 return result
-        if cloned:
-            listed = _scan(dst, -1, size, chunk_size, checker, progress, throttle)
-        else:
-            listed = _scan(src, dst, size, chunk_size, checker, progress, throttle)
+        # a clone is already written: read (and hash) the clone itself
+        source, target = (dst, -1) if cloned else (src, dst)
+        listed = _scan(source, target, size, chunk_size, checker, progress, throttle)
         result.chunks = ChunkList(size, chunk_size, tuple(listed))
         if checker is not None:
             result.mismatches = checker.finish()
@@ -405,20 +404,17 @@ CLASSIFY_AHEAD = 16
 reach of the kernel's readahead, so what it brings in counts as the copy's own."""
 
 
-PREFETCH_AFTER_HOLE = CLASSIFY_AHEAD
-"""Chunks asked for (WILLNEED) when a hole follows the current chunk: the kernel's
-readahead does not cross holes, and restarts small after one."""
-
-
 def _prefetch_after_holes(cache: SourceCache, ranges: list[tuple[int, int]],
                           upcoming: list[list[tuple[int, int]]]) -> None:
-    """Ask early for the data after each hole in sight: the kernel's readahead does
-    not cross holes, so its seek would otherwise stall the copy when reached."""
+    """Ask early (WILLNEED) for all the data in sight after the first hole: the
+    kernel's readahead does not cross holes and restarts small after one, so its
+    seek would otherwise stall the copy when reached."""
     previous_end = ranges[-1][1]
     for index, ahead in enumerate(upcoming):
         if ahead[0][0] != previous_end:
-            for after_hole in upcoming[index:index + PREFETCH_AFTER_HOLE]:
+            for after_hole in upcoming[index:]:
                 cache.prefetch(after_hole[0][0], after_hole[-1][1])
+            return
         previous_end = ahead[-1][1]
 
 

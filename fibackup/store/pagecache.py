@@ -17,6 +17,7 @@ import errno
 import mmap
 import os
 import re
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Optional
@@ -33,27 +34,38 @@ PROT_READ = 1
 MAP_SHARED = 1
 
 _libc: Optional["ctypes.CDLL"] = None
+_libc_tried = False
+_libc_lock = threading.Lock()
 
 
 def _load() -> Optional["ctypes.CDLL"]:
     """libc, loaded on the first copy (ctypes costs ~20 ms of start-up otherwise);
-    by its soname, as ``ctypes.util.find_library`` runs ldconfig."""
-    global _libc
-    if _libc is None:
-        import ctypes
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.mmap.restype = ctypes.c_void_p
-            libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                                  ctypes.c_int, ctypes.c_long]
-            libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-            libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-            libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_long,
-                                             ctypes.c_uint]
-            _libc = libc
-        except (OSError, AttributeError):
-            return None
+    by its soname, as ``ctypes.util.find_library`` runs ldconfig.  Tried once: it
+    is asked for at every chunk."""
+    global _libc, _libc_tried
+    if _libc_tried:
+        return _libc
+    with _libc_lock:                              # disks are copied on several threads
+        if not _libc_tried:
+            _libc = _open_libc()
+            _libc_tried = True
     return _libc
+
+
+def _open_libc() -> Optional["ctypes.CDLL"]:
+    import ctypes
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_long,
+                                         ctypes.c_uint]
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def drop(fd: int, offset: int, length: int) -> None:
