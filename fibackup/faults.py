@@ -33,7 +33,8 @@ def _spec() -> tuple[str, str]:
     return name, action
 
 
-_fired = threading.Event()
+_fired = False
+_lock = threading.Lock()
 
 
 def point(name: str) -> None:
@@ -42,14 +43,12 @@ def point(name: str) -> None:
     wanted, action = _spec()
     if not wanted or wanted != name:
         return
+    global _fired
     with _lock:
-        if _fired.is_set():
+        if _fired:
             return
-        _fired.set()
+        _fired = True
     os.kill(os.getpid(), signal.SIGSTOP if action == "stop" else signal.SIGKILL)
-
-
-_lock = threading.Lock()
 
 
 def counting(progress: Optional[Callable[[int], None]]) -> Optional[Callable[[int], None]]:

@@ -40,7 +40,24 @@ class Cancelled(Exception):
     """A copy stopped because another disk's copy failed (never shown to users)."""
 
 
-Guard = Callable[[Optional[ProgressFn]], ProgressFn]
+class Guard:
+    """What each copy of a ``run_each`` gets to notice that the run is being stopped."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+
+    def check(self) -> None:
+        """Raise ``Cancelled`` once the run is being stopped."""
+        if self.stop.is_set():
+            raise Cancelled()
+
+    def __call__(self, progress: Optional[ProgressFn]) -> ProgressFn:
+        """``progress``, checking first at every chunk."""
+        def advance(count: int) -> None:
+            self.check()
+            if progress is not None:
+                progress(count)
+        return advance
 
 
 def run_each(items: Sequence[Item], action: Callable[[Item, Guard], Result],
@@ -48,9 +65,9 @@ def run_each(items: Sequence[Item], action: Callable[[Item, Guard], Result],
     """``action(item, guard)`` for each item, ``jobs`` at a time; results in item order.
 
     ``guard(progress)`` returns a progress callback that raises ``Cancelled`` once
-    the run is being stopped; pass it to every copy, and call it before each
-    layer (``guard(None)(0)``) so that a queued disk starts nothing.  Stopping
-    also wakes the copies sleeping in ``throttle``.
+    the run is being stopped; pass it to every copy, and call ``guard.check()``
+    before each layer so that a queued disk starts nothing.  Stopping also wakes
+    the copies sleeping in ``throttle``.
     """
     stop = threading.Event()
 
@@ -59,14 +76,7 @@ def run_each(items: Sequence[Item], action: Callable[[Item, Guard], Result],
         if throttle is not None:
             throttle.stop()
 
-    def guard(progress: Optional[ProgressFn]) -> ProgressFn:
-        def advance(count: int) -> None:
-            if stop.is_set():
-                raise Cancelled()
-            if progress is not None:
-                progress(count)
-        return advance
-
+    guard = Guard(stop)
     if jobs <= 1 or len(items) <= 1:
         return [action(item, guard) for item in items]
     pool = ThreadPoolExecutor(max_workers=min(jobs, len(items)), thread_name_prefix="copy")

@@ -346,7 +346,7 @@ def _build_disk(store: BackupStore, point: RestorePoint, files: _DiskFiles, stag
                 f"({len(disk.layers)} layer(s))")
     previous: Optional[tuple[str, str]] = None
     for layer, name in zip(disk.layers, layer_names):
-        guard(None)(0)                                # another disk failed: start nothing
+        guard.check()                                 # another disk failed: start nothing
         path = os.path.join(staging, name)
         progress = guard(faults.counting(report.progress(f"{disk.target} {name}",
                                                          layer.data_bytes)))

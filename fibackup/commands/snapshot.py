@@ -457,7 +457,7 @@ def _back_up_disk(store: BackupStore, domain: Domain, disk: LiveDisk, plan: Disk
     start = len(plan.reuse)
     copied = 0
     for position, item in enumerate(plan.copy, start=start):
-        guard(None)(0)                                # another disk failed: start nothing
+        guard.check()                                 # another disk failed: start nothing
         layer_id = naming.new_layer_id(tag, disk.target, position)
         report.info(f"{domain.name}: copying {disk.target} layer {item.layer.path}")
         step = journal.start("backup.copy", store=store.root, disk=disk.target, layer=layer_id,
