@@ -38,25 +38,6 @@ DomainsOpt = typer.Option([], "-d", "--domain", metavar="NAME",
                           help="Domain name (repeatable); or --all / --all-running.")
 AllOpt = typer.Option(False, "--all", help="Every defined (persistent) domain.")
 AllRunningOpt = typer.Option(False, "--all-running", help="Every running domain.")
-
-
-def _select_domains(conn, names: List[str], every: bool, running: bool) -> List[str]:
-    """The domains a run works on: -d names, then --all / --all-running, each once."""
-    from fibackup.errors import UsageError
-    if not names and not every and not running:
-        raise UsageError("name the domains with -d NAME (repeatable), or pass --all or "
-                         "--all-running")
-    chosen = list(names)
-    if every or running:
-        chosen += conn.domain_names(running_only=running and not every)
-    return list(dict.fromkeys(chosen))
-
-
-def _exit_code(failures: int, count: int) -> int:
-    """0 when every domain succeeded, 3 when some did, 1 when none did."""
-    if not failures:
-        return EXIT_OK
-    return EXIT_PARTIAL if failures < count else EXIT_FAILURE
 BackupOpt = typer.Option(None, "-b", "--backup-dir", metavar="DIR", help="Backup directory.")
 ConnectOpt = typer.Option(None, "--connect", "-c", envvar="LIBVIRT_DEFAULT_URI", metavar="URI",
                           help="libvirt URI [default: qemu:///system].")
@@ -95,6 +76,44 @@ def parse_rate(text: str) -> int:
         raise UsageError(f"--bwlimit {text!r} is below 64K per second, which would take "
                          "minutes per 4 MiB chunk; a plain number means MiB/s (200 = 200M)")
     return int(rate)
+
+
+def _select_domains(conn, names: List[str], every: bool, running: bool) -> List[str]:
+    """The domains a run works on: -d names, then --all / --all-running, each once."""
+    from fibackup.errors import UsageError
+    if not names and not every and not running:
+        raise UsageError("name the domains with -d NAME (repeatable), or pass --all or "
+                         "--all-running")
+    chosen = list(names)
+    if every or running:
+        chosen += conn.domain_names(running_only=running and not every)
+    return list(dict.fromkeys(chosen))
+
+
+def _exit_code(failures: int, count: int) -> int:
+    """0 when every domain succeeded, 3 when some did, 1 when none did."""
+    if not failures:
+        return EXIT_OK
+    return EXIT_PARTIAL if failures < count else EXIT_FAILURE
+
+
+def _each_domain(names: List[str], run_one: Callable[[str], tuple[dict, bool]]
+                 ) -> tuple[list[dict], int]:
+    """``run_one(name)`` (its JSON and whether it succeeded) for each domain, and how
+    many failed.  The error of one of several domains is one stderr line naming it
+    and an ``error`` entry; a single domain's error is raised as it is."""
+    results, failures = [], 0
+    for name in names:
+        try:
+            document, succeeded = run_one(name)
+        except FibackupError as error:
+            if len(names) == 1:
+                raise
+            print(f"fibackup: {name}: {error}", file=sys.stderr)
+            document, succeeded = {"domain": name, "error": str(error)}, False
+        results.append(document)
+        failures += not succeeded
+    return results, failures
 
 
 def _io_options(jobs: Optional[int], bwlimit: Optional[str], reflink: bool = False):
@@ -193,16 +212,8 @@ def snapshot(
         names = _select_domains(conn, domain, all_domains, all_running)
         if not names:
             report.info("no domain to snapshot")
-        results, failures = [], 0
-        for name in names:
-            try:
-                results.append(snapshot_domain(conn, name, options, report).to_json())
-            except FibackupError as error:
-                if len(names) == 1:
-                    raise
-                failures += 1
-                print(f"fibackup: {name}: {error}", file=sys.stderr)
-                results.append({"domain": name, "error": str(error)})
+        results, failures = _each_domain(
+            names, lambda name: (snapshot_domain(conn, name, options, report).to_json(), True))
         if as_json:
             _emit_json(results)
         return _exit_code(failures, len(names))
@@ -250,24 +261,16 @@ def consolidate_command(
         names = _select_domains(conn, domain, all_domains, all_running)
         if not names:
             report.info("no domain to consolidate")
-        results, failures = [], 0
-        for name in names:
-            try:
-                outcome = consolidate_domain(conn, name, options, report)
-            except FibackupError as error:
-                if len(names) == 1:
-                    raise
-                failures += 1
-                print(f"fibackup: {name}: {error}", file=sys.stderr)
-                results.append({"domain": name, "error": str(error)})
-                continue
-            results.append(outcome.to_json())
-            if outcome.aborted:
-                failures += 1
-                if not as_json:
-                    print(f"fibackup: {name}: consolidation of disk(s) "
-                          f"{', '.join(item.target for item in outcome.aborted)} was aborted "
-                          f"({outcome.aborted[0].reason})", file=sys.stderr)
+
+        def consolidate_one(name: str) -> tuple[dict, bool]:
+            outcome = consolidate_domain(conn, name, options, report)
+            if outcome.aborted and not as_json:
+                print(f"fibackup: {name}: consolidation of disk(s) "
+                      f"{', '.join(item.target for item in outcome.aborted)} was aborted "
+                      f"({outcome.aborted[0].reason})", file=sys.stderr)
+            return outcome.to_json(), not outcome.aborted
+
+        results, failures = _each_domain(names, consolidate_one)
         if as_json:
             _emit_json(results)
         return _exit_code(failures, len(names))
