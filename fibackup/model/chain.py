@@ -74,6 +74,23 @@ class StoredLayer:
     digest: str
     source: FileIdentity
     data_bytes: int = 0
+    stands_for: Optional[str] = None
+    """For a layer prune merged: the id of the top layer of the merged range.  The
+    merged layer presents exactly that layer's view (stacked on its ancestors), so a
+    layer whose logical parent is ``stands_for`` rests on the merged layer."""
+    covers: tuple["StoredLayer", ...] = ()
+    """For a merged layer: the layers it replaced (flattened, base first, merged
+    layers among them included), kept so that live files copied into them still
+    map onto the store and the next backup stays incremental."""
+
+    def is_parent_of(self, layer: "StoredLayer") -> bool:
+        """Whether ``layer`` may rest directly on this one."""
+        return layer.parent is not None and layer.parent in (self.id, self.stands_for)
+
+
+NO_SOURCE = FileIdentity(host="", path="", dev=0, ino=0, size=0, mtime_ns=0,
+                         head_digest="merged")
+"""The source of a merged layer: no live file has it (inode 0)."""
 
 
 @dataclass(frozen=True)
@@ -119,13 +136,50 @@ class LayerIndex:
         self._by_id: dict[str, StoredLayer] = {}
         self._by_identity: dict[FileIdentity, list[StoredLayer]] = {}
         self._compositions = dict(compositions or {})
+        self._merged_into: dict[str, StoredLayer] = {}
+        """Id of a layer a prune replaced -> the stored merged layer that holds it."""
+        self._canonical: dict[str, str] = {}
+        """Merged layer id -> the id it stands for (parents compare through it)."""
+        layers = list(layers)
         for layer in layers:
-            self._by_id[layer.id] = layer
-            self._by_identity.setdefault(layer.source, []).append(layer)
+            self._add(layer)
+        for layer in layers:
+            for covered in layer.covers:
+                if covered.id not in self._by_id:
+                    self._merged_into[covered.id] = layer
+                    self._add(covered)
         for identity, layer_id in aliases:
             stored = self._by_id.get(layer_id)
             if stored is not None:
                 self._by_identity.setdefault(identity, []).append(stored)
+
+    def _add(self, layer: StoredLayer) -> None:
+        self._by_id[layer.id] = layer
+        self._by_identity.setdefault(layer.source, []).append(layer)
+        if layer.stands_for:
+            self._canonical[layer.id] = layer.stands_for
+
+    def _same_parent(self, one: Optional[str], other: Optional[str]) -> bool:
+        return self._canonical.get(one, one) == self._canonical.get(other, other) \
+            if one is not None and other is not None else one is other
+
+    def resolve(self, reuse: Sequence[StoredLayer]) -> list[StoredLayer]:
+        """``reuse`` with the layers a prune merged replaced by their merged layer.
+
+        A matched chain that ends inside a merged range cannot use it (the merged
+        layer holds more): nothing is reused then, the disk gets a new generation.
+        """
+        replaced = [position for position, layer in enumerate(reuse)
+                    if layer.id in self._merged_into]
+        if not replaced:
+            return list(reuse)
+        last = replaced[-1]
+        merged = self._merged_into[reuse[last].id]
+        covered = {layer.id for layer in merged.covers}
+        if reuse[last].id != merged.stands_for or \
+                any(layer.id not in covered for layer in reuse[:last + 1]):
+            return []
+        return [merged, *reuse[last + 1:]]
 
     def has_disk(self, target: str) -> bool:
         return any(layer.disk == target for layer in self._by_id.values())
@@ -141,7 +195,7 @@ class LayerIndex:
     def find(self, identity: FileIdentity, parent: Optional[str]) -> Optional[StoredLayer]:
         """The stored copy of the file ``identity`` whose logical parent is ``parent``."""
         for stored in self._by_identity.get(identity, ()):
-            if stored.parent == parent:
+            if self._same_parent(stored.parent, parent):
                 return stored
         return None
 
@@ -187,11 +241,17 @@ class LayerIndex:
 
         return longest(0, None)
 
+    def covered(self, identities: Sequence[FileIdentity]) -> int:
+        """How many files of a chain (base first) a backup would reuse rather than copy."""
+        segments = self.match_prefix(identities)
+        return len(segments) if self.resolve([layer for segment in segments
+                                              for layer in segment]) else 0
+
     def _candidates(self, identity: FileIdentity, parent: Optional[str]) -> list[list[StoredLayer]]:
         """Every proof of the file's content resting on ``parent``: its stored copies,
         newest first, then the layers of the files a commit merged into it."""
         found = [[stored] for stored in reversed(self._by_identity.get(identity, ()))
-                 if stored.parent == parent]
+                 if self._same_parent(stored.parent, parent)]
         parts = self._compositions.get(identity)
         if parts:
             composed = self.match_sequence(parts, parent, 1)
@@ -218,8 +278,8 @@ def plan_disk(target: str, frozen: Sequence[FrozenLayer], index: LayerIndex) -> 
         raise ValueError(f"disk {target} has no frozen layer to back up")
     plan = DiskPlan(target=target)
     segments = index.match_prefix([item.identity for item in frozen])
-    plan.reuse = [layer for segment in segments for layer in segment]
-    plan.copy = list(frozen[len(segments):])
+    plan.reuse = index.resolve([layer for segment in segments for layer in segment])
+    plan.copy = list(frozen[len(segments):]) if plan.reuse else list(frozen)
     if not plan.reuse:
         plan.new_generation = True
         plan.reason = ("its base is not a file this backup holds: it was changed, replaced "
@@ -245,7 +305,7 @@ def chain_from_ids(layer_ids: Sequence[str], index: Mapping[str, StoredLayer]) -
         stored = index.get(layer_id)
         if stored is None:
             raise KeyError(layer_id)
-        if stored.parent != parent:
+        if stored.parent != parent and not (chain and chain[-1].is_parent_of(stored)):
             raise ValueError(
                 f"layer {layer_id} rests on {stored.parent or 'nothing'}, "
                 f"but the chain puts it on {parent or 'nothing'}")

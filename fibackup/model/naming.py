@@ -91,6 +91,11 @@ def new_layer_id(tag: str, target: str, position: int) -> str:
     return f"{tag}-{safe_component(target)}-{position:03d}-{secrets.token_hex(6)}"
 
 
+def merged_layer_id(tag: str, target: str) -> str:
+    """A store-unique id for a layer that prune run ``tag`` merged."""
+    return f"{tag}-{safe_component(target)}-merged-{secrets.token_hex(6)}"
+
+
 def safe_component(text: str) -> str:
     """``text`` reduced to characters that are safe in any file name."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip(".").replace("..", "__")

@@ -54,6 +54,9 @@ class RestorePoint:
     domain_xml: str
     quiesced: bool = False
     skipped_disks: tuple[str, ...] = field(default=())
+    revision: int = 0
+    """0 as the snapshot wrote it; prune publishes revision 1, 2... of a point whose
+    layers it merged (``<seq>.r<revision>.json``); the highest revision is the point."""
 
     @property
     def bytes_new(self) -> int:
