@@ -111,3 +111,39 @@ def make_standalone(path: str, timeout: Optional[float] = None) -> None:
     backing file (offline pull); the backing files are only read."""
     _run(["rebase", "-q", "-f", "qcow2", "-b", "", path],
          f"qemu-img rebase (pull) of {path}", timeout)
+
+
+def chain_spec(layers: Sequence[tuple[str, str]]) -> str:
+    """A ``json:`` file name that opens exactly ``layers`` (path, format; base first)
+    stacked, read-only: every backing file is given, so no name inside an image
+    header (stored copies still name the live files they were copied from) is used."""
+    spec: Optional[dict[str, Any]] = None
+    for path, image_format in layers:
+        node: dict[str, Any] = {"driver": image_format, "read-only": True,
+                                "file": {"driver": "file", "filename": path}}
+        if image_format == "qcow2":
+            node["backing"] = spec
+        elif spec is not None:
+            raise ImageToolError(f"{path} is a raw image, which cannot rest on another layer")
+        spec = node
+    if spec is None:
+        raise ValueError("an empty chain")
+    return "json:" + json.dumps(spec, separators=(",", ":"))
+
+
+def convert_chain(layers: Sequence[tuple[str, str]], destination: str,
+                  output_format: str) -> None:
+    """Write what ``layers`` stacked present into the new standalone image ``destination``."""
+    _run(["convert", "-q", "-O", output_format, chain_spec(layers), destination],
+         f"merging {len(layers)} layers into {destination}")
+
+
+def identical(one: Sequence[tuple[str, str]], other: Sequence[tuple[str, str]]) -> bool:
+    """Whether two chains present the same bytes (``qemu-img compare``; past the end
+    of the shorter one the longer must read as zeros: callers compare sizes too)."""
+    args = [QEMU_IMG, "compare", "-q", chain_spec(one), chain_spec(other)]
+    completed = subprocess.run(args, capture_output=True, text=True, check=False)
+    if completed.returncode in (0, 1):
+        return completed.returncode == 0
+    detail = completed.stderr.strip().splitlines()
+    raise ImageToolError(f"qemu-img compare failed: {detail[-1] if detail else completed.returncode}")

@@ -10,14 +10,18 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, Optional, TypeVar
 
 from fibackup.errors import CorruptStoreError
-from fibackup.model.chain import FileIdentity, StoredLayer
+from fibackup.model.chain import NO_SOURCE, FileIdentity, StoredLayer
 from fibackup.model.points import PointDisk, PointLayer, RestorePoint
 from fibackup.store.chunks import ALGORITHM, Chunk, ChunkList
 
 FORMAT_VERSION = 1
+PRUNED_VERSION = 2
+"""Layer records of merged layers and revised manifests (written by prune) carry
+version 2, so a fibackup that predates prune refuses them instead of misreading."""
+READ_VERSIONS = (FORMAT_VERSION, PRUNED_VERSION)
 STORE_KIND = "fibackup-store"
 LAYER_KIND = "fibackup-layer"
 POINT_KIND = "fibackup-point"
@@ -89,10 +93,11 @@ def check_header(document: Mapping[str, Any], kind: str, origin: str) -> None:
     if document.get("kind") != kind:
         raise CorruptStoreError(f"{origin} is not a {kind} document")
     version = document.get("version")
-    if type(version) is not int or version != FORMAT_VERSION:
+    readable = READ_VERSIONS if kind != STORE_KIND else (FORMAT_VERSION,)
+    if type(version) is not int or version not in readable:
         raise CorruptStoreError(
             f"{origin} has format version {version!r}; this fibackup reads version "
-            f"{FORMAT_VERSION} (upgrade fibackup to read it)")
+            f"{' and '.join(map(str, readable))} (upgrade fibackup to read it)")
 
 
 # -- file identity -------------------------------------------------------------
@@ -116,8 +121,8 @@ def identity_from_dict(document: Mapping[str, Any], origin: str) -> FileIdentity
 
 def layer_record_to_dict(record: LayerRecord) -> dict[str, Any]:
     layer = record.layer
-    return {
-        "kind": LAYER_KIND, "version": FORMAT_VERSION,
+    document = {
+        "kind": LAYER_KIND, "version": PRUNED_VERSION if layer.stands_for else FORMAT_VERSION,
         "id": layer.id, "disk": layer.disk, "parent": layer.parent,
         "image_format": layer.image_format, "size": layer.size,
         "virtual_size": layer.virtual_size,
@@ -125,9 +130,39 @@ def layer_record_to_dict(record: LayerRecord) -> dict[str, Any]:
                      "digest": layer.digest,
                      "chunks": [[c.offset, c.length, c.digest] for c in record.chunks.chunks]},
         "compression": None, "encryption": None,
-        "source": identity_to_dict(layer.source),
+        "source": None if layer.stands_for else identity_to_dict(layer.source),
         "stored_at": record.stored_at,
     }
+    if layer.stands_for:
+        document["merged"] = {"stands_for": layer.stands_for,
+                              "covers": [_covered_to_dict(covered) for covered in layer.covers]}
+    return document
+
+
+def _covered_to_dict(layer: StoredLayer) -> dict[str, Any]:
+    return {"id": layer.id, "parent": layer.parent, "virtual_size": layer.virtual_size,
+            "source": None if layer.stands_for else identity_to_dict(layer.source),
+            "stands_for": layer.stands_for}
+
+
+def _covered_from_dict(entry: Any, disk: str, origin: str) -> StoredLayer:
+    if not isinstance(entry, dict):
+        raise CorruptStoreError(f"{origin}: a merged layer's 'covers' entry is not an object")
+    stands_for = _optional_id(entry, "stands_for", origin)
+    source = entry.get("source")
+    return StoredLayer(
+        id=_checked(_field(entry, "id", str, origin), is_valid_id, "layer id", origin),
+        disk=disk, parent=_optional_id(entry, "parent", origin), image_format="raw", size=0,
+        virtual_size=_count(entry, "virtual_size", origin), digest="",
+        source=NO_SOURCE if source is None else identity_from_dict(
+            _field(entry, "source", dict, origin), origin),
+        stands_for=stands_for)
+
+
+def _optional_id(document: Mapping[str, Any], key: str, origin: str) -> Optional[str]:
+    if document.get(key) is None:
+        return None
+    return _checked(_field(document, key, str, origin), is_valid_id, key.replace("_", " "), origin)
 
 
 def layer_record_from_dict(document: Mapping[str, Any], origin: str) -> LayerRecord:
@@ -149,21 +184,41 @@ def layer_record_from_dict(document: Mapping[str, Any], origin: str) -> LayerRec
     digest = _field(checksum, "digest", str, origin)
     if digest != chunk_list.digest:
         raise CorruptStoreError(f"{origin}: the chunk list does not match the recorded digest")
-    parent = document.get("parent")
-    if parent is not None:
-        parent = _checked(_field(document, "parent", str, origin), is_valid_id, "parent id", origin)
+    parent = _optional_id(document, "parent", origin)
+    disk = _checked(_field(document, "disk", str, origin), is_valid_id, "disk target", origin)
+    merged = _merged_from_dict(document, disk, origin)
     layer = StoredLayer(
         id=_checked(_field(document, "id", str, origin), is_valid_id, "layer id", origin),
-        disk=_checked(_field(document, "disk", str, origin), is_valid_id, "disk target", origin),
-        parent=parent,
+        disk=disk, parent=parent,
         image_format=_checked(_field(document, "image_format", str, origin),
                               lambda fmt: fmt in IMAGE_FORMATS, "image format", origin),
         size=size, virtual_size=_field(document, "virtual_size", int, origin),
         digest=digest,
-        source=identity_from_dict(_field(document, "source", dict, origin), origin),
-        data_bytes=chunk_list.data_bytes)
+        source=NO_SOURCE if merged else identity_from_dict(
+            _field(document, "source", dict, origin), origin),
+        data_bytes=chunk_list.data_bytes,
+        stands_for=merged[0] if merged else None, covers=merged[1] if merged else ())
     return LayerRecord(layer=layer, chunks=chunk_list,
                        stored_at=str(document.get("stored_at", "")))
+
+
+def _merged_from_dict(document: Mapping[str, Any], disk: str,
+                      origin: str) -> Optional[tuple[str, tuple[StoredLayer, ...]]]:
+    """A merged layer's ``stands_for`` and ``covers`` (None for a copied layer)."""
+    if (document.get("merged") is None) == (document.get("version") == PRUNED_VERSION):
+        raise CorruptStoreError(f"{origin}: version {PRUNED_VERSION} records, and only they, "
+                                "describe merged layers")
+    if document.get("merged") is None:
+        return None
+    merged = _field(document, "merged", dict, origin)
+    stands_for = _checked(_field(merged, "stands_for", str, origin), is_valid_id,
+                          "stands_for id", origin)
+    covers = tuple(_covered_from_dict(entry, disk, origin)
+                   for entry in _field(merged, "covers", list, origin))
+    if not covers or covers[-1].id != stands_for:
+        raise CorruptStoreError(f"{origin}: a merged layer must cover the layer it stands for, "
+                                "last")
+    return stands_for, covers
 
 
 def _chunk(entry: Any, chunk_size: int, size: int, origin: str) -> Chunk:
@@ -219,6 +274,11 @@ def point_from_dict(document: Mapping[str, Any], origin: str) -> RestorePoint:
     if not disks:
         raise CorruptStoreError(f"{origin} lists no disk")
     skipped = document.get("skipped_disks", [])
+    revision = document.get("revision", 0)
+    if type(revision) is not int or revision < 0 or (revision > 0) != (
+            document.get("version") == PRUNED_VERSION):
+        raise CorruptStoreError(f"{origin}: revision {revision!r} is not valid for format "
+                                f"version {document.get('version')!r}")
     return RestorePoint(
         id=_checked(_field(document, "id", str, origin), is_valid_id, "point id", origin),
         seq=_count(document, "seq", origin, least=1), time=_field(document, "time", str, origin),
@@ -227,7 +287,8 @@ def point_from_dict(document: Mapping[str, Any], origin: str) -> RestorePoint:
         host=_field(domain, "host", str, origin), disks=disks,
         domain_xml=_field(document, "domain_xml", str, origin),
         quiesced=document.get("quiesced") is True,
-        skipped_disks=tuple(str(name) for name in skipped) if isinstance(skipped, list) else ())
+        skipped_disks=tuple(str(name) for name in skipped) if isinstance(skipped, list) else (),
+        revision=revision)
 
 
 def _point_layer(entry: Any, origin: str) -> PointLayer:

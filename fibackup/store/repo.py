@@ -31,7 +31,7 @@ from fibackup import faults
 from fibackup.errors import (CorruptStoreError, IntegrityError, NotEnoughSpaceError,
                              StoreUnavailableError)
 from fibackup.fsutil import publish, remove_quietly, temp_name, write_file
-from fibackup.model.chain import FileIdentity, StoredLayer
+from fibackup.model.chain import NO_SOURCE, FileIdentity, StoredLayer
 from fibackup.model.points import PointLayer, RestorePoint
 from fibackup.store import format as fmt
 from fibackup.store.chunks import ChunkList, ProgressFn, Throttle, scan_file
@@ -156,7 +156,7 @@ class BackupStore:
         loaded: dict[str, RestorePoint] = {}
         parts = self._points_dir(domain_uuid)
         try:
-            for name in _documents(self.root, parts):
+            for name in self.manifest_names(domain_uuid).values():
                 path = os.path.join(self.root, *parts, name)
                 try:
                     loaded[path] = self._point(domain_uuid, parts, name)
@@ -179,9 +179,31 @@ class BackupStore:
     def _point(self, domain_uuid: str, parts: Sequence[str], name: str) -> RestorePoint:
         path = os.path.join(self.root, *parts, name)
         point = fmt.point_from_dict(_read_document(self.root, parts, name), path)
-        if point.domain_uuid != domain_uuid or name != _point_name(point.seq):
+        if point.domain_uuid != domain_uuid or name != _point_name(point.seq, point.revision):
             raise CorruptStoreError(f"{path} belongs to another domain or sequence number")
         return point
+
+    def manifest_names(self, domain_uuid: str) -> dict[str, str]:
+        """Each restore point's manifest file name, by its key (the sequence number as
+        named, or the whole name when it is not a manifest name): the highest revision
+        of each point; lower revisions are superseded (prune removes them)."""
+        chosen: dict[str, tuple[int, str]] = {}
+        for name in _documents(self.root, self._points_dir(domain_uuid)):
+            seq, revision = _parse_point_name(name)
+            key = seq if seq is not None else name
+            if key not in chosen or revision > chosen[key][0]:
+                chosen[key] = (revision, name)
+        return {key: name for key, (_revision, name) in chosen.items()}
+
+    def superseded_manifests(self, domain_uuid: str) -> list[str]:
+        """Manifest names that a higher revision of the same point replaced."""
+        current = set(self.manifest_names(domain_uuid).values())
+        return [name for name in _documents(self.root, self._points_dir(domain_uuid))
+                if name not in current]
+
+    def manifest_document(self, domain_uuid: str, name: str) -> dict:
+        """A manifest as JSON (prune rewrites it key by key, keeping what it does not know)."""
+        return _read_document(self.root, self._points_dir(domain_uuid), name)
 
     def _contradicted(self, domain_uuid: str,
                       loaded: dict[str, RestorePoint]) -> dict[str, str]:
@@ -233,6 +255,17 @@ class BackupStore:
         if record.layer.id != layer_id:
             raise CorruptStoreError(f"{path} describes layer {record.layer.id}, not {layer_id}")
         return record
+
+    def layer_ids(self, domain_uuid: str) -> set[str]:
+        """Ids of every published layer file (image or record) of the domain."""
+        try:
+            names = _list_dir(self.root, self._layers(domain_uuid))
+        except FileNotFoundError:
+            return set()
+        stems = {name.rsplit(".", 1)[0] for name in names
+                 if not name.startswith(".") and "." in name
+                 and name.rsplit(".", 1)[1] in ("json", *fmt.IMAGE_FORMATS)}
+        return {stem for stem in stems if fmt.is_valid_id(stem)}
 
     def stored_layers(self, domain_uuid: str) -> list[StoredLayer]:
         """Layers with a complete record and image file (candidates for reuse).
@@ -293,6 +326,86 @@ class BackupStore:
         _write(self._record_path(domain_uuid, layer_id), fmt.dumps(fmt.layer_record_to_dict(record)))
         return layer
 
+    def store_merged_layer(self, domain_uuid: str, layer_id: str,
+                           chain: Sequence[StoredLayer], covers: Sequence[StoredLayer],
+                           progress: Optional[ProgressFn] = None) -> StoredLayer:
+        """Write the stacking of ``chain`` (stored layers, base first) as one new layer.
+
+        The new image is written under a temporary name, hashed, compared with the
+        chain by QEMU (``qemu-img compare``) and only then published with its
+        record; the chain's files are only read.
+        """
+        from fibackup.qemu import img
+        top = chain[-1]
+        image_format = chain[0].image_format
+        final = self.layer_path(domain_uuid, layer_id, image_format)
+        directory = self._private_dir(self._layers(domain_uuid))
+        temporary = temp_name(directory, os.path.basename(final))
+        inputs = [(self.layer_path(domain_uuid, layer.id, layer.image_format), layer.image_format)
+                  for layer in chain]
+        try:
+            img.convert_chain(inputs, temporary, image_format)
+            _fsync_file(temporary)
+            chunks = scan_file(temporary, progress=progress).chunks
+            presented = img.info(temporary, image_format).virtual_size
+            if presented != top.virtual_size or not img.identical(
+                    inputs, [(temporary, image_format)]):
+                raise IntegrityError(
+                    f"merging {len(chain)} layers of disk {top.disk} into {final} did not give "
+                    "the same disk content; nothing was changed in the backup directory")
+            publish(temporary, final)
+            faults.point("store.image-published")
+        except OSError as error:
+            if error.errno == errno.ENOSPC:
+                raise NotEnoughSpaceError(
+                    f"the backup disk filled up while merging layers into {final}; nothing "
+                    "was changed: free up space and run prune again") from None
+            raise
+        finally:
+            remove_quietly(temporary)
+        layer = StoredLayer(id=layer_id, disk=top.disk, parent=chain[0].parent,
+                            image_format=image_format, size=chunks.size,
+                            virtual_size=top.virtual_size, digest=chunks.digest,
+                            source=NO_SOURCE, data_bytes=chunks.data_bytes,
+                            stands_for=top.id, covers=tuple(covers))
+        record = fmt.LayerRecord(layer=layer, chunks=chunks, stored_at=utc_now())
+        _write(self._record_path(domain_uuid, layer_id), fmt.dumps(fmt.layer_record_to_dict(record)))
+        self._records[(domain_uuid, layer_id)] = record
+        return layer
+
+    def publish_revision(self, domain_uuid: str, document: dict) -> RestorePoint:
+        """Publish a new revision of a restore point (a manifest prune rewrote); it is
+        read back through the same checks as any manifest before it is written."""
+        parts = self._points_dir(domain_uuid)
+        point = fmt.point_from_dict(document, "the revised manifest")
+        if point.domain_uuid != domain_uuid or point.revision < 1:
+            raise ValueError("a revision of another domain, or revision 0")
+        directory = self._private_dir(parts)
+        _write(os.path.join(directory, _point_name(point.seq, point.revision)), fmt.dumps(document))
+        return point
+
+    def remove_manifest(self, domain_uuid: str, name: str) -> None:
+        """Delete one manifest file (prune only)."""
+        _seq, _revision = _parse_point_name(name)
+        if _seq is None:
+            raise ValueError(f"not a manifest name: {name!r}")
+        _remove(self.root, self._points_dir(domain_uuid), name)
+
+    def remove_layer(self, domain_uuid: str, layer_id: str) -> int:
+        """Delete a layer's image, then its record (prune only); the bytes freed."""
+        parts = self._layers(domain_uuid)
+        freed = 0
+        for image_format in fmt.IMAGE_FORMATS:
+            name = _image_name(layer_id, image_format)
+            try:
+                freed += _stat_file(self.root, parts, name).st_blocks * 512
+            except (FileNotFoundError, CorruptStoreError):
+                continue
+            _remove(self.root, parts, name)
+        _remove(self.root, parts, _record_name(layer_id))
+        self._records.pop((domain_uuid, layer_id), None)
+        return freed
+
     def publish_point(self, point: RestorePoint) -> RestorePoint:
         """Write a restore point manifest under the next free sequence number."""
         directory = self._private_dir(self._points_dir(point.domain_uuid))
@@ -308,9 +421,9 @@ class BackupStore:
 
     def next_seq(self, domain_uuid: str) -> int:
         """One more than the highest manifest number, readable or not."""
-        numbers = [int(name[:-len(".json")])
+        numbers = [int(name.split(".")[0])
                    for name in _documents(self.root, self._points_dir(domain_uuid))
-                   if name[:-len(".json")].isdigit()]
+                   if name.split(".")[0].isdigit()]
         return max(numbers, default=0) + 1
 
     def _private_dir(self, parts: Sequence[str]) -> str:
@@ -467,8 +580,23 @@ def _presented_size_problems(image: Union[str, int], layer: StoredLayer, path: s
     return []
 
 
-def _point_name(seq: int) -> str:
-    return f"{seq:0{POINT_NAME_DIGITS}d}.json"
+def _point_name(seq: int, revision: int = 0) -> str:
+    suffix = f".r{revision}" if revision else ""
+    return f"{seq:0{POINT_NAME_DIGITS}d}{suffix}.json"
+
+
+def _parse_point_name(name: str) -> tuple[Optional[str], int]:
+    """``00000003.json`` -> ("00000003", 0), ``00000003.r2.json`` -> ("00000003", 2);
+    (None, 0) for any other name (reading it then reports it)."""
+    parts = name[:-len(".json")].split(".")
+    if not parts[0].isdigit() or len(parts) > 2:
+        return None, 0
+    if len(parts) == 2:
+        revision = parts[1][1:]
+        if not parts[1].startswith("r") or not revision.isdigit() or revision.startswith("0"):
+            return None, 0
+        return parts[0], int(revision)
+    return parts[0], 0
 
 
 def _image_name(layer_id: str, image_format: str) -> str:
@@ -481,6 +609,27 @@ def _record_name(layer_id: str) -> str:
     if not fmt.is_valid_id(layer_id):
         raise CorruptStoreError(f"invalid layer id {layer_id!r}")
     return f"{layer_id}.json"
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(root: str, parts: Sequence[str], name: str) -> None:
+    """Unlink ``root/parts/name`` (never through a link on the way) and sync the directory."""
+    directory = _open_dir(root, parts)
+    try:
+        try:
+            os.unlink(name, dir_fd=directory)
+        except FileNotFoundError:
+            return
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _mkdir(path: str) -> None:

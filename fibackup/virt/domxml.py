@@ -291,3 +291,9 @@ def add_missing_disks(xml: str, source_xml: str, targets: Sequence[str]) -> tupl
             element.remove(address)
         devices.append(element)
     return ET.tostring(root, encoding="unicode"), unplaced
+
+
+def source_files(xml: str) -> list[str]:
+    """Every file a domain's disks name: their sources and backing stores, mirrors included."""
+    return [source.get("file", "") for source in parse(xml).iterfind("./devices/disk//source")
+            if source.get("file")]

@@ -157,7 +157,19 @@ def test_missing_kind():
     refuse_point(document)
 
 
-@pytest.mark.parametrize("version", [2, 99])
+def test_version_2_is_only_for_what_prune_writes():
+    document = point_doc()
+    document["version"] = 2
+    refuse_point(document)                      # a revised manifest has a revision
+    document = layer_doc()
+    document["version"] = 2
+    refuse_layer(document)                      # a version 2 record is a merged layer
+    document = point_doc()
+    document["revision"] = 1
+    refuse_point(document)                      # and a revision needs version 2
+
+
+@pytest.mark.parametrize("version", [3, 99])
 def test_future_version_says_upgrade(version):
     document = point_doc()
     document["version"] = version
