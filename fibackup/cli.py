@@ -27,6 +27,7 @@ app = typer.Typer(
          "  fibackup list -b /backup              # restore points\n"
          "  fibackup verify -b /backup            # re-read every stored byte\n"
          "  fibackup restore -d web -b /backup --to /srv/web-restored\n"
+         "  fibackup prune -b /backup -d web --keep 14   # retention by merging\n"
          "  fibackup repair -d web                # after a crash: finish or undo\n\n"
          "Exit codes: 0 success, 1 failure, 2 usage error, 3 some of several domains "
          "failed, 4 domain locked by another run.")
@@ -453,6 +454,55 @@ def restore(
             for target, path in sorted(result.disks.items()):
                 print(f"{target}: {path}")
         return EXIT_OK
+
+    _run(debug, action, as_json)
+
+
+@app.command("prune")
+def prune_command(
+    backup_dir: str = typer.Option(..., "-b", "--backup-dir", metavar="DIR", help="Backup directory."),
+    domain: List[str] = typer.Option([], "-d", "--domain", metavar="NAME", help="Domain name or UUID as the backup directory knows it (repeatable); or --all."),
+    all_domains: bool = typer.Option(False, "--all", help="Every domain in the backup directory."),
+    keep: Optional[int] = typer.Option(None, "--keep", metavar="N", help="Keep the newest N restore points."),
+    keep_daily: Optional[int] = typer.Option(None, "--keep-daily", metavar="D", help="Keep the newest point of each of the newest D days that have points (UTC)."),
+    keep_weekly: Optional[int] = typer.Option(None, "--keep-weekly", metavar="W", help="Keep the newest point of each of the newest W ISO weeks that have points (UTC)."),
+    dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Only show what would be dropped, merged and removed."),
+    connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Keep only the restore points a retention policy names, merging the others away.
+
+    The rules add up (the newest point is always kept). Layers that kept points
+    still need are merged into new files, checked against the old chain by
+    QEMU, and the kept points switch to them; only then are the dropped points'
+    manifests and the files nothing lists any more removed. Every kept point
+    restores exactly as before, and a prune killed at any moment loses nothing
+    (run it again to finish). Layers a libvirt domain on this host runs on
+    (instant recovery) are never merged or removed.
+
+    \b
+    Examples:
+      fibackup prune -b /backup -d web --keep 14            # forever-incremental
+      fibackup prune -b /backup --all --keep-daily 7 --keep-weekly 4
+      fibackup prune -b /backup -d web --keep 3 --dry-run   # what would go
+    """
+    from fibackup.commands.prune import PruneOptions, PruneRun, libvirt_pins
+    from fibackup.model.retention import Retention
+
+    def action() -> int:
+        report = Reporter(quiet=quiet)
+        options = PruneOptions(backup_dir=backup_dir, domains=domain, every=all_domains,
+                               retention=Retention(keep, keep_daily, keep_weekly),
+                               dry_run=dry_run)
+        run = PruneRun.open(options, libvirt_pins(_connector(connect)))
+        uuids = {name: uuid for uuid, name in run.selected}
+        if not uuids:
+            report.info("no domain to prune")
+        results, failures = _each_domain(
+            list(uuids), lambda name: (run.prune(uuids[name], name, report).to_json(), True))
+        if as_json:
+            _emit_json(results)
+        return _exit_code(failures, len(uuids))
 
     _run(debug, action, as_json)
 

@@ -18,6 +18,8 @@ backup directory say now:
   failed: the next backup starts a new generation), anything else is refused.
   A completed job then gets what the run still owed it: the persistent
   definition synced and the merged files deleted (not with ``--keep-files``);
+* ``prune.*``: nothing to undo (every listed point is complete at every
+  step); the next prune finishes the work;
 * ``restore.*``: the staging directory is removed; files a restore published
   without defining the domain that was to use them are removed again.
 
@@ -76,16 +78,8 @@ def journalled(conn: Connection, domain: Domain, command: str, options: dict[str
     with DomainLock(domain.uuid, domain.name):
         if journals.load(domain.uuid) is not None:
             reconcile(conn, domain, report, wait=False)
-        journal = Journal(domain.uuid, command, domain.name, options).begin()
-        try:
+        with Journal(domain.uuid, command, domain.name, options).running() as journal:
             yield journal
-        except BaseException as error:
-            if journal.open_steps():
-                journal.failed(error)
-            else:
-                journal.end()
-            raise
-        journal.end()
 
 
 def repair_domain(conn: Connection, name: str, backup_dir: Optional[str], report: Reporter,
@@ -155,7 +149,9 @@ class _Replay:
 
     def run(self) -> None:
         handlers = {"snapshot.take": self.snapshot_taken, "backup.copy": self.copy,
-                    "backup.publish": self.publish, "consolidate.job": self.job}
+                    "backup.publish": self.publish, "consolidate.job": self.job,
+                    "prune.merge": self.prune, "prune.switch": self.prune,
+                    "prune.drop": self.prune, "prune.delete": self.prune}
         for step in list(self.journal.steps):
             handler = handlers.get(step.name)
             if handler is not None:
@@ -177,6 +173,15 @@ class _Replay:
                      f"{', '.join(sorted(taken.values()))} are recorded as fibackup's")
         remember_overlays(self.domain.uuid, taken, str(step.data.get("tag")))
         tidy_persistent_xml(self.domain, taken)
+
+    def prune(self, step: Step) -> None:
+        """Every point listed is complete at any moment of a prune; what it still had to
+        remove is found by the next prune, which plans from the store as it is."""
+        self.stores.add(str(step.data.get("store")))
+        if step.status == "started":
+            self.act(f"the prune of {step.data.get('store')} was interrupted in step "
+                     f"{step.name}; every listed restore point is complete: run the same "
+                     "'fibackup prune' again to finish it")
 
     def copy(self, step: Step) -> None:
         self.stores.add(str(step.data.get("store")))

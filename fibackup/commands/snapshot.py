@@ -276,8 +276,7 @@ def _preflight(name: str, disks: Sequence[LiveDisk], index: LayerIndex) -> int:
     """
     total = 0
     for disk in disks:
-        covered = len(index.match_prefix([file_identity(layer.path)
-                                          for layer in disk.layers[:-1]]))
+        covered = index.covered([file_identity(layer.path) for layer in disk.layers[:-1]])
         for layer in disk.layers[covered:]:
             info = img.info(layer.path, layer.format, force_share=True)
             _refuse_data_file(name, disk.target, info)

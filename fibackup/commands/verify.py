@@ -14,6 +14,7 @@ from typing import Optional
 
 from fibackup.commands.restore import find_points
 from fibackup.errors import CorruptStoreError
+from fibackup.model.chain import StoredLayer
 from fibackup.model.points import PointDisk, PointLayer, RestorePoint, select_point
 from fibackup.report import Reporter
 from fibackup.store.chunks import Throttle
@@ -83,6 +84,7 @@ def _disk_problems(store: BackupStore, point: RestorePoint, disk: PointDisk, see
                         f"{disk.top.virtual_size}")
     here = f"restore point {point.domain_name}/{point.id} disk {disk.target}"
     parent: Optional[str] = None
+    below: Optional[StoredLayer] = None
     for layer in disk.layers:
         key = (point.domain_uuid, layer.id)
         first = seen.listed.setdefault(key, (here, layer))
@@ -93,16 +95,16 @@ def _disk_problems(store: BackupStore, point: RestorePoint, disk: PointDisk, see
             record = store.layer_record(point.domain_uuid, layer.id).layer
         except CorruptStoreError as error:
             problems.append(str(error))
-            parent = layer.id
+            parent, below = layer.id, None
             continue
         problems.extend(_data_problems(store, key, here, seen, result))
         differences = layer_disagreement(layer, record)
         if differences:
             problems.append(f"layer {layer.id}: the manifest lists {'; '.join(differences)}")
-        if record.parent != parent:
+        if record.parent != parent and not (below is not None and below.is_parent_of(record)):
             problems.append(f"layer {layer.id} rests on {record.parent or 'nothing'} but the "
                             f"restore point stacks it on {parent or 'nothing'}")
-        parent = layer.id
+        parent, below = layer.id, record
     return problems
 
 

@@ -14,6 +14,7 @@ Restores are journalled under ``restore-<token>.json``, as they need no domain.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -35,6 +36,7 @@ STEPS = {
     "consolidate": ("consolidate.catch-up", "consolidate.job", "consolidate.rebase",
                     "consolidate.redefine", "consolidate.sync-xml", "consolidate.delete"),
     "restore": ("restore.stage", "restore.publish", "restore.define"),
+    "prune": ("prune.merge", "prune.switch", "prune.drop", "prune.delete"),
 }
 """Every step name, per command (the fault-injection suite runs each of them)."""
 ALL_STEPS = frozenset(name for names in STEPS.values() for name in names)
@@ -89,6 +91,21 @@ class Journal:
 
     def end(self) -> None:
         remove_quietly(self.path)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator["Journal"]:
+        """Begin the journal; remove it when the run ends, also on an error between
+        steps, but keep it (with ``error`` set) when a step was left open."""
+        self.begin()
+        try:
+            yield self
+        except BaseException as error:
+            if self.open_steps():
+                self.failed(error)
+            else:
+                self.end()
+            raise
+        self.end()
 
     def start(self, name: str, **data: Any) -> Step:
         """Record that step ``name`` begins, with what repair needs to finish or undo it."""
