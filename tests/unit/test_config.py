@@ -274,3 +274,11 @@ def test_vocabularies_match_the_commands():
     from fibackup.commands.parallel import DEFAULT_JOBS
     assert config.CONSOLIDATION_METHODS == METHODS
     assert config.DEFAULT_JOBS == DEFAULT_JOBS
+
+
+def test_the_readme_example_is_a_valid_file():
+    readme = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
+    with open(readme, "rb") as handle:
+        text = handle.read()
+    example = text.split(b"```toml\n", 1)[1].split(b"```", 1)[0]
+    assert len(parse("README.md", example)) == sum(len(keys) for keys in config.SCHEMA.values())
