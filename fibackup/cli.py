@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
-from typing import Callable, List, Optional, TypeVar
+from typing import TYPE_CHECKING, Callable, List, Optional, TypeVar
 
 import typer
 
@@ -17,6 +17,9 @@ from fibackup.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, FibackupError
 from fibackup.fsutil import human
 from fibackup.rates import parse_rate
 from fibackup.report import Reporter
+
+if TYPE_CHECKING:
+    from fibackup.config import Config
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -143,7 +146,7 @@ def _emit_json(document: object) -> None:
     print(json.dumps(document, indent=2, sort_keys=True))
 
 
-def _config():
+def _config() -> "Config":
     """The configuration files' settings (fibackup/config.py): flag > file > default."""
     from fibackup.config import load_config
     return load_config()
@@ -156,7 +159,7 @@ def _connector(uri: str):
     return connect
 
 
-def _quiesce_mode(require: bool, fallback: bool, off: bool, settings) -> str:
+def _quiesce_mode(require: bool, fallback: bool, off: bool, settings: "Config") -> str:
     """no, require or fallback: from --quiesce, --quiesce-fallback (which wins over
     --quiesce) or --no-quiesce, else the configuration file's [snapshot] quiesce."""
     from fibackup.errors import UsageError
@@ -166,7 +169,8 @@ def _quiesce_mode(require: bool, fallback: bool, off: bool, settings) -> str:
     return settings.pick("snapshot.quiesce", flag)
 
 
-def _snapshot_backup_dir(flag: Optional[str], no_backup: bool, settings) -> Optional[str]:
+def _snapshot_backup_dir(flag: Optional[str], no_backup: bool,
+                         settings: "Config") -> Optional[str]:
     from fibackup.errors import UsageError
     if no_backup and flag is not None:
         raise UsageError("--no-backup contradicts -b; pass one")
