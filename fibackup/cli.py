@@ -8,14 +8,18 @@ from __future__ import annotations
 import json
 import sys
 import traceback
-from typing import Callable, List, Optional, TypeVar
+from typing import TYPE_CHECKING, Callable, List, Optional, TypeVar
 
 import typer
 
 from fibackup import __version__
 from fibackup.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, FibackupError
 from fibackup.fsutil import human
+from fibackup.rates import parse_rate
 from fibackup.report import Reporter
+
+if TYPE_CHECKING:
+    from fibackup.config import Config
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -28,7 +32,8 @@ app = typer.Typer(
          "  fibackup verify -b /backup            # re-read every stored byte\n"
          "  fibackup restore -d web -b /backup --to /srv/web-restored\n"
          "  fibackup prune -b /backup -d web --keep 14   # retention by merging\n"
-         "  fibackup repair -d web                # after a crash: finish or undo\n\n"
+         "  fibackup repair -d web                # after a crash: finish or undo\n"
+         "  fibackup config show                  # settings and where each comes from\n\n"
          "Exit codes: 0 success, 1 failure, 2 usage error, 3 some of several domains "
          "failed, 4 domain locked by another run.")
 
@@ -39,44 +44,25 @@ DomainsOpt = typer.Option([], "-d", "--domain", metavar="NAME",
                           help="Domain name (repeatable); or --all / --all-running.")
 AllOpt = typer.Option(False, "--all", help="Every defined (persistent) domain.")
 AllRunningOpt = typer.Option(False, "--all-running", help="Every running domain.")
-BackupOpt = typer.Option(None, "-b", "--backup-dir", metavar="DIR", help="Backup directory.")
-ConnectOpt = typer.Option(None, "--connect", "-c", envvar="LIBVIRT_DEFAULT_URI", metavar="URI",
-                          help="libvirt URI [default: qemu:///system].")
+BackupOpt = typer.Option(None, "-b", "--backup-dir", metavar="DIR", help="Backup directory "
+                         "[default: backup_dir of the configuration file].")
+ConnectOpt = typer.Option(None, "--connect", "-c", metavar="URI", show_default=False,
+                          help="libvirt URI [default: connect of the configuration file, else "
+                          "$LIBVIRT_DEFAULT_URI, else qemu:///system].")
 JsonOpt = typer.Option(False, "--json", help="Print a JSON result on stdout.")
 DebugOpt = typer.Option(False, "--debug", help="Show tracebacks of errors.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr.")
 JobsOpt = typer.Option(None, "--jobs", "-j", min=1, max=64, metavar="N", show_default=False,
-                       help="Disks copied at once [default: 2].")
+                       help="Disks copied at once [default: jobs of the configuration "
+                       "file, else 2].")
 BwlimitOpt = typer.Option(None, "--bwlimit", metavar="RATE", help="Limit all copies of the run "
                           "together to RATE bytes/s: 200M (MiB/s), 1G, 500K; a plain number "
-                          "is MiB/s [default: unlimited].")
+                          "is MiB/s [default: bwlimit of the configuration file, else "
+                          "unlimited].")
 VerifyBwlimitOpt = typer.Option(None, "--bwlimit", metavar="RATE", help="Limit reading to RATE "
                                 "bytes/s: 200M (MiB/s), 1G, 500K; a plain number is MiB/s "
-                                "[default: unlimited].")
-
-RATE_UNITS = {"B": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
-MIN_RATE = 64 * 1024
-"""Below this a 4 MiB chunk takes over a minute: surely a typo for a larger unit."""
-
-
-def parse_rate(text: str) -> int:
-    """Bytes per second from ``200M``, ``1.5G``, ``500K``, ``65536B`` or ``200`` (MiB/s)."""
-    from fibackup.errors import UsageError
-    value = text.strip().upper().replace(" ", "").removesuffix("/S")
-    if value.endswith("IB") or (value.endswith("B") and value[-2:-1] in ("K", "M", "G")):
-        value = value[:-2] if value.endswith("IB") else value[:-1]
-    unit = value[-1:] if value[-1:] in RATE_UNITS else "M"
-    number = value[:-1] if value[-1:] in RATE_UNITS else value
-    try:
-        rate = float(number) * RATE_UNITS[unit]
-    except ValueError:
-        rate = float("nan")
-    if not rate > 0 or rate == float("inf"):
-        raise UsageError(f"--bwlimit {text!r} is not a rate; use e.g. 200M (MiB/s), 1G or 500K")
-    if rate < MIN_RATE:
-        raise UsageError(f"--bwlimit {text!r} is below 64K per second, which would take "
-                         "minutes per 4 MiB chunk; a plain number means MiB/s (200 = 200M)")
-    return int(rate)
+                                "[default: bwlimit of the configuration file, else "
+                                "unlimited].")
 
 
 def _select_domains(conn, names: List[str], every: bool, running: bool) -> List[str]:
@@ -161,25 +147,51 @@ def _emit_json(document: object) -> None:
     print(json.dumps(document, indent=2, sort_keys=True))
 
 
-def _connector(uri: Optional[str]):
+def _config() -> "Config":
+    """The configuration files' settings (fibackup/config.py): flag > file > default."""
+    from fibackup.config import load_config
+    return load_config()
+
+
+def _connector(uri: str):
     def connect():
         from fibackup.virt.libvirt_api import connect as open_connection
         return open_connection(uri)
     return connect
 
 
+def _quiesce_mode(require: bool, fallback: bool, off: bool, settings: "Config") -> str:
+    """no, require or fallback: from --quiesce, --quiesce-fallback (which wins over
+    --quiesce) or --no-quiesce, else the configuration file's [snapshot] quiesce."""
+    from fibackup.errors import UsageError
+    if off and (require or fallback):
+        raise UsageError("--no-quiesce contradicts --quiesce and --quiesce-fallback; pass one")
+    flag = "no" if off else "fallback" if fallback else "require" if require else None
+    return settings.pick("snapshot.quiesce", flag)
+
+
+def _snapshot_backup_dir(flag: Optional[str], no_backup: bool,
+                         settings: "Config") -> Optional[str]:
+    from fibackup.errors import UsageError
+    if no_backup and flag is not None:
+        raise UsageError("--no-backup contradicts -b; pass one")
+    return None if no_backup else settings.pick("backup_dir", flag)
+
+
 @app.command()
 def snapshot(
     domain: List[str] = DomainsOpt,
     all_domains: bool = AllOpt, all_running: bool = AllRunningOpt,
-    backup_dir: Optional[str] = BackupOpt,
+    backup_dir: Optional[str] = typer.Option(None, "-b", "--backup-dir", metavar="DIR", help="Back up into this directory [default: backup_dir of the configuration file; without either, only the snapshot is taken]."),
+    no_backup: bool = typer.Option(False, "--no-backup", help="Only take the snapshot, even when the configuration file names a backup_dir."),
     disk: List[str] = typer.Option([], "--disk", metavar="DISK", help="Only this disk target, e.g. vda (repeatable)."),
     exclude_disk: List[str] = typer.Option([], "--exclude-disk", metavar="DISK", help="Leave this disk out (repeatable)."),
     quiesce: bool = typer.Option(False, "--quiesce", help="Freeze guest filesystems through the guest agent; fail without one."),
     quiesce_fallback: bool = typer.Option(False, "--quiesce-fallback", help="Freeze guest filesystems if the guest agent answers; otherwise take a crash-consistent snapshot and warn ('list' shows which points are quiesced)."),
+    no_quiesce: bool = typer.Option(False, "--no-quiesce", help="Do not freeze the guest filesystems, whatever the configuration file's quiesce says (the default without one)."),
     no_space_check: bool = typer.Option(False, "--no-space-check", help="Skip the free-space check before copying."),
-    consolidate: Optional[str] = typer.Option(None, "--consolidate", metavar="METHOD", help="Consolidate right after the snapshot and backup: commit, active or pull (see 'fibackup consolidate --help')."),
-    max_chain: Optional[int] = typer.Option(None, "--max-chain", metavar="N", help="Consolidate (commit) when a disk's chain has more than N layers."),
+    consolidate: Optional[str] = typer.Option(None, "--consolidate", metavar="METHOD", help="Consolidate right after the snapshot and backup: commit, active or pull (see 'fibackup consolidate --help'); none: do not, whatever the configuration file says."),
+    max_chain: Optional[int] = typer.Option(None, "--max-chain", metavar="N", help="Consolidate (commit) when a disk's chain has more than N layers; 0: never, whatever the configuration file says."),
     jobs: Optional[int] = JobsOpt, bwlimit: Optional[str] = BwlimitOpt,
     reflink: bool = typer.Option(False, "--reflink", help="Where the backup directory is on the images' btrfs/XFS filesystem, store layers as reflinks: nothing is written (each layer is still read and hashed), but the backup shares its blocks with the images, so it is not independent of them."),
     connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt,
@@ -187,8 +199,9 @@ def snapshot(
 ) -> None:
     """Take one atomic external snapshot of each domain's disks; with -b, back up what froze.
 
-    Without -b only the snapshot is taken (nothing is copied); a later run with
-    -b copies every frozen layer the backup directory lacks.
+    Without -b (and without a backup_dir in the configuration file, or with
+    --no-backup) only the snapshot is taken (nothing is copied); a later run
+    with -b copies every frozen layer the backup directory lacks.
 
     \b
     Examples:
@@ -203,13 +216,19 @@ def snapshot(
 
     def action() -> int:
         report = Reporter(quiet=quiet)
-        options = SnapshotOptions(backup_dir=backup_dir, disks=disk, exclude=exclude_disk,
-                                  quiesce=quiesce or quiesce_fallback,
-                                  quiesce_fallback=quiesce_fallback,
+        settings = _config()
+        mode = _quiesce_mode(quiesce, quiesce_fallback, no_quiesce, settings)
+        method = settings.pick("snapshot.consolidate", consolidate)
+        options = SnapshotOptions(backup_dir=_snapshot_backup_dir(backup_dir, no_backup, settings),
+                                  disks=disk, exclude=exclude_disk,
+                                  quiesce=mode != "no", quiesce_fallback=mode == "fallback",
                                   space_check=not no_space_check,
-                                  consolidate=consolidate, max_chain=max_chain,
-                                  io=_io_options(jobs, bwlimit, reflink))
-        conn = _connector(connect)()
+                                  consolidate=None if method == "none" else method,
+                                  max_chain=settings.pick("snapshot.max_chain", max_chain) or None,
+                                  io=_io_options(settings.pick("snapshot.jobs", jobs),
+                                                 settings.pick("snapshot.bwlimit", bwlimit),
+                                                 reflink))
+        conn = _connector(settings.connect_uri(connect))()
         names = _select_domains(conn, domain, all_domains, all_running)
         if not names:
             report.info("no domain to snapshot")
@@ -226,10 +245,10 @@ def snapshot(
 def consolidate_command(
     domain: List[str] = DomainsOpt,
     all_domains: bool = AllOpt, all_running: bool = AllRunningOpt,
-    method: str = typer.Option("commit", "--method", "-m", metavar="METHOD", help="commit (default): merge the frozen layers into the base, backup stays incremental; active: merge everything into the base and pivot (next backup: full copy); pull: copy the backing data into the active layer (next backup: full copy)."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", metavar="METHOD", help="commit (default, or [consolidate] method of the configuration file): merge the frozen layers into the base, backup stays incremental; active: merge everything into the base and pivot (next backup: full copy); pull: copy the backing data into the active layer (next backup: full copy)."),
     backup_dir: Optional[str] = typer.Option(None, "-b", "--backup-dir", metavar="DIR", help="Backup directory; frozen layers it lacks are backed up first (snapshot -b)."),
     bandwidth: int = typer.Option(0, "--bandwidth", metavar="MIB_PER_S", show_default=False, help="Limit the block job to this many MiB/s [default: unlimited]."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS", help="Abort a job that has not finished after this long [default: wait]."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS", help="Abort a job that has not finished after this long [default: [consolidate] timeout of the configuration file, else wait]."),
     keep_files: bool = typer.Option(False, "--keep-files", help="Keep the merged layer files (they are no longer part of any chain)."),
     force: bool = typer.Option(False, "--force", help="Merge layers a backup directory lacks (that restore point is lost; its next backup is a full copy)."),
     disk: List[str] = typer.Option([], "--disk", metavar="DISK", help="Only this disk target (repeatable)."),
@@ -254,11 +273,13 @@ def consolidate_command(
 
     def action() -> int:
         report = Reporter(quiet=quiet)
-        options = ConsolidateOptions(method=method, backup_dir=backup_dir,
-                                     bandwidth_mib=bandwidth, timeout=timeout,
+        settings = _config()
+        options = ConsolidateOptions(method=settings.pick("consolidate.method", method),
+                                     backup_dir=backup_dir, bandwidth_mib=bandwidth,
+                                     timeout=settings.pick("consolidate.timeout", timeout),
                                      keep_files=keep_files, force=force, disks=disk,
                                      exclude=exclude_disk, space_check=not no_space_check)
-        conn = _connector(connect)()
+        conn = _connector(settings.connect_uri(connect))()
         names = _select_domains(conn, domain, all_domains, all_running)
         if not names:
             report.info("no domain to consolidate")
@@ -303,7 +324,7 @@ def repair(
 
     def action() -> int:
         report = Reporter(quiet=quiet)
-        conn = _connector(connect)()
+        conn = _connector(_config().connect_uri(connect))()
         results = [repair_domain(conn, name, backup_dir, report, timeout).to_json()
                    for name in domain]
         if as_json:
@@ -315,7 +336,7 @@ def repair(
 
 @app.command("list")
 def list_command(
-    backup_dir: str = typer.Option(..., "-b", "--backup-dir", metavar="DIR", help="Backup directory."),
+    backup_dir: Optional[str] = BackupOpt,
     domain: Optional[str] = typer.Option(None, "-d", "--domain", metavar="NAME", help="Only this domain."),
     as_json: bool = JsonOpt, debug: bool = DebugOpt,
 ) -> None:
@@ -329,7 +350,8 @@ def list_command(
     from fibackup.commands.listing import list_points, point_row
 
     def action() -> int:
-        rows = [point_row(point) for point in list_points(backup_dir, domain, Reporter())]
+        directory = _config().backup_dir(backup_dir)
+        rows = [point_row(point) for point in list_points(directory, domain, Reporter())]
         if as_json:
             _emit_json(rows)
         elif not rows:
@@ -359,7 +381,9 @@ def status(
     from fibackup.commands.listing import domain_status
 
     def action() -> int:
-        chains = domain_status(_connector(connect)(), domain, backup_dir)
+        settings = _config()
+        directory = settings.pick("backup_dir", backup_dir)
+        chains = domain_status(_connector(settings.connect_uri(connect))(), domain, directory)
         if as_json:
             _emit_json({target: [layer.__dict__ for layer in layers]
                         for target, layers in chains.items()})
@@ -367,10 +391,10 @@ def status(
         for target, layers in chains.items():
             print(f"{target}:")
             rows = [[layer.role, layer.format, layer.path,
-                     "" if backup_dir is None else (layer.backed_up or
+                     "" if directory is None else (layer.backed_up or
                                                     ("-" if layer.role == "active" else "NOT BACKED UP"))]
                     for layer in layers]
-            headers = ["role", "format", "path"] + (["in backup"] if backup_dir else [])
+            headers = ["role", "format", "path"] + (["in backup"] if directory else [])
             from tabulate import tabulate
             print(tabulate([row[:len(headers)] for row in rows], headers=headers))
         return EXIT_OK
@@ -380,7 +404,7 @@ def status(
 
 @app.command()
 def verify(
-    backup_dir: str = typer.Option(..., "-b", "--backup-dir", metavar="DIR", help="Backup directory."),
+    backup_dir: Optional[str] = BackupOpt,
     domain: Optional[str] = typer.Option(None, "-d", "--domain", metavar="NAME", help="Only this domain."),
     at: Optional[str] = typer.Option(None, "--at", metavar="ID", help="Only this restore point (id or seq)."),
     bwlimit: Optional[str] = VerifyBwlimitOpt,
@@ -396,8 +420,10 @@ def verify(
     def action() -> int:
         if at is not None and domain is None:
             raise UsageError("--at needs -d DOMAIN")
-        result = run_verify(backup_dir, domain, at, Reporter(quiet=quiet),
-                            throttle=_io_options(None, bwlimit).throttle())
+        settings = _config()
+        result = run_verify(settings.backup_dir(backup_dir), domain, at, Reporter(quiet=quiet),
+                            throttle=_io_options(None, settings.pick("verify.bwlimit",
+                                                                     bwlimit)).throttle())
         if as_json:
             _emit_json(result.to_json())
         elif result.ok:
@@ -415,7 +441,7 @@ def verify(
 @app.command()
 def restore(
     domain: str = typer.Option(..., "-d", "--domain", metavar="NAME", help="Domain whose backup to restore (name or UUID)."),
-    backup_dir: str = typer.Option(..., "-b", "--backup-dir", metavar="DIR", help="Backup directory."),
+    backup_dir: Optional[str] = BackupOpt,
     to: str = typer.Option(..., "--to", metavar="DIR", help="Directory for the restored images."),
     at: Optional[str] = typer.Option(None, "--at", metavar="ID", help="Restore point id or seq [default: newest]."),
     disk: List[str] = typer.Option([], "--disk", metavar="DISK", help="Only this disk (repeatable)."),
@@ -443,11 +469,15 @@ def restore(
     from fibackup.commands.restore import RestoreOptions, restore as run_restore
 
     def action() -> int:
-        options = RestoreOptions(domain=domain, backup_dir=backup_dir, to=to, at=at, disks=disk,
-                                 flatten=flatten, define=not no_define, as_name=as_name,
-                                 force=force, space_check=not no_space_check,
-                                 io=_io_options(jobs, bwlimit, reflink=not no_reflink))
-        result = run_restore(options, _connector(connect), Reporter(quiet=quiet))
+        settings = _config()
+        options = RestoreOptions(domain=domain, backup_dir=settings.backup_dir(backup_dir), to=to,
+                                 at=at, disks=disk, flatten=flatten, define=not no_define,
+                                 as_name=as_name, force=force, space_check=not no_space_check,
+                                 io=_io_options(settings.pick("restore.jobs", jobs),
+                                                settings.pick("restore.bwlimit", bwlimit),
+                                                reflink=not no_reflink))
+        result = run_restore(options, _connector(settings.connect_uri(connect)),
+                             Reporter(quiet=quiet))
         if as_json:
             _emit_json(result.to_json())
         else:
@@ -460,7 +490,7 @@ def restore(
 
 @app.command("prune")
 def prune_command(
-    backup_dir: str = typer.Option(..., "-b", "--backup-dir", metavar="DIR", help="Backup directory."),
+    backup_dir: Optional[str] = BackupOpt,
     domain: List[str] = typer.Option([], "-d", "--domain", metavar="NAME", help="Domain name or UUID as the backup directory knows it (repeatable); or --all."),
     all_domains: bool = typer.Option(False, "--all", help="Every domain in the backup directory."),
     keep: Optional[int] = typer.Option(None, "--keep", metavar="N", help="Keep the newest N restore points."),
@@ -472,7 +502,9 @@ def prune_command(
 ) -> None:
     """Keep only the restore points a retention policy names, merging the others away.
 
-    The rules add up (the newest point is always kept). Layers that kept points
+    The rules add up (the newest point is always kept). Without any of them the
+    configuration file's [prune] rules apply; any rule on the command line
+    replaces all of the file's. Layers that kept points
     still need are merged into new files, checked against the old chain by
     QEMU, and the kept points switch to them; only then are the dropped points'
     manifests and the files nothing lists any more removed. Every kept point
@@ -491,10 +523,14 @@ def prune_command(
 
     def action() -> int:
         report = Reporter(quiet=quiet)
-        options = PruneOptions(backup_dir=backup_dir, domains=domain, every=all_domains,
-                               retention=Retention(keep, keep_daily, keep_weekly),
-                               dry_run=dry_run)
-        run = PruneRun.open(options, libvirt_pins(_connector(connect)))
+        settings = _config()
+        retention = Retention(keep, keep_daily, keep_weekly)
+        if retention.empty:                 # no rule given: all of the file's [prune] rules
+            rules = settings.prune()
+            retention = Retention(rules.keep, rules.keep_daily, rules.keep_weekly)
+        options = PruneOptions(backup_dir=settings.backup_dir(backup_dir), domains=domain,
+                               every=all_domains, retention=retention, dry_run=dry_run)
+        run = PruneRun.open(options, libvirt_pins(_connector(settings.connect_uri(connect))))
         uuids = {name: uuid for uuid, name in run.selected}
         if not uuids:
             report.info("no domain to prune")
@@ -503,6 +539,37 @@ def prune_command(
         if as_json:
             _emit_json(results)
         return _exit_code(failures, len(uuids))
+
+    _run(debug, action, as_json)
+
+
+config_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                         help="Show the settings of the configuration files (README.md, "
+                              "\"Configuration\").")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(as_json: bool = JsonOpt, debug: bool = DebugOpt) -> None:
+    """Show each effective setting and where it comes from (no libvirt needed).
+
+    A source is a configuration file, LIBVIRT_DEFAULT_URI (connect only) or the
+    built-in default; a command-line flag overrides each of them.
+
+    Example: fibackup config show --json
+    """
+    def action() -> int:
+        settings = _config()
+        if as_json:
+            _emit_json(settings.to_json())
+            return EXIT_OK
+        for path in settings.searched:
+            print(f"{'read' if path in settings.files else 'not found'}: {path}")
+        from tabulate import tabulate
+        print(tabulate([[name, settings.shown(name), setting.source]
+                        for name, setting in settings.effective().items()],
+                       headers=["setting", "value", "from"]))
+        return EXIT_OK
 
     _run(debug, action, as_json)
 

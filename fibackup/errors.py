@@ -9,6 +9,7 @@ Hierarchy::
 
     FibackupError                    exit 1
     ├── UsageError                   exit 2  bad combination of options or values
+    ├── ConfigError                  exit 2  a configuration file is unreadable or invalid
     ├── DomainLockedError            exit 4  another fibackup run holds the domain
     ├── LibvirtError                         talking to libvirt failed
     │   ├── ConnectionFailedError            libvirtd unreachable
@@ -49,6 +50,13 @@ class FibackupError(Exception):
 
 class UsageError(FibackupError):
     """The command line asks for something impossible or contradictory."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(FibackupError):
+    """A configuration file is unreadable, not TOML, or holds an unknown key or a bad value;
+    the message names the file (and the line or key) and the fix."""
 
     exit_code = EXIT_USAGE
 

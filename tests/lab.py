@@ -55,7 +55,9 @@ class CliResult:
 
 def run_cli(*args: str, state_dir: str, expect: Optional[int] = 0,
             timeout: float = 600, env: Optional[dict[str, str]] = None) -> CliResult:
-    env = {**os.environ, "FIBACKUP_STATE_DIR": state_dir, **(env or {})}
+    # FIBACKUP_CONFIG: the host's configuration files never change what a test runs
+    env = {**os.environ, "FIBACKUP_STATE_DIR": state_dir, "FIBACKUP_CONFIG": "/dev/null",
+           **(env or {})}
     completed = subprocess.run([sys.executable, "-m", "fibackup", *args], capture_output=True,
                                text=True, env=env, timeout=timeout)
     result = CliResult(completed.returncode, completed.stdout, completed.stderr)

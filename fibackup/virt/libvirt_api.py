@@ -5,6 +5,7 @@ import os
 import threading
 from typing import Optional
 
+from fibackup.config import DEFAULT_URI
 from fibackup.errors import (ConnectionFailedError, DomainNotFoundError, LibvirtError,
                              SnapshotError)
 
@@ -12,9 +13,6 @@ try:
     import libvirt
 except ImportError:  # pragma: no cover - reported when a command needs libvirt
     libvirt = None
-
-DEFAULT_URI = "qemu:///system"
-
 
 def default_uri() -> str:
     return os.environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI

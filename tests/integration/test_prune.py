@@ -141,3 +141,18 @@ def test_prune_never_touches_layers_a_libvirt_domain_runs_on(lab):
     assert all(pinned not in merge["layers"] for merge in result["merges"])
     assert os.path.exists(os.path.join(layers_dir, stored))
     _check_all(lab, backup, dom.name, points)
+
+
+def test_prune_takes_its_rules_and_directory_from_the_config_file_unless_flags_say(lab):
+    dom = lab.domain()
+    backup = lab.path("backup")
+    points = _history(dom, backup, 4)
+    ids = list(points)
+    config = lab.path("fibackup.toml")
+    with open(config, "w") as handle:
+        handle.write(f'backup_dir = "{backup}"\n[prune]\nkeep = 3\n')
+    env = {"FIBACKUP_CONFIG": config}
+    assert lab.cli("prune", "-d", dom.name, "--json", env=env).json()[0]["kept"] == ids[1:]
+    assert lab.cli("prune", "-d", dom.name, "--keep", "1", "--json",
+                   env=env).json()[0]["kept"] == ids[3:]
+    _check_all(lab, backup, dom.name, points)

@@ -1,0 +1,337 @@
+"""The configuration files: defaults for the command line's options.
+
+Files are read in order, a later one overriding an earlier one key by key:
+``/etc/fibackup.toml``, then the user's ``$XDG_CONFIG_HOME/fibackup/config.toml``
+(``~/.config/fibackup/config.toml`` by default).  ``FIBACKUP_CONFIG=/path`` names the
+one file to read instead of both (``/dev/null``: none).  A missing file is no
+error; an unreadable or invalid one is, naming the file and the line or key.
+
+Each setting comes from, first to last: the command-line flag, the configuration
+files, the environment (``LIBVIRT_DEFAULT_URI``, for ``connect`` only), the
+built-in default.  Loading needs no libvirt and imports nothing heavy.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
+
+from fibackup.errors import ConfigError, UsageError
+
+SYSTEM_FILE = "/etc/fibackup.toml"
+CONFIG_ENV = "FIBACKUP_CONFIG"
+URI_ENV = "LIBVIRT_DEFAULT_URI"
+DEFAULT_URI = "qemu:///system"
+DEFAULT_JOBS = 2
+"""fibackup.commands.parallel.DEFAULT_JOBS (a unit test keeps them equal)."""
+MAX_JOBS = 64
+CONSOLIDATION_METHODS = ("commit", "active", "pull")
+"""fibackup.commands.consolidate.METHODS (a unit test keeps them equal)."""
+QUIESCE_MODES = ("no", "require", "fallback")
+
+SOURCE_DEFAULT = "default"
+"""A setting's source: this, ``LIBVIRT_DEFAULT_URI``, or the absolute path of a file."""
+
+Check = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Key:
+    check: Check
+    """Returns the value to use, or raises ValueError naming what the key accepts."""
+    default: Any = None
+    unset: str = "-"
+    """How ``config show`` prints the value None."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    value: Any
+    source: str
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """How many restore points ``prune`` keeps (None: no such rule)."""
+
+    keep: Optional[int] = None
+    keep_daily: Optional[int] = None
+    keep_weekly: Optional[int] = None
+
+
+# -- value checks -------------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _whole(low: int, high: Optional[int] = None) -> Check:
+    wanted = (f"a whole number from {low} to {high}" if high is not None
+              else f"a whole number of at least {low}")
+
+    def check(value: Any) -> int:
+        if not _is_int(value) or value < low or (high is not None and value > high):
+            raise ValueError(wanted)
+        return value
+    return check
+
+
+def _choice(*choices: str) -> Check:
+    wanted = " or ".join(f'"{choice}"' for choice in choices)
+
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(wanted)
+        return value
+    return check
+
+
+def _uri(value: Any) -> str:
+    if not isinstance(value, str) or not value or value != value.strip() or " " in value:
+        raise ValueError('a libvirt URI such as "qemu:///system"')
+    return value
+
+
+def _absolute_path(value: Any) -> str:
+    if not isinstance(value, str) or not os.path.isabs(value):
+        raise ValueError('an absolute path such as "/backup"')
+    return os.path.normpath(value)
+
+
+def _rate(value: Any) -> str:
+    from fibackup.rates import parse_rate
+    text = str(value) if _is_int(value) else value
+    if isinstance(text, str):
+        try:
+            parse_rate(text)
+            return text
+        except UsageError:
+            pass
+    raise ValueError('a rate of at least 64K per second such as "200M" (MiB/s), "1G" or '
+                     '"500K" (a plain number is MiB/s)')
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+        raise ValueError("a number of seconds greater than 0")
+    return value
+
+
+_JOBS = Key(_whole(1, MAX_JOBS), DEFAULT_JOBS)
+_BWLIMIT = Key(_rate, unset="unlimited")
+_KEEP = Key(_whole(1), unset="no rule")
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "": {"connect": Key(_uri, DEFAULT_URI),
+         "backup_dir": Key(_absolute_path, unset="none (pass -b)")},
+    "snapshot": {"quiesce": Key(_choice(*QUIESCE_MODES), "no"),
+                 "jobs": _JOBS, "bwlimit": _BWLIMIT,
+                 "max_chain": Key(_whole(2), unset="no limit"),
+                 "consolidate": Key(_choice(*CONSOLIDATION_METHODS), unset="no")},
+    "consolidate": {"method": Key(_choice(*CONSOLIDATION_METHODS), "commit"),
+                    "timeout": Key(_seconds, unset="wait")},
+    "restore": {"jobs": _JOBS, "bwlimit": _BWLIMIT},
+    "verify": {"bwlimit": _BWLIMIT},
+    "prune": {"keep": _KEEP, "keep_daily": _KEEP, "keep_weekly": _KEEP},
+}
+"""Section ("" for the top level) -> key -> its check and default."""
+
+
+def _dotted(section: str, key: str) -> str:
+    return f"{section}.{key}" if section else key
+
+
+def _label(section: str, key: str) -> str:
+    return f"[{section}] {key}" if section else key
+
+
+def _schema_key(name: str) -> Key:
+    section, _, key = name.rpartition(".")
+    return SCHEMA[section][key]
+
+
+# -- reading ------------------------------------------------------------------------
+
+
+def config_files(environ: Mapping[str, str]) -> list[str]:
+    """The files to read, in order: FIBACKUP_CONFIG's alone, or /etc's then the user's."""
+    named = environ.get(CONFIG_ENV)
+    if named:
+        return [os.path.abspath(named)]
+    base = environ.get("XDG_CONFIG_HOME", "")
+    if not os.path.isabs(base):
+        home = environ.get("HOME") or os.path.expanduser("~")
+        base = os.path.join(home, ".config")
+    return [SYSTEM_FILE, os.path.join(base, "fibackup", "config.toml")]
+
+
+def _read(path: str, must_exist: bool) -> Optional[bytes]:
+    """The file's bytes; None when it does not exist (and need not)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except (FileNotFoundError, NotADirectoryError):
+        if not must_exist:
+            return None
+        raise ConfigError(f"{CONFIG_ENV} names {path}, which does not exist; create it, or "
+                          f"set {CONFIG_ENV}=/dev/null to read no configuration file")
+    except IsADirectoryError:
+        raise ConfigError(f"configuration file {path} is a directory; remove it or put the "
+                          "settings in a file of that name")
+    except OSError as error:
+        raise ConfigError(f"cannot read configuration file {path} ({error.strerror}); make it "
+                          f"readable, or name another file with {CONFIG_ENV}=/path")
+
+
+def _decode(path: str, data: bytes) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python < 3.11 (pyproject adds tomli)
+        import tomli as tomllib
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line} is not UTF-8 text; a configuration file is "
+                          "TOML, which is UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}; fix that line (README.md, "
+                          "\"Configuration\", has an example)") from None
+
+
+def _shown(value: Any) -> str:
+    """A value roughly as TOML writes it, for messages."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # inf, -inf, nan: as TOML writes them
+    try:
+        return json.dumps(value)
+    except TypeError:  # dates and times
+        return str(value)
+
+
+def _names(names: Any) -> str:
+    return ", ".join(names)
+
+
+def parse(path: str, data: bytes) -> dict[str, Setting]:
+    """The settings a file gives (dotted keys), every key and value checked."""
+    document = _decode(path, data)
+    sections = [name for name in SCHEMA if name]
+    settings: dict[str, Setting] = {}
+    for name, value in document.items():
+        if name in sections:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: {name} must be a section: write [{name}] on a line "
+                                  "of its own and its keys below it")
+            settings.update(_parse_section(path, name, value))
+        elif name in SCHEMA[""]:
+            settings[name] = _checked(path, "", name, value)
+        else:
+            raise ConfigError(f"{path}: unknown key '{name}'; the top-level keys are "
+                              f"{_names(SCHEMA[''])} and the sections "
+                              f"{_names(f'[{s}]' for s in sections)} (README.md, \"Configuration\")")
+    return settings
+
+
+def _parse_section(path: str, section: str, table: dict[str, Any]) -> dict[str, Setting]:
+    known = SCHEMA[section]
+    settings = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{path}: unknown key '{key}' in [{section}]; the keys there are "
+                              f"{_names(known)} (README.md, \"Configuration\")")
+        settings[_dotted(section, key)] = _checked(path, section, key, value)
+    return settings
+
+
+def _checked(path: str, section: str, key: str, value: Any) -> Setting:
+    try:
+        return Setting(SCHEMA[section][key].check(value), path)
+    except ValueError as wanted:
+        raise ConfigError(f"{path}: {_label(section, key)} = {_shown(value)} is not valid; "
+                          f"use {wanted}") from None
+
+
+def load_config(environ: Optional[Mapping[str, str]] = None) -> "Config":
+    """Read and merge the configuration files (see the module's description)."""
+    environ = os.environ if environ is None else environ
+    explicit = bool(environ.get(CONFIG_ENV))
+    files, settings = [], {}
+    paths = config_files(environ)
+    for path in paths:
+        data = _read(path, must_exist=explicit)
+        if data is not None:
+            files.append(path)
+            settings.update(parse(path, data))
+    return Config(searched=paths, files=files, settings=settings,
+                  environment_uri=environ.get(URI_ENV) or None)
+
+
+# -- the effective settings ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    searched: list[str]
+    """Every file looked for, in order."""
+    files: list[str]
+    """The files read (the others do not exist)."""
+    settings: dict[str, Setting]
+    """What the files give, by dotted key (``snapshot.jobs``)."""
+    environment_uri: Optional[str] = None
+
+    def setting(self, name: str) -> Setting:
+        """The value of a dotted key and where it comes from, flags aside."""
+        key = _schema_key(name)
+        if name in self.settings:
+            return self.settings[name]
+        if name == "connect" and self.environment_uri:
+            return Setting(self.environment_uri, URI_ENV)
+        return Setting(key.default, SOURCE_DEFAULT)
+
+    def value(self, name: str) -> Any:
+        return self.setting(name).value
+
+    def pick(self, name: str, flag: Any) -> Any:
+        """The command-line value when it was given (not None), else the setting's."""
+        return flag if flag is not None else self.value(name)
+
+    def connect_uri(self, flag: Optional[str]) -> str:
+        return self.pick("connect", flag)
+
+    def backup_dir(self, flag: Optional[str]) -> str:
+        """-b, else the file's backup_dir; neither is a usage error."""
+        chosen = self.pick("backup_dir", flag)
+        if chosen is None:
+            raise UsageError("name the backup directory with -b DIR, or set backup_dir in the "
+                             "configuration file ('fibackup config show' lists the files)")
+        return chosen
+
+    def prune(self) -> PruneSettings:
+        return PruneSettings(keep=self.value("prune.keep"),
+                             keep_daily=self.value("prune.keep_daily"),
+                             keep_weekly=self.value("prune.keep_weekly"))
+
+    def effective(self) -> dict[str, Setting]:
+        """Every setting, in the schema's order, by dotted key."""
+        return {_dotted(section, key): self.setting(_dotted(section, key))
+                for section, keys in SCHEMA.items() for key in keys}
+
+    def shown(self, name: str) -> str:
+        """A setting's value as ``config show`` prints it."""
+        value = self.value(name)
+        return _schema_key(name).unset if value is None else str(value)
+
+    def to_json(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {}
+        for name, setting in self.effective().items():
+            section, _, key = name.rpartition(".")
+            table = settings.setdefault(section, {}) if section else settings
+            table[key] = {"value": setting.value, "source": setting.source}
+        return {"files": [{"path": path, "read": path in self.files} for path in self.searched],
+                "settings": settings}
