@@ -4,6 +4,9 @@ consistent prefix of its writes, and a restored copy boots and sees the bytes.""
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import tempfile
 import re
 import time
 
@@ -118,3 +121,54 @@ def test_active_commit_and_pull_while_the_guest_writes(guest_lab):
     live = image_bytes(dom.top("vdb", inactive=True), "qcow2")
     count = written_prefix(live)
     assert count >= prefixes[-1] and live == with_records(initial_vdb, count)
+
+
+FS_DATA = 1024 * 1024
+
+
+def _file_in_restored_fs(lab, name: str, backup: str, point_id: str) -> bytes:
+    """/data of the ext2 filesystem on vda at a restore point (debugfs, read-only)."""
+    content = restore_and_read(lab, name, backup, point_id)["vda"]
+    with tempfile.TemporaryDirectory() as scratch:       # debugfs splits its request on spaces
+        image, dumped = os.path.join(scratch, "fs.raw"), os.path.join(scratch, "data")
+        with open(image, "wb") as handle:
+            handle.write(content)
+        subprocess.run(["debugfs", "-R", f"dump /data {dumped}", image], check=True,
+                       capture_output=True)
+        if not os.path.exists(dumped):
+            return b""
+        with open(dumped, "rb") as handle:
+            return handle.read()
+
+
+@pytest.mark.guest
+def test_quiesce_flushes_a_mounted_filesystem_through_the_real_agent(guest_lab):
+    """The guest wrote a file and did not sync it: the agent's freeze puts it on the disk
+    before the snapshot, so the quiesced point holds the whole file."""
+    lab = guest_lab
+    dom = lab.domain(disks=[DiskDef("vda", "raw", 16 * MiB, model=False)],
+                     guest_cmdline=f"fib.fs=vda fib.fsdata={FS_DATA}")
+    dom.wait_console("FIBACKUP-FS WRITTEN")
+    backup = lab.path("backup")
+    result = dom.snapshot(backup, "--quiesce").json()[0]
+    assert result["quiesced"], result
+    assert _file_in_restored_fs(lab, dom.name, backup, result["point"]) == b"F" * FS_DATA
+
+
+@pytest.mark.guest
+def test_without_an_agent_quiesce_refuses_and_the_fallback_is_crash_consistent(guest_lab):
+    """No agent answers: --quiesce takes nothing; --quiesce-fallback warns and takes a
+    crash-consistent point, which (the data was never synced) lacks the file's data."""
+    lab = guest_lab
+    dom = lab.domain(disks=[DiskDef("vda", "raw", 16 * MiB, model=False)],
+                     guest_cmdline=f"fib.fs=vda fib.fsdata={FS_DATA} fib.noagent")
+    dom.wait_console("FIBACKUP-FS WRITTEN")
+    backup = lab.path("backup")
+    refused = dom.snapshot(backup, "--quiesce", expect=1)
+    assert "No snapshot was taken" in refused.stderr
+    fallback = dom.snapshot(backup, "--quiesce-fallback")
+    result = fallback.json()[0]
+    assert not result["quiesced"] and "warning:" in fallback.stderr
+    listed = lab.cli("list", "-b", backup, "--json").json()
+    assert [row["quiesced"] for row in listed] == [False]
+    assert _file_in_restored_fs(lab, dom.name, backup, result["point"]) != b"F" * FS_DATA
