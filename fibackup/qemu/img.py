@@ -111,3 +111,32 @@ def make_standalone(path: str, timeout: Optional[float] = None) -> None:
     backing file (offline pull); the backing files are only read."""
     _run(["rebase", "-q", "-f", "qcow2", "-b", "", path],
          f"qemu-img rebase (pull) of {path}", timeout)
+
+
+def explicit_chain(chain: Sequence[tuple[str, str]]) -> str:
+    """A ``json:`` image name that stacks ``[(path, format)...]`` (base first) exactly,
+    without reading any backing name from the image headers."""
+    node: Optional[dict[str, Any]] = None
+    for path, image_format in chain:
+        layer: dict[str, Any] = {"driver": image_format,
+                                 "file": {"driver": "file", "filename": path}}
+        if image_format == "qcow2":
+            layer["backing"] = node
+        elif node is not None:
+            raise ImageToolError(f"{path} is a raw image and cannot rest on another layer")
+        node = layer
+    if node is None:
+        raise ImageToolError("an empty chain names no image")
+    return "json:" + json.dumps(node)
+
+
+def make_standalone_explicit(chain: Sequence[tuple[str, str]],
+                             timeout: Optional[float] = None) -> None:
+    """Copy into the qcow2 top of ``chain`` (base first) the data of the layers below it,
+    read through the explicit chain, and drop its backing file (offline pull).
+
+    The layers below are only read.  Interrupted, the top keeps its backing name and
+    holds a part of that data, which is the same data: the chain reads the same.
+    """
+    _run(["rebase", "-q", "-b", "", explicit_chain(chain)],
+         f"qemu-img rebase (pull) of {chain[-1][0]}", timeout)
