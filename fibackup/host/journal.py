@@ -35,6 +35,7 @@ STEPS = {
     "consolidate": ("consolidate.catch-up", "consolidate.job", "consolidate.rebase",
                     "consolidate.redefine", "consolidate.sync-xml", "consolidate.delete"),
     "restore": ("restore.stage", "restore.publish", "restore.define"),
+    "finalize": ("finalize.job", "finalize.release"),
 }
 """Every step name, per command (the fault-injection suite runs each of them)."""
 ALL_STEPS = frozenset(name for names in STEPS.values() for name in names)
