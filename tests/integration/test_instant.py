@@ -237,3 +237,24 @@ def test_real_guest_boots_from_the_instant_chain(guest_lab):
     assert seen == {"vda": want}, console[-2000:]
     done = lab.cli("restore", "--finalize", name, "--json").json()
     assert done["method"] == "pull" and lab.conn.lookupByName(name).isActive()
+
+
+def test_finalize_killed_during_the_pull_is_finished_after_repair(lab):
+    dom = lab.domain(disks=[DiskDef("vda", "qcow2")])
+    backup = lab.path("backup")
+    points = _history_vda(dom, backup, 1)
+    name = dom.name + "-now"
+    started = _instant(lab, dom.name, backup, name, lab.path("now"))
+    instant = _lab_copy(lab, name, lab.path("now"), dom.disks, points[started["point"]])
+    instant.write("vda", 0x6D, 9 * MiB, MiB)
+    killed = lab.cli("restore", "--finalize", name, expect=None,
+                     env={"FIBACKUP_FAULT": "consolidate.job.running"})
+    assert killed.code == -9
+    repaired = lab.cli("repair", "-d", name, "--json").json()[0]
+    assert any("--finalize" in action for action in repaired["actions"]), repaired
+    done = lab.cli("restore", "--finalize", name, "--json").json()
+    assert done["method"] == "none" and done["revoked"]       # the pull had finished
+    assert _chains(instant.dom.XMLDesc(0)) == {"vda": []}
+    instant.destroy()
+    assert image_bytes(done["disks"]["vda"], "qcow2") == instant.expected_now()["vda"]
+    assert not os.path.exists(os.path.join(lab.state_dir, "journal", f"{started['uuid']}.json"))
