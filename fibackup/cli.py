@@ -440,9 +440,9 @@ def verify(
 
 @app.command()
 def restore(
-    domain: str = typer.Option(..., "-d", "--domain", metavar="NAME", help="Domain whose backup to restore (name or UUID)."),
+    domain: Optional[str] = typer.Option(None, "-d", "--domain", metavar="NAME", help="Domain whose backup to restore (name or UUID)."),
     backup_dir: Optional[str] = BackupOpt,
-    to: str = typer.Option(..., "--to", metavar="DIR", help="Directory for the restored images."),
+    to: Optional[str] = typer.Option(None, "--to", metavar="DIR", help="Directory for the restored images (with --instant: for the overlays)."),
     at: Optional[str] = typer.Option(None, "--at", metavar="ID", help="Restore point id or seq [default: newest]."),
     disk: List[str] = typer.Option([], "--disk", metavar="DISK", help="Only this disk (repeatable)."),
     flatten: bool = typer.Option(False, "--flatten", help="One standalone image per disk."),
@@ -452,37 +452,53 @@ def restore(
     no_space_check: bool = typer.Option(False, "--no-space-check", help="Skip the free-space check."),
     jobs: Optional[int] = JobsOpt, bwlimit: Optional[str] = BwlimitOpt,
     no_reflink: bool = typer.Option(False, "--no-reflink", help="Always write full copies. By default, where --to is on the backup's btrfs/XFS filesystem, restored layers share the stored blocks (nothing is written; every chunk is still read and checked), so a media error there would damage both."),
+    instant: bool = typer.Option(False, "--instant", help="Instant recovery: start a new domain (--as) that runs straight from the stored layers through new overlays in --to, copying nothing."),
+    finalize: Optional[str] = typer.Option(None, "--finalize", metavar="NAME", help="Make the instant-recovery domain NAME independent of the backup directory (live, while it runs)."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="With --instant: skip checking every stored byte of the chain first (UNSAFE: damaged data would reach the guest)."),
     connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ) -> None:
     """Rebuild a restore point's disks in --to and point the domain (or a copy) at them.
 
     Repointing the domain itself needs it shut off; --as defines a copy and
-    --no-define only rebuilds the images (no libvirt needed).
+    --no-define only rebuilds the images (no libvirt needed). --instant starts
+    the copy at once, running from the backup directory; --finalize NAME later
+    copies the data it still reads from there into its overlays.
 
     \b
     Examples:
       fibackup restore -d web -b /backup --to /srv/web --at 3
       fibackup restore -d web -b /backup --to /srv/web-copy --as web-copy
       fibackup restore -d web -b /backup --to /srv/img --no-define --flatten
+      fibackup restore -d web -b /backup --instant --as web-now --to /srv/web-now
+      fibackup restore --finalize web-now
     """
     from fibackup.commands.restore import RestoreOptions, restore as run_restore
+    from fibackup.errors import UsageError
 
     def action() -> int:
         settings = _config()
+        uri = settings.connect_uri(connect)
+        rate = settings.pick("restore.bwlimit", bwlimit)
+        if finalize is not None or instant:
+            rest = {"-d": domain, "-b": backup_dir if finalize is not None
+                    else settings.pick("backup_dir", backup_dir), "--to": to, "--at": at,
+                    "--disk": disk, "--flatten": flatten, "--no-define": no_define,
+                    "--as": as_name, "--force": force}
+            return _restore_instant(instant, finalize, rest, no_verify, no_space_check,
+                                    rate, uri, as_json, quiet)
+        if no_verify:
+            raise UsageError("--no-verify applies only to --instant (a restore always checks "
+                             "every chunk it copies)")
+        if domain is None or to is None:
+            raise UsageError("restore needs -d DOMAIN and --to DIR (or --finalize NAME)")
         options = RestoreOptions(domain=domain, backup_dir=settings.backup_dir(backup_dir), to=to,
                                  at=at, disks=disk, flatten=flatten, define=not no_define,
                                  as_name=as_name, force=force, space_check=not no_space_check,
-                                 io=_io_options(settings.pick("restore.jobs", jobs),
-                                                settings.pick("restore.bwlimit", bwlimit),
+                                 io=_io_options(settings.pick("restore.jobs", jobs), rate,
                                                 reflink=not no_reflink))
-        result = run_restore(options, _connector(settings.connect_uri(connect)),
-                             Reporter(quiet=quiet))
-        if as_json:
-            _emit_json(result.to_json())
-        else:
-            for target, path in sorted(result.disks.items()):
-                print(f"{target}: {path}")
+        result = run_restore(options, _connector(uri), Reporter(quiet=quiet))
+        _print_disks(result.to_json(), result.disks, as_json)
         return EXIT_OK
 
     _run(debug, action, as_json)
@@ -572,6 +588,53 @@ def config_show(as_json: bool = JsonOpt, debug: bool = DebugOpt) -> None:
         return EXIT_OK
 
     _run(debug, action, as_json)
+
+
+def _restore_instant(instant: bool, finalize: Optional[str], rest: dict, no_verify: bool,
+                     no_space_check: bool, bwlimit: Optional[str], connect: Optional[str],
+                     as_json: bool, quiet: bool) -> int:
+    """``restore --instant`` and ``restore --finalize NAME``."""
+    from fibackup.commands import instant as instant_recovery
+    from fibackup.errors import UsageError
+    report = Reporter(quiet=quiet)
+    if finalize is not None:
+        given = [flag for flag, value in [*rest.items(), ("--instant", instant),
+                                          ("--no-verify", no_verify)] if value]
+        if given:
+            raise UsageError(f"--finalize NAME takes no {', '.join(given)}: the backup "
+                             "directory and --to come from its instant-recovery record")
+        done = instant_recovery.finalize(finalize, _connector(connect), report,
+                                         space_check=not no_space_check)
+        _print_disks(done.to_json(), done.disks, as_json)
+        return EXIT_OK
+    unsupported = [flag for flag in ("--flatten", "--no-define", "--force") if rest[flag]]
+    if unsupported:
+        raise UsageError(f"--instant runs the domain from the stored layers: "
+                         f"{', '.join(unsupported)} does not apply")
+    missing = [flag for flag in ("-d", "-b", "--as", "--to") if not rest[flag]]
+    if missing:
+        raise UsageError(f"--instant needs {', '.join(missing)}: -d DOMAIN -b DIR --as NEWNAME "
+                         "(a new domain) --to DIR (for its overlays)")
+    options = instant_recovery.InstantOptions(
+        domain=rest["-d"], backup_dir=rest["-b"], to=rest["--to"], as_name=rest["--as"],
+        at=rest["--at"], disks=rest["--disk"], verify=not no_verify,
+        space_check=not no_space_check, throttle=_io_options(None, bwlimit).throttle())
+    if no_verify:
+        report.warn("--no-verify: the stored layers were not checked; damaged backup data "
+                    "would reach the guest unnoticed")
+    started = instant_recovery.instant_restore(options, _connector(connect), report)
+    document = started.to_json()
+    _print_disks(document, document["disks"], as_json)
+    return EXIT_OK
+
+
+def _print_disks(document: dict, disks: dict, as_json: bool) -> None:
+    """A restore's result: the JSON document, or one ``target: image`` line per disk."""
+    if as_json:
+        _emit_json(document)
+    else:
+        for target, path in sorted(disks.items()):
+            print(f"{target}: {path}")
 
 
 def _version(value: bool) -> None:

@@ -31,6 +31,7 @@ Hierarchy::
     ├── UnbackedLayerError                   consolidation would merge layers no backup holds
     ├── StateDirError                        host state directory not writable
     ├── ConsolidationFailedError             snapshot --consolidate: backup made, consolidation not
+    ├── AccessGrantError                     QEMU cannot be given read access to stored layers
     └── RepairNeededError                    an interrupted run left work only 'fibackup repair' may finish
 """
 from __future__ import annotations
@@ -160,3 +161,8 @@ class ConsolidationFailedError(FibackupError):
 class RepairNeededError(FibackupError):
     """An interrupted run left work (a block job still running, a locked image) that the
     command will not wait for; the message names ``fibackup repair``."""
+
+
+class AccessGrantError(FibackupError):
+    """Instant recovery cannot let QEMU read the stored layers (no setfacl, no ACL support,
+    a link in the backup directory, a directory above it QEMU cannot search)."""

@@ -34,6 +34,7 @@ from fibackup.errors import (DomainStateError, FibackupError, ImageInUseError,
                              InconsistentChainError, StoreError, UnbackedLayerError, UsageError)
 from fibackup.fsutil import allocated_bytes, file_identity, human, remove_quietly
 from fibackup.host import state as host_state
+from fibackup.host.instant import refuse_instant
 from fibackup.host.journal import Journal
 from fibackup.model.chain import LiveDisk, LiveLayer
 from fibackup.qemu import img
@@ -113,6 +114,7 @@ def consolidate_domain(conn: Connection, name: str, options: ConsolidateOptions,
     from fibackup.commands.repair import journalled
     check_options(options)
     domain = conn.domain(name)
+    refuse_instant(domain.uuid, domain.name, "consolidate")
     with journalled(conn, domain, "consolidate", journal_options(options), report) as journal:
         return consolidate_locked(conn, domain, options, report, journal)
 

@@ -151,7 +151,8 @@ class _Replay:
         handlers = {"snapshot.take": self.snapshot_taken, "backup.copy": self.copy,
                     "backup.publish": self.publish, "consolidate.job": self.job,
                     "prune.merge": self.prune, "prune.switch": self.prune,
-                    "prune.drop": self.prune, "prune.delete": self.prune}
+                    "prune.drop": self.prune, "prune.delete": self.prune,
+                    "finalize.job": self.finalize_job}
         for step in list(self.journal.steps):
             handler = handlers.get(step.name)
             if handler is not None:
@@ -206,6 +207,18 @@ class _Replay:
                 self.act(f"restore point {step.data.get('point')} had been published in {root}")
         elif step.status == "started":
             self.act(f"restore point {step.data.get('point')} was not published in {root}")
+
+    # -- restore --finalize (instant recovery) ------------------------------------------------
+
+    def finalize_job(self, step: Step) -> None:
+        """A pull is always safe to let finish: wait for it; --finalize does the rest."""
+        if step.status != "started":
+            return
+        target = str(step.data.get("disk"))
+        if step.data.get("live") and self.domain.is_active():
+            self.settle_live_job(target, "pull")
+        self.act(f"disk {target}: the interrupted 'restore --finalize' left the disk on a valid "
+                 f"chain; run 'fibackup restore --finalize {self.domain.name}' to finish it")
 
     # -- consolidation ------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from fibackup.commands.parallel import Guard, IOOptions, run_each
 from fibackup.store.chunks import Throttle
 from fibackup import faults
 from fibackup.host import state as host_state
+from fibackup.host.instant import refuse_instant
 from fibackup.host.journal import Journal
 from fibackup.model import naming
 from fibackup.model.chain import (DiskPlan, FileIdentity, FrozenLayer, LayerIndex, LiveDisk,
@@ -91,6 +92,7 @@ def snapshot_domain(conn: Connection, name: str, options: SnapshotOptions,
     _check_options(options)
     from fibackup.commands.repair import journalled
     domain = conn.domain(name)
+    refuse_instant(domain.uuid, domain.name, "snapshot")
     with journalled(conn, domain, "snapshot", _journal_options(options), report) as journal:
         result = snapshot_locked(domain, options, report, journal)
         _consolidate_after(conn, domain, options, result, report, journal)

@@ -37,6 +37,7 @@ STEPS = {
                     "consolidate.redefine", "consolidate.sync-xml", "consolidate.delete"),
     "restore": ("restore.stage", "restore.publish", "restore.define"),
     "prune": ("prune.merge", "prune.switch", "prune.drop", "prune.delete"),
+    "finalize": ("finalize.job", "finalize.release"),
 }
 """Every step name, per command (the fault-injection suite runs each of them)."""
 ALL_STEPS = frozenset(name for names in STEPS.values() for name in names)

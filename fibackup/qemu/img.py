@@ -113,35 +113,50 @@ def make_standalone(path: str, timeout: Optional[float] = None) -> None:
          f"qemu-img rebase (pull) of {path}", timeout)
 
 
-def chain_spec(layers: Sequence[tuple[str, str]]) -> str:
-    """A ``json:`` file name that opens exactly ``layers`` (path, format; base first)
-    stacked, read-only: every backing file is given, so no name inside an image
-    header (stored copies still name the live files they were copied from) is used."""
-    spec: Optional[dict[str, Any]] = None
-    for path, image_format in layers:
-        node: dict[str, Any] = {"driver": image_format, "read-only": True,
-                                "file": {"driver": "file", "filename": path}}
+def explicit_chain(chain: Sequence[tuple[str, str]], read_only: bool = False) -> str:
+    """A ``json:`` image name that stacks ``[(path, format)...]`` (base first) exactly,
+    without reading any backing name from the image headers (stored copies still name
+    the live files they were copied from); with ``read_only`` no layer is writable."""
+    node: Optional[dict[str, Any]] = None
+    for path, image_format in chain:
+        layer: dict[str, Any] = {"driver": image_format,
+                                 "file": {"driver": "file", "filename": path}}
+        if read_only:
+            layer["read-only"] = True
         if image_format == "qcow2":
-            node["backing"] = spec
-        elif spec is not None:
-            raise ImageToolError(f"{path} is a raw image, which cannot rest on another layer")
-        spec = node
-    if spec is None:
-        raise ValueError("an empty chain")
-    return "json:" + json.dumps(spec, separators=(",", ":"))
+            layer["backing"] = node
+        elif node is not None:
+            raise ImageToolError(f"{path} is a raw image and cannot rest on another layer")
+        node = layer
+    if node is None:
+        raise ImageToolError("an empty chain names no image")
+    return "json:" + json.dumps(node)
+
+
+def make_standalone_explicit(chain: Sequence[tuple[str, str]],
+                             timeout: Optional[float] = None) -> None:
+    """Copy into the qcow2 top of ``chain`` (base first) the data of the layers below it,
+    read through the explicit chain, and drop its backing file (offline pull).
+
+    The layers below are only read.  Interrupted, the top keeps its backing name and
+    holds a part of that data, which is the same data: the chain reads the same.
+    """
+    _run(["rebase", "-q", "-b", "", explicit_chain(chain)],
+         f"qemu-img rebase (pull) of {chain[-1][0]}", timeout)
 
 
 def convert_chain(layers: Sequence[tuple[str, str]], destination: str,
                   output_format: str) -> None:
     """Write what ``layers`` stacked present into the new standalone image ``destination``."""
-    _run(["convert", "-q", "-O", output_format, chain_spec(layers), destination],
+    _run(["convert", "-q", "-O", output_format, explicit_chain(layers, read_only=True), destination],
          f"merging {len(layers)} layers into {destination}")
 
 
 def identical(one: Sequence[tuple[str, str]], other: Sequence[tuple[str, str]]) -> bool:
     """Whether two chains present the same bytes (``qemu-img compare``; past the end
     of the shorter one the longer must read as zeros: callers compare sizes too)."""
-    args = [QEMU_IMG, "compare", "-q", chain_spec(one), chain_spec(other)]
+    args = [QEMU_IMG, "compare", "-q", explicit_chain(one, read_only=True),
+            explicit_chain(other, read_only=True)]
     completed = subprocess.run(args, capture_output=True, text=True, check=False)
     if completed.returncode in (0, 1):
         return completed.returncode == 0

@@ -297,3 +297,54 @@ def source_files(xml: str) -> list[str]:
     """Every file a domain's disks name: their sources and backing stores, mirrors included."""
     return [source.get("file", "") for source in parse(xml).iterfind("./devices/disk//source")
             if source.get("file")]
+
+
+def set_uuid(xml: str, uuid: str) -> str:
+    """The definition with ``<uuid>`` set (a copy gets its UUID before it is defined)."""
+    root = parse(xml)
+    for element in root.findall("uuid"):
+        root.remove(element)
+    element = ET.Element("uuid")
+    element.text = uuid
+    root.insert(1, element)
+    return ET.tostring(root, encoding="unicode")
+
+
+def set_explicit_chains(xml: str, chains: Mapping[str, tuple[str, Sequence[tuple[str, str]]]]) -> str:
+    """Point each disk target at a qcow2 ``overlay`` resting on an explicit, complete,
+    read-only chain ``[(path, format)...]`` (base first) of files libvirt must not relabel.
+
+    Each layer is a ``<backingStore>`` with its ``<format>`` and ``<source file>``
+    carrying ``<seclabel model='dac' relabel='no'/>``; the chain ends in an empty
+    ``<backingStore/>``, so neither libvirt nor QEMU reads a backing name from an
+    image header.
+    """
+    images = {target: (overlay, "qcow2") for target, (overlay, _chain) in chains.items()}
+    root = parse(repoint_disks(xml, images))
+    for element in root.findall("./devices/disk"):
+        target = element.find("target")
+        if target is None or target.get("dev") not in chains:
+            continue
+        _overlay, chain = chains[target.get("dev", "")]
+        parent = element
+        for path, image_format in reversed(chain):
+            node = ET.Element("backingStore", type="file")
+            ET.SubElement(node, "format", type=image_format)
+            source = ET.SubElement(node, "source", file=path)
+            ET.SubElement(source, "seclabel", model="dac", relabel="no")
+            _insert_after_source(parent, node)
+            parent = node
+        _insert_after_source(parent, ET.Element("backingStore"))
+    return ET.tostring(root, encoding="unicode")
+
+
+def _insert_after_source(parent: ET.Element, node: ET.Element) -> None:
+    children = list(parent)
+    source = parent.find("source")
+    parent.insert(children.index(source) + 1 if source is not None else len(children), node)
+
+
+def backing_files(xml: str, targets: Sequence[str]) -> dict[str, list[str]]:
+    """The files of each disk's explicit ``<backingStore>`` chain, nearest first."""
+    return {spec.target: [layer.path for layer in spec.backing]
+            for spec in disks(parse(xml)) if spec.target in targets}

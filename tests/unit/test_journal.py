@@ -66,7 +66,7 @@ def test_unknown_step_names_are_a_programming_error():
 def test_every_command_has_steps_and_names_are_unique():
     names = [name for steps in STEPS.values() for name in steps]
     assert len(names) == len(set(names)) == len(ALL_STEPS)
-    assert set(STEPS) == {"snapshot", "consolidate", "restore", "prune"}
+    assert set(STEPS) == {"snapshot", "consolidate", "restore", "prune", "finalize"}
 
 
 def test_restore_journals_are_listed_apart():
