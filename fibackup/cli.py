@@ -427,7 +427,8 @@ def verify(
         if as_json:
             _emit_json(result.to_json())
         elif result.ok:
-            print(f"ok: {result.points} restore point(s), {result.layers} layer(s), "
+            files = f"{result.files} file(s), " if result.files else ""
+            print(f"ok: {result.points} restore point(s), {result.layers} layer(s), {files}"
                   f"{human(result.bytes_read)} read")
         else:
             for problem in result.problems:

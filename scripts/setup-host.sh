@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
-          pkg-config gcc busybox-static cpio xxhash procps xfsprogs acl)
+          pkg-config gcc busybox-static cpio xxhash procps xfsprogs acl ovmf swtpm swtpm-tools)
 
 need_root() {
   if [ "$(id -u)" -ne 0 ]; then

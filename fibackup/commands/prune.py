@@ -61,6 +61,7 @@ class PruneResult:
     dropped: list[str] = field(default_factory=list)
     merges: list[dict[str, Any]] = field(default_factory=list)
     removed_layers: list[str] = field(default_factory=list)
+    removed_files: list[str] = field(default_factory=list)
     freed_bytes: int = 0
     pinned: list[str] = field(default_factory=list)
     dry_run: bool = False
@@ -68,7 +69,8 @@ class PruneResult:
     def to_json(self) -> dict[str, Any]:
         return {"domain": self.domain, "uuid": self.uuid, "kept": self.kept,
                 "dropped": self.dropped, "merges": self.merges,
-                "removed_layers": self.removed_layers, "freed_bytes": self.freed_bytes,
+                "removed_layers": self.removed_layers, "removed_files": self.removed_files,
+                "freed_bytes": self.freed_bytes,
                 "pinned_layers": self.pinned, "dry_run": self.dry_run}
 
 
@@ -135,11 +137,13 @@ def _prune_domain(store: BackupStore, uuid: str, name: str, options: PruneOption
             raise CorruptStoreError(
                 f"{name}: {problems[0]}; prune removes nothing while a manifest is unreadable "
                 "(run 'fibackup verify -b DIR' and move the damaged manifest away)")
-        plan = _Plan.make(points, options.retention, pinned, store.layer_ids(uuid))
+        plan = _Plan.make(points, options.retention, pinned, store.layer_ids(uuid),
+                          store.file_ids(uuid))
         result.kept = [point.id for point in plan.kept]
         result.dropped = [point.id for point in plan.dropped]
         result.pinned = sorted(pinned.intersection(plan.stored))
-        if not plan.dropped and not plan.removable(referenced_layers(points)):
+        if not plan.dropped and not plan.removable(referenced_layers(points)) and \
+                not plan.removable_files(points):
             report.info(f"{name}: keeping all {len(points)} restore point(s); nothing to prune")
             return result
         if options.dry_run:
@@ -173,14 +177,21 @@ class _Plan:
     pinned: set[str]
     stored: set[str]
     """Every layer in the domain's directory (complete or not)."""
+    stored_files: set[str]
+    """Every stored file (NVRAM, TPM state, boot files) of the domain."""
 
     @classmethod
     def make(cls, points: Sequence[RestorePoint], retention: Retention,
-             pinned: set[str], stored: set[str]) -> "_Plan":
+             pinned: set[str], stored: set[str], stored_files: set[str]) -> "_Plan":
         kept = kept_points(points, retention)
         seqs = {point.seq for point in kept}
         dropped = [point for point in points if point.seq not in seqs]
-        return cls(kept, dropped, plan_merges(kept, dropped, pinned), pinned, stored)
+        return cls(kept, dropped, plan_merges(kept, dropped, pinned), pinned, stored,
+                   stored_files)
+
+    def removable_files(self, points: Sequence[RestorePoint]) -> list[str]:
+        """Stored files no remaining point lists (ids are shared between points)."""
+        return sorted(self.stored_files - {item.id for point in points for item in point.files})
 
     def removable(self, referenced: set[str], extra: Sequence[str] = ()) -> list[str]:
         """Layers no manifest will list: dropped points' and merged ones, and copies a
@@ -199,6 +210,7 @@ def _describe(store: BackupStore, uuid: str, name: str, plan: _Plan, result: Pru
         report.info(f"{name}: would merge {len(merge.layers)} layers of disk {merge.disk} "
                     "into one")
     result.removed_layers = plan.removable(after)
+    result.removed_files = plan.removable_files(plan.kept)
     result.freed_bytes = sum(_size(store, uuid, layer_id) for layer_id in result.removed_layers)
     report.info(f"{name}: would drop {len(plan.dropped)} restore point(s) "
                 f"({', '.join(result.dropped)}), keep {len(plan.kept)}, remove "
@@ -235,10 +247,13 @@ def _execute(store: BackupStore, uuid: str, name: str, plan: _Plan, result: Prun
     journal.done(step)
     after = referenced_layers(revised)
     removable = plan.removable(after, [layer.id for layer in merged.values()])
-    step = journal.start("prune.delete", store=store.root, layers=removable)
+    files = plan.removable_files(revised)
+    step = journal.start("prune.delete", store=store.root, layers=removable, files=files)
     for layer_id in removable:
         result.freed_bytes += store.remove_layer(uuid, layer_id)
-    result.removed_layers = removable
+    for file_id in files:
+        result.freed_bytes += store.remove_file(uuid, file_id)
+    result.removed_layers, result.removed_files = removable, files
     journal.done(step)
     report.info(f"{name}: dropped {len(plan.dropped)} restore point(s), kept {len(plan.kept)}, "
                 f"merged {len(plan.merges)} chain(s), removed {len(removable)} stored layer(s), "
@@ -309,8 +324,11 @@ def _replace_layers(document: dict[str, Any], merged: dict[Merge, StoredLayer]) 
                 changed = True
     if changed:
         layers = [entry for disk in document["disks"].values() for entry in disk["layers"]]
-        document["bytes_new"] = sum(entry["data_bytes"] for entry in layers if entry["new"])
-        document["bytes_total"] = sum(entry["data_bytes"] for entry in layers)
+        files = document.get("files") or []
+        document["bytes_new"] = sum(entry["data_bytes"] for entry in layers if entry["new"]) + \
+            sum(entry["size"] for entry in files if entry.get("new") is True)
+        document["bytes_total"] = sum(entry["data_bytes"] for entry in layers) + \
+            sum(entry["size"] for entry in files)
     return changed
 
 

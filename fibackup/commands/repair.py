@@ -149,6 +149,7 @@ class _Replay:
 
     def run(self) -> None:
         handlers = {"snapshot.take": self.snapshot_taken, "backup.copy": self.copy,
+                    "backup.files": self.files,
                     "backup.publish": self.publish, "consolidate.job": self.job,
                     "prune.merge": self.prune, "prune.switch": self.prune,
                     "prune.drop": self.prune, "prune.delete": self.prune,
@@ -190,6 +191,12 @@ class _Replay:
             self.act(f"the copy of disk {step.data.get('disk')} layer {step.data.get('source')} "
                      "was interrupted; no restore point was published for it, and the next "
                      "'snapshot -b' copies the frozen layers")
+
+    def files(self, step: Step) -> None:
+        self.stores.add(str(step.data.get("store")))
+        if step.status == "started":
+            self.act("saving the domain's NVRAM, TPM state and boot files was interrupted; no "
+                     "restore point was published for that snapshot")
 
     def publish(self, step: Step) -> None:
         from fibackup.commands.snapshot import remember_store

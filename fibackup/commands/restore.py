@@ -20,8 +20,9 @@ from typing import Callable, Iterator, Optional, Sequence
 
 from fibackup import faults
 
-from fibackup.errors import (DestinationError, DomainStateError, IntegrityError,
-                             NotEnoughSpaceError, UsageError)
+from fibackup.errors import (DestinationError, DomainStateError, FibackupError,
+                             IntegrityError, NotEnoughSpaceError, UsageError)
+from fibackup.commands import domfiles
 from fibackup.commands.parallel import Guard, IOOptions, run_each
 from fibackup.fsutil import ensure_space, file_identity, fsync_dir, publish, remove_quietly
 from fibackup.host import journal as journals
@@ -30,7 +31,7 @@ from fibackup.host.journal import Journal
 from fibackup.host.lock import DomainLock
 from fibackup.model.chain import chain_from_ids
 from fibackup.model.naming import safe_component
-from fibackup.model.points import PointDisk, RestorePoint, select_point
+from fibackup.model.points import PointDisk, PointFile, RestorePoint, select_point
 from fibackup.qemu import img
 from fibackup.report import Reporter
 from fibackup.store.chunks import Throttle
@@ -62,10 +63,13 @@ class RestoreResult:
     disks: dict[str, str] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     defined: Optional[str] = None
+    domain_files: dict[str, str] = field(default_factory=dict)
+    """Role -> restored NVRAM/kernel/initrd/dtb file, ``tpm`` -> the TPM state directory."""
 
     def to_json(self) -> dict[str, object]:
         return {"domain": self.point.domain_name, "point": self.point.id, "seq": self.point.seq,
-                "disks": self.disks, "files": self.files, "defined": self.defined}
+                "disks": self.disks, "files": self.files, "defined": self.defined,
+                "domain_files": self.domain_files}
 
 
 @dataclass
@@ -174,7 +178,9 @@ def _restore(store: BackupStore, point: RestorePoint, disks: list[PointDisk],
     definition = _base_definition(point, domain, disks, options) if conn is not None else None
     destination = _prepare_destination(options.to, options.define, report)
     names = [_names(disk, point, options.flatten) for disk in disks]
-    _check_free_names(destination, names, options.force)
+    files = _chosen_files(point, options, report)
+    _check_free_names(destination, names, options.force,
+                      [domfiles.restored_name(point, item) for item in files])
     if options.space_check:
         ensure_space(destination, _needed_bytes(store, point, disks),
                      f"restore point {point.id}")
@@ -182,8 +188,8 @@ def _restore(store: BackupStore, point: RestorePoint, disks: list[PointDisk],
     with _journalled(point, options, staging, conn, report) as journal:
         os.mkdir(staging, 0o700)
         try:
-            result = _stage_and_publish(store, point, names, staging, destination, options,
-                                        report, journal)
+            result = _stage_and_publish(store, point, names, files, staging, destination,
+                                        options, report, journal)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         fsync_dir(destination)
@@ -192,9 +198,45 @@ def _restore(store: BackupStore, point: RestorePoint, disks: list[PointDisk],
         if definition is not None:
             assert conn is not None
             step = journal.start("restore.define")
-            result.defined = _define(conn, point, definition, result.disks, options, report)
+            boot = domfiles.boot_paths(point, files, destination)
+            defined = _define(conn, point, definition, result.disks, boot, options, report)
+            result.defined = defined.name
             journal.done(step)
+            _install_tpm(store, point, files, defined, destination, report, journal)
     return result
+
+
+def _chosen_files(point: RestorePoint, options: RestoreOptions,
+                  report: Reporter) -> list[PointFile]:
+    """The NVRAM, TPM and boot files restored with the point (not with --disk)."""
+    if not point.files:
+        return []
+    if options.disks:
+        report.info(f"--disk: the NVRAM, TPM state and boot files of restore point {point.id} "
+                    "are not restored (restore without --disk to get them)")
+        return []
+    return domfiles.restorable(point, report)
+
+
+def _install_tpm(store: BackupStore, point: RestorePoint, files: Sequence[PointFile],
+                 domain: Domain, destination: str, report: Reporter, journal: Journal) -> None:
+    """The defined domain's TPM state: libvirt keeps it by UUID, outside --to."""
+    if not any(item.role == "tpm" for item in files):
+        return
+    if not domxml.has_tpm_emulator(domxml.parse(domain.inactive_xml())):
+        report.warn(f"domain '{domain.name}' has no emulated TPM now; the TPM state of restore "
+                    f"point {point.id} is only in {domfiles.restored_tpm_dir(point, destination)}")
+        return
+    step = journal.start("restore.tpm", domain_uuid=domain.uuid)
+    try:
+        domfiles.install_tpm_state(store, point, files, domain.uuid, destination, report)
+    except (OSError, FibackupError) as error:
+        raise DestinationError(
+            f"domain '{domain.name}' was defined with the restored files, but its TPM state "
+            f"could not be put into {domfiles.tpm_state_dir(domain.uuid)} ({error}); copy "
+            f"the files in {domfiles.restored_tpm_dir(point, destination)} there by hand before "
+            "starting it") from None
+    journal.done(step)
 
 
 @contextlib.contextmanager
@@ -225,9 +267,11 @@ def file_key(path: str) -> tuple[int, int, int, int]:
 
 
 def _stage_and_publish(store: BackupStore, point: RestorePoint, names: Sequence[_DiskFiles],
-                       staging: str, destination: str, options: RestoreOptions,
-                       report: Reporter, journal: Journal) -> RestoreResult:
-    """Build every disk in ``staging``, then move the files into ``destination``."""
+                       saved: Sequence[PointFile], staging: str, destination: str,
+                       options: RestoreOptions, report: Reporter,
+                       journal: Journal) -> RestoreResult:
+    """Build every disk (and restore every file) in ``staging``, then move the files into
+    ``destination``."""
     step = journal.start("restore.stage")
     throttle = options.io.throttle()
 
@@ -243,10 +287,13 @@ def _stage_and_publish(store: BackupStore, point: RestorePoint, names: Sequence[
         raise NotEnoughSpaceError(
             f"{destination} filled up during the restore; nothing was left there: free up "
             "space or restore elsewhere") from None
+    extra = _stage_files(store, point, saved, staging)
     journal.done(step)
     result = RestoreResult(point)
     finals = {os.path.join(destination, name): os.path.join(staging, name)
               for files in names for name in files.all}
+    finals.update({os.path.join(destination, name): os.path.join(staging, name)
+                   for name in extra})
     step = journal.start("restore.publish", files={
         final: file_key(staged) for final, staged in finals.items()},
         existed=[final for final in finals if os.path.lexists(final)])
@@ -256,8 +303,30 @@ def _stage_and_publish(store: BackupStore, point: RestorePoint, names: Sequence[
             publish(os.path.join(staging, name), final, replace=options.force)
             result.files.append(final)
         result.disks[files.disk.target] = os.path.join(destination, files.top)
+    for name in extra:
+        final = os.path.join(destination, name)
+        os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
+        publish(os.path.join(staging, name), final, replace=options.force)
+        result.files.append(final)
+    for item in saved:
+        result.domain_files[item.role] = os.path.join(destination,
+                                                      domfiles.restored_place(point, item))
     journal.done(step)
     return result
+
+
+def _stage_files(store: BackupStore, point: RestorePoint, files: Sequence[PointFile],
+                 staging: str) -> list[str]:
+    """Restore the point's non-disk files into ``staging``, each checked; their names."""
+    names = []
+    for item in files:
+        name = domfiles.restored_name(point, item)
+        path = os.path.join(staging, name)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        store.restore_file(point.domain_uuid, item, path)
+        os.chmod(path, item.mode & 0o755)
+        names.append(name)
+    return names
 
 
 def _prepare_destination(path: str, define: bool, report: Reporter) -> str:
@@ -319,10 +388,11 @@ def _names(disk: PointDisk, point: RestorePoint, flatten: bool) -> _DiskFiles:
     return _DiskFiles(disk, layers, f"{stem}.qcow2")
 
 
-def _check_free_names(destination: str, names: Sequence[_DiskFiles], force: bool) -> None:
+def _check_free_names(destination: str, names: Sequence[_DiskFiles], force: bool,
+                      extra: Sequence[str] = ()) -> None:
     if force:
         return
-    taken = [name for files in names for name in files.all
+    taken = [name for name in [*(name for files in names for name in files.all), *extra]
              if os.path.lexists(os.path.join(destination, name))]
     if taken:
         raise DestinationError(
@@ -426,7 +496,7 @@ def _base_definition(point: RestorePoint, domain: Optional[Domain], disks: Seque
 
 
 def _define(conn: Connection, point: RestorePoint, xml: str, images: dict[str, str],
-            options: RestoreOptions, report: Reporter) -> str:
+            boot: dict[str, str], options: RestoreOptions, report: Reporter) -> Domain:
     sources = {target: (path, "qcow2") for target, path in images.items()}
     if options.as_name is not None:
         removed = [target for target in domxml.disk_targets(point.domain_xml)
@@ -440,10 +510,12 @@ def _define(conn: Connection, point: RestorePoint, xml: str, images: dict[str, s
         if others:
             report.warn(f"disk(s) {', '.join(others)} of '{point.domain_name}' were not "
                         "restored and still point at their current images")
-    defined = conn.define(domxml.repoint_disks(xml, sources))
-    report.info(f"domain '{defined.name}' now uses the restored images in "
+    xml = domxml.repoint_disks(xml, sources)
+    defined = conn.define(domxml.repoint_boot_files(xml, boot) if boot else xml)
+    report.info(f"domain '{defined.name}' now uses the restored images"
+                f"{' and ' + ', '.join(sorted(boot)) if boot else ''} in "
                 f"{os.path.dirname(next(iter(images.values())))}")
-    return defined.name
+    return defined
 
 
 def _is_writable_disk(xml: str, target: str) -> bool:

@@ -22,6 +22,7 @@ from fibackup.errors import (ConsolidationFailedError, DomainStateError, Fibacku
                              SnapshotError, StoreUnavailableError, UnsupportedDiskError,
                              UsageError)
 from fibackup.fsutil import allocated_bytes, ensure_space, file_identity, host_name, human
+from fibackup.commands import domfiles
 from fibackup.commands.common import check_chain, layer_index, select_disks
 from fibackup.commands.parallel import Guard, IOOptions, run_each
 from fibackup.store.chunks import Throttle
@@ -32,7 +33,7 @@ from fibackup.host.journal import Journal
 from fibackup.model import naming
 from fibackup.model.chain import (DiskPlan, FileIdentity, FrozenLayer, LayerIndex, LiveDisk,
                                   LiveLayer, StoredLayer, plan_disk)
-from fibackup.model.points import PointDisk, PointLayer, RestorePoint
+from fibackup.model.points import PointDisk, PointFile, PointLayer, RestorePoint
 from fibackup.qemu import img
 from fibackup.report import Reporter
 from fibackup.store.repo import MARKER, BackupStore
@@ -147,7 +148,8 @@ def snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter,
         raise UsageError(f"domain '{domain.name}' is shut off: there is nothing to quiesce; "
                          "run without --quiesce")
     config_xml = domain.inactive_xml()
-    specs = domxml.disks(domxml.parse(domain.current_xml()))
+    current = domxml.parse(domain.current_xml())
+    specs = domxml.disks(current)
     selection = select_disks(domain.name, specs, options.disks, options.exclude)
     for target, why in selection.skipped:
         report.info(f"{domain.name}: skipping disk {target} ({why})")
@@ -155,7 +157,8 @@ def snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter,
              for spec in selection.selected]
     for disk in disks:
         check_chain(domain.name, disk)
-    backup = _prepare_backup(domain, disks, options) if options.backup_dir else None
+    extra_files = domfiles.source_files(current, domain.uuid) if options.backup_dir else []
+    backup = _prepare_backup(domain, disks, extra_files, options) if options.backup_dir else None
 
     moment = _dt.datetime.now(_dt.timezone.utc)
     tag = _free_tag(naming.timestamp_tag(moment), disks, backup[0] if backup else None,
@@ -168,6 +171,11 @@ def snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter,
     snapshot_seconds = time.perf_counter() - started
     remember_overlays(domain.uuid, overlays, tag)
     journal.done(step)
+    try:
+        saved = _save_files(backup[0], domain, extra_files, tag, report, journal) if backup else []
+    except BaseException:
+        tidy_persistent_xml(domain, overlays)        # the definition stays consistent anyway
+        raise
     report.info(f"{domain.name}: snapshot {tag} taken "
                 f"({', '.join(f'{t} -> {os.path.basename(p)}' for t, p in overlays.items())})")
     _check_new_chains(domain, disks, overlays)
@@ -185,7 +193,8 @@ def snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter,
             id=tag, seq=0, time=moment.strftime("%Y-%m-%dT%H:%M:%SZ"), domain_name=domain.name,
             domain_uuid=domain.uuid, host=host_name(), disks={}, domain_xml=config_xml,
             quiesced=quiesced,
-            skipped_disks=tuple(target for target, _ in selection.skipped))
+            skipped_disks=tuple(target for target, _ in selection.skipped), files=tuple(saved))
+        result.bytes_copied += sum(item.size for item in saved if item.new)
         started = time.perf_counter()
         try:
             _back_up(backup[0], backup[1], domain, disks, point, result, report, journal,
@@ -208,12 +217,13 @@ def _store_gone(store: BackupStore, tag: str, error: OSError) -> None:
 
 
 def _prepare_backup(domain: Domain, disks: Sequence[LiveDisk],
+                    extra_files: Sequence[domfiles.SourceFile],
                     options: SnapshotOptions) -> tuple[BackupStore, LayerIndex]:
     """Open the store and check, before any snapshot, that the backup can be made."""
     assert options.backup_dir is not None
     store = _open_store(options.backup_dir)
     index = layer_index(store, domain.uuid)
-    needed = _preflight(domain.name, disks, index)
+    needed = _preflight(domain.name, disks, index) + domfiles.planned_bytes(extra_files)
     if options.space_check:
         ensure_space(store.root, needed, f"the backup of domain '{domain.name}'")
     return store, index
@@ -248,6 +258,21 @@ def _back_up(store: BackupStore, index: LayerIndex, domain: Domain, disks: Seque
     remember_store(domain.uuid, store)
     report.info(f"{domain.name}: restore point {point.id} (#{result.point.seq}) stored in "
                 f"{store.root}: {human(result.bytes_copied)} copied")
+
+
+def _save_files(store: BackupStore, domain: Domain, files: Sequence[domfiles.SourceFile],
+                tag: str, report: Reporter, journal: Journal) -> list[PointFile]:
+    """Store the domain's NVRAM, TPM state and boot files, right after the snapshot."""
+    if not files:
+        return []
+    step = journal.start("backup.files", store=store.root)
+    try:
+        saved = domfiles.save_files(store, domain.uuid, domain.name, files, report)
+    except OSError as error:
+        _store_gone(store, tag, error)
+        raise
+    journal.done(step, files=len(saved))
+    return saved
 
 
 def _new_generation_reason(plan: DiskPlan,

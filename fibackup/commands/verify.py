@@ -15,7 +15,7 @@ from typing import Optional
 from fibackup.commands.restore import find_points
 from fibackup.errors import CorruptStoreError
 from fibackup.model.chain import StoredLayer
-from fibackup.model.points import PointDisk, PointLayer, RestorePoint, select_point
+from fibackup.model.points import PointDisk, PointFile, PointLayer, RestorePoint, select_point
 from fibackup.report import Reporter
 from fibackup.store.chunks import Throttle
 from fibackup.store.repo import BackupStore, layer_disagreement
@@ -25,6 +25,7 @@ from fibackup.store.repo import BackupStore, layer_disagreement
 class VerifyResult:
     points: int = 0
     layers: int = 0
+    files: int = 0
     bytes_read: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -34,7 +35,7 @@ class VerifyResult:
 
     def to_json(self) -> dict[str, object]:
         return {"ok": self.ok, "points": self.points, "layers": self.layers,
-                "bytes": self.bytes_read, "problems": self.problems}
+                "files": self.files, "bytes": self.bytes_read, "problems": self.problems}
 
 
 @dataclass
@@ -44,6 +45,8 @@ class _Seen:
     damaged: dict[tuple[str, str], str] = field(default_factory=dict)
     """Layers whose data was re-read, and where it was found damaged ("" if intact)."""
     listed: dict[tuple[str, str], tuple[str, PointLayer]] = field(default_factory=dict)
+    files: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    """Stored files (domain, id) already re-read, and what was wrong with them."""
     """The first listing of each layer: "restore point N/ID disk T" and its entry."""
     throttle: Optional[Throttle] = None
 
@@ -71,7 +74,33 @@ def verify(backup_dir: str, domain: Optional[str], at: Optional[str],
                 message = f"restore point {point.domain_name}/{point.id}, disk {target}: {problem}"
                 result.problems.append(message)
                 report.warn(message)
+        for item in point.files:
+            for problem in _file_problems(store, point, item, seen, result):
+                message = (f"restore point {point.domain_name}/{point.id}, {item.role} file "
+                           f"{item.name or item.path}: {problem}")
+                result.problems.append(message)
+                report.warn(message)
     return result
+
+
+def _file_problems(store: BackupStore, point: RestorePoint, item: PointFile, seen: _Seen,
+                   result: VerifyResult) -> list[str]:
+    """A stored NVRAM/TPM/boot file, re-read the first time a restore point lists it
+    (files are content-addressed: many points share one); the record must agree with
+    every listing."""
+    key = (point.domain_uuid, item.id)
+    if key not in seen.files:
+        seen.files[key] = store.check_file(point.domain_uuid, item)
+        result.files += 1
+        result.bytes_read += item.size
+        return seen.files[key]
+    if seen.files[key]:
+        return [f"stored file {item.id} is damaged (see above)"]
+    try:
+        store.check_file_listing(point.domain_uuid, item)
+    except CorruptStoreError as error:
+        return [str(error)]
+    return []
 
 
 def _disk_problems(store: BackupStore, point: RestorePoint, disk: PointDisk, seen: _Seen,

@@ -32,10 +32,11 @@ JOURNAL_KIND = "fibackup-journal"
 JOURNAL_VERSION = 1
 
 STEPS = {
-    "snapshot": ("snapshot.take", "snapshot.tidy-xml", "backup.copy", "backup.publish"),
+    "snapshot": ("snapshot.take", "snapshot.tidy-xml", "backup.files", "backup.copy",
+                 "backup.publish"),
     "consolidate": ("consolidate.catch-up", "consolidate.job", "consolidate.rebase",
                     "consolidate.redefine", "consolidate.sync-xml", "consolidate.delete"),
-    "restore": ("restore.stage", "restore.publish", "restore.define"),
+    "restore": ("restore.stage", "restore.publish", "restore.define", "restore.tpm"),
     "prune": ("prune.merge", "prune.switch", "prune.drop", "prune.delete"),
     "finalize": ("finalize.job", "finalize.release"),
 }

@@ -40,6 +40,30 @@ class PointDisk:
         return self.layers[-1]
 
 
+FILE_ROLES = ("nvram", "tpm", "kernel", "initrd", "dtb")
+"""Non-disk files saved with a restore point: the UEFI variable store, the swtpm
+state of an emulated TPM, and the files of a direct kernel boot."""
+
+
+@dataclass(frozen=True)
+class PointFile:
+    """A non-disk file of the domain as a restore point lists it."""
+
+    role: str
+    """One of FILE_ROLES (a newer fibackup may write others: they are not restored)."""
+    path: str
+    """Where the file was on the host (for ``tpm``: inside the swtpm state directory)."""
+    id: str
+    """The stored file's id: its digest (stored files are content-addressed)."""
+    digest: str
+    size: int
+    mode: int
+    """Permission bits of the original file."""
+    name: str = ""
+    """For ``tpm``: the path relative to the domain's swtpm state directory."""
+    new: bool = False
+
+
 @dataclass(frozen=True)
 class RestorePoint:
     """The state of a domain's selected disks at one snapshot."""
@@ -54,20 +78,23 @@ class RestorePoint:
     domain_xml: str
     quiesced: bool = False
     skipped_disks: tuple[str, ...] = field(default=())
+    files: tuple[PointFile, ...] = field(default=())
     revision: int = 0
     """0 as the snapshot wrote it; prune publishes revision 1, 2... of a point whose
     layers it merged (``<seq>.r<revision>.json``); the highest revision is the point."""
 
     @property
     def bytes_new(self) -> int:
-        """Bytes of data that this point stored for the first time."""
+        """Bytes of data that this point stored for the first time (layers and files)."""
         return sum(layer.data_bytes for disk in self.disks.values()
-                   for layer in disk.layers if layer.new)
+                   for layer in disk.layers if layer.new) + \
+            sum(item.size for item in self.files if item.new)
 
     @property
     def bytes_total(self) -> int:
-        """Bytes of data that a restore of this point reads."""
-        return sum(layer.data_bytes for disk in self.disks.values() for layer in disk.layers)
+        """Bytes of data that a restore of this point reads (layers and files)."""
+        return sum(layer.data_bytes for disk in self.disks.values() for layer in disk.layers) + \
+            sum(item.size for item in self.files)
 
     @property
     def layer_count(self) -> int:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Optional, TypeVar
 
 from fibackup.errors import CorruptStoreError
 from fibackup.model.chain import NO_SOURCE, FileIdentity, StoredLayer
-from fibackup.model.points import PointDisk, PointLayer, RestorePoint
+from fibackup.model.points import PointDisk, PointFile, PointLayer, RestorePoint
 from fibackup.store.chunks import ALGORITHM, Chunk, ChunkList
 
 FORMAT_VERSION = 1
@@ -25,6 +25,7 @@ READ_VERSIONS = (FORMAT_VERSION, PRUNED_VERSION)
 STORE_KIND = "fibackup-store"
 LAYER_KIND = "fibackup-layer"
 POINT_KIND = "fibackup-point"
+FILE_KIND = "fibackup-file"
 IMAGE_FORMATS = ("qcow2", "raw")
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
@@ -32,6 +33,23 @@ _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f
 _HEX_RE = re.compile(r"^[0-9a-f]{32}$")
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """A stored non-disk file (NVRAM, TPM state, kernel...): ``files/<id>.json``."""
+
+    id: str
+    chunks: ChunkList
+    stored_at: str
+
+    @property
+    def digest(self) -> str:
+        return self.chunks.digest
+
+    @property
+    def size(self) -> int:
+        return self.chunks.size
 
 
 @dataclass(frozen=True)
@@ -126,9 +144,7 @@ def layer_record_to_dict(record: LayerRecord) -> dict[str, Any]:
         "id": layer.id, "disk": layer.disk, "parent": layer.parent,
         "image_format": layer.image_format, "size": layer.size,
         "virtual_size": layer.virtual_size,
-        "checksum": {"algorithm": ALGORITHM, "chunk_size": record.chunks.chunk_size,
-                     "digest": layer.digest,
-                     "chunks": [[c.offset, c.length, c.digest] for c in record.chunks.chunks]},
+        "checksum": _checksum_to_dict(record.chunks),
         "compression": None, "encryption": None,
         "source": None if layer.stands_for else identity_to_dict(layer.source),
         "stored_at": record.stored_at,
@@ -167,23 +183,12 @@ def _optional_id(document: Mapping[str, Any], key: str, origin: str) -> Optional
 
 def layer_record_from_dict(document: Mapping[str, Any], origin: str) -> LayerRecord:
     check_header(document, LAYER_KIND, origin)
-    for transform in ("compression", "encryption"):
-        if document.get(transform) is not None:
-            raise CorruptStoreError(f"{origin} uses {transform} "
-                                    f"{document[transform]!r}, which this fibackup cannot read")
-    checksum = _field(document, "checksum", dict, origin)
-    if checksum.get("algorithm") != ALGORITHM:
-        raise CorruptStoreError(f"{origin}: unknown checksum algorithm {checksum.get('algorithm')!r}")
-    chunk_size = _field(checksum, "chunk_size", int, origin)
+    _refuse_transforms(document, origin)
     size = _field(document, "size", int, origin)
-    if chunk_size <= 0 or size < 0 or _field(document, "virtual_size", int, origin) < 0:
+    if _field(document, "virtual_size", int, origin) < 0:
         raise CorruptStoreError(f"{origin}: chunk size, size or virtual size out of range")
-    chunks = tuple(_chunk(entry, chunk_size, size, origin)
-                   for entry in _field(checksum, "chunks", list, origin))
-    chunk_list = ChunkList(size, chunk_size, chunks)
-    digest = _field(checksum, "digest", str, origin)
-    if digest != chunk_list.digest:
-        raise CorruptStoreError(f"{origin}: the chunk list does not match the recorded digest")
+    chunk_list = _checksum(document, size, origin)
+    digest = chunk_list.digest
     parent = _optional_id(document, "parent", origin)
     disk = _checked(_field(document, "disk", str, origin), is_valid_id, "disk target", origin)
     merged = _merged_from_dict(document, disk, origin)
@@ -219,6 +224,58 @@ def _merged_from_dict(document: Mapping[str, Any], disk: str,
         raise CorruptStoreError(f"{origin}: a merged layer must cover the layer it stands for, "
                                 "last")
     return stands_for, covers
+def _checksum(document: Mapping[str, Any], size: int, origin: str) -> ChunkList:
+    """The ``checksum`` object of a record: its chunk list, checked against its digest."""
+    checksum = _field(document, "checksum", dict, origin)
+    if checksum.get("algorithm") != ALGORITHM:
+        raise CorruptStoreError(f"{origin}: unknown checksum algorithm {checksum.get('algorithm')!r}")
+    chunk_size = _field(checksum, "chunk_size", int, origin)
+    if chunk_size <= 0 or size < 0:
+        raise CorruptStoreError(f"{origin}: chunk size or size out of range")
+    chunks = tuple(_chunk(entry, chunk_size, size, origin)
+                   for entry in _field(checksum, "chunks", list, origin))
+    chunk_list = ChunkList(size, chunk_size, chunks)
+    if _field(checksum, "digest", str, origin) != chunk_list.digest:
+        raise CorruptStoreError(f"{origin}: the chunk list does not match the recorded digest")
+    return chunk_list
+
+
+def _checksum_to_dict(chunks: ChunkList) -> dict[str, Any]:
+    return {"algorithm": ALGORITHM, "chunk_size": chunks.chunk_size, "digest": chunks.digest,
+            "chunks": [[c.offset, c.length, c.digest] for c in chunks.chunks]}
+
+
+def _refuse_transforms(document: Mapping[str, Any], origin: str) -> None:
+    for transform in ("compression", "encryption"):
+        if document.get(transform) is not None:
+            raise CorruptStoreError(f"{origin} uses {transform} "
+                                    f"{document[transform]!r}, which this fibackup cannot read")
+
+
+# -- stored files (NVRAM, TPM state, kernel, initrd) -------------------------------
+
+def file_record_to_dict(record: FileRecord) -> dict[str, Any]:
+    return {"kind": FILE_KIND, "version": FORMAT_VERSION, "id": record.id,
+            "size": record.size, "checksum": _checksum_to_dict(record.chunks),
+            "compression": None, "encryption": None, "stored_at": record.stored_at}
+
+
+def file_record_from_dict(document: Mapping[str, Any], origin: str) -> FileRecord:
+    check_header(document, FILE_KIND, origin)
+    _refuse_transforms(document, origin)
+    chunks = _checksum(document, _field(document, "size", int, origin), origin)
+    record = FileRecord(
+        id=_checked(_field(document, "id", str, origin), is_valid_id, "file id", origin),
+        chunks=chunks, stored_at=str(document.get("stored_at", "")))
+    if record.id != record.digest:
+        raise CorruptStoreError(f"{origin}: file id {record.id} is not its digest "
+                                f"{record.digest} (stored files are named by their content)")
+    return record
+
+
+def is_relative_name(text: str) -> bool:
+    """A path inside a directory: valid id components, never absolute or ``..``."""
+    return bool(text) and all(is_valid_id(part) for part in text.split("/"))
 
 
 def _chunk(entry: Any, chunk_size: int, size: int, origin: str) -> Chunk:
@@ -248,9 +305,19 @@ def point_to_dict(point: RestorePoint) -> dict[str, Any]:
                         "data_bytes": layer.data_bytes, "new": layer.new}
                        for layer in disk.layers]}
             for target, disk in sorted(point.disks.items())},
+        "files": [_file_entry(item) for item in point.files],
         "bytes_new": point.bytes_new, "bytes_total": point.bytes_total,
         "domain_xml": point.domain_xml,
     }
+
+
+def _file_entry(item: PointFile) -> dict[str, Any]:
+    entry: dict[str, Any] = {"role": item.role, "path": item.path, "id": item.id,
+                             "digest": item.digest, "size": item.size, "mode": item.mode,
+                             "new": item.new}
+    if item.name:
+        entry["name"] = item.name
+    return entry
 
 
 def point_from_dict(document: Mapping[str, Any], origin: str) -> RestorePoint:
@@ -288,7 +355,36 @@ def point_from_dict(document: Mapping[str, Any], origin: str) -> RestorePoint:
         domain_xml=_field(document, "domain_xml", str, origin),
         quiesced=document.get("quiesced") is True,
         skipped_disks=tuple(str(name) for name in skipped) if isinstance(skipped, list) else (),
-        revision=revision)
+        revision=revision,
+        files=_point_files(document, origin))
+
+
+def _point_files(document: Mapping[str, Any], origin: str) -> tuple[PointFile, ...]:
+    """The optional ``files`` list (manifests written before it existed have none)."""
+    if document.get("files") is None:
+        return ()
+    entries = _field(document, "files", list, origin)
+    files = tuple(_point_file(entry, origin) for entry in entries)
+    places = [(item.role, item.name or item.path) for item in files]
+    if len(set(places)) != len(places):
+        raise CorruptStoreError(f"{origin} lists a file twice")
+    return files
+
+
+def _point_file(entry: Any, origin: str) -> PointFile:
+    if not isinstance(entry, dict):
+        raise CorruptStoreError(f"{origin}: a file entry is not an object")
+    role = _checked(_field(entry, "role", str, origin), is_valid_id, "file role", origin)
+    name = entry.get("name", "")
+    if name or role == "tpm":
+        _checked(_field(entry, "name", str, origin), is_relative_name, "file name", origin)
+    digest = _checked(_field(entry, "digest", str, origin), lambda text: bool(_HEX_RE.match(text)),
+                      "digest", origin)
+    return PointFile(
+        role=role, path=_field(entry, "path", str, origin),
+        id=_checked(_field(entry, "id", str, origin), is_valid_id, "file id", origin),
+        digest=digest, size=_count(entry, "size", origin), mode=_count(entry, "mode", origin),
+        name=name, new=entry.get("new") is True)
 
 
 def _point_layer(entry: Any, origin: str) -> PointLayer:

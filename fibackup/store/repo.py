@@ -5,6 +5,8 @@ Layout (docs/FORMAT.md)::
     DIR/fibackup-store.json                       store marker (id, format version)
     DIR/domains/<uuid>/layers/<layer-id>.<fmt>    a stored layer image (write-once)
     DIR/domains/<uuid>/layers/<layer-id>.json     its record: chunk list, source identity
+    DIR/domains/<uuid>/files/<digest>.data        a stored non-disk file (NVRAM, TPM state,
+    DIR/domains/<uuid>/files/<digest>.json        kernel...; content-addressed) and its record
     DIR/domains/<uuid>/points/<seq>.json          a restore point manifest (written last)
 
 Every file is written under a hidden temporary name, fsynced, then published
@@ -32,7 +34,7 @@ from fibackup.errors import (CorruptStoreError, IntegrityError, NotEnoughSpaceEr
                              StoreUnavailableError)
 from fibackup.fsutil import publish, remove_quietly, temp_name, write_file
 from fibackup.model.chain import NO_SOURCE, FileIdentity, StoredLayer
-from fibackup.model.points import PointLayer, RestorePoint
+from fibackup.model.points import PointFile, PointLayer, RestorePoint
 from fibackup.store import format as fmt
 from fibackup.store.chunks import ChunkList, ProgressFn, Throttle, scan_file
 
@@ -57,6 +59,7 @@ class BackupStore:
         self.root = root
         self.store_id = store_id
         self._records: dict[tuple[str, str], fmt.LayerRecord] = {}
+        self._file_records: dict[tuple[str, str], fmt.FileRecord] = {}
         self._listed: dict[tuple[str, str], dict[str, PointLayer]] = {}
         """(domain, layer id) -> {manifest path: its entry} of the manifests read."""
 
@@ -129,6 +132,14 @@ class BackupStore:
         """The components of a domain's layers directory below the root."""
         self.domain_dir(domain_uuid)
         return ("domains", domain_uuid, "layers")
+
+    def _files(self, domain_uuid: str) -> tuple[str, ...]:
+        """The components of a domain's stored-files directory below the root."""
+        self.domain_dir(domain_uuid)
+        return ("domains", domain_uuid, "files")
+
+    def file_path(self, domain_uuid: str, file_id: str) -> str:
+        return os.path.join(self.root, *self._files(domain_uuid), _data_name(file_id))
 
     def _points_dir(self, domain_uuid: str) -> tuple[str, ...]:
         self.domain_dir(domain_uuid)
@@ -244,13 +255,17 @@ class BackupStore:
             self._records[key] = self._read_layer_record(domain_uuid, layer_id)
         return self._records[key]
 
-    def _read_layer_record(self, domain_uuid: str, layer_id: str) -> fmt.LayerRecord:
-        path = self._record_path(domain_uuid, layer_id)
+    def _record_document(self, parts: Sequence[str], item_id: str,
+                         what: str) -> tuple[dict, str]:
+        """The record of a layer or stored file, and its path; missing is corrupt."""
+        path = os.path.join(self.root, *parts, _record_name(item_id))
         try:
-            document = _read_document(self.root, self._layers(domain_uuid),
-                                      _record_name(layer_id))
+            return _read_document(self.root, parts, _record_name(item_id)), path
         except FileNotFoundError:
-            raise CorruptStoreError(f"layer record {path} is missing") from None
+            raise CorruptStoreError(f"{what} record {path} is missing") from None
+
+    def _read_layer_record(self, domain_uuid: str, layer_id: str) -> fmt.LayerRecord:
+        document, path = self._record_document(self._layers(domain_uuid), layer_id, "layer")
         record = fmt.layer_record_from_dict(document, path)
         if record.layer.id != layer_id:
             raise CorruptStoreError(f"{path} describes layer {record.layer.id}, not {layer_id}")
@@ -258,14 +273,22 @@ class BackupStore:
 
     def layer_ids(self, domain_uuid: str) -> set[str]:
         """Ids of every published layer file (image or record) of the domain."""
-        try:
-            names = _list_dir(self.root, self._layers(domain_uuid))
-        except FileNotFoundError:
-            return set()
-        stems = {name.rsplit(".", 1)[0] for name in names
-                 if not name.startswith(".") and "." in name
-                 and name.rsplit(".", 1)[1] in ("json", *fmt.IMAGE_FORMATS)}
-        return {stem for stem in stems if fmt.is_valid_id(stem)}
+        return _stems(self.root, self._layers(domain_uuid), ("json", *fmt.IMAGE_FORMATS))
+
+    def file_ids(self, domain_uuid: str) -> set[str]:
+        """Ids of every published stored file (data or record) of the domain."""
+        return _stems(self.root, self._files(domain_uuid), ("json", "data"))
+
+    def file_record(self, domain_uuid: str, file_id: str) -> fmt.FileRecord:
+        """A stored file's record (parsed once per run)."""
+        key = (domain_uuid, file_id)
+        if key not in self._file_records:
+            document, path = self._record_document(self._files(domain_uuid), file_id, "file")
+            record = fmt.file_record_from_dict(document, path)
+            if record.id != file_id:
+                raise CorruptStoreError(f"{path} describes file {record.id}, not {file_id}")
+            self._file_records[key] = record
+        return self._file_records[key]
 
     def stored_layers(self, domain_uuid: str) -> list[StoredLayer]:
         """Layers with a complete record and image file (candidates for reuse).
@@ -406,6 +429,56 @@ class BackupStore:
         self._records.pop((domain_uuid, layer_id), None)
         return freed
 
+    def store_file(self, domain_uuid: str, source: str,
+                   check_source: Optional[Callable[[], None]] = None) -> tuple[fmt.FileRecord, bool]:
+        """Copy ``source`` into ``files/`` under its digest, then its record; a file
+        already stored with that content is kept (and the copy discarded).  Returns
+        the record and whether the content was new.  ``check_source`` runs after the
+        copy, before anything is published (it raises to discard the copy)."""
+        directory = self._private_dir(self._files(domain_uuid))
+        temporary = temp_name(directory, "file.data")
+        try:
+            chunks = scan_file(source, temporary).chunks
+            if check_source is not None:
+                check_source()
+            record = fmt.FileRecord(id=chunks.digest, chunks=chunks, stored_at=utc_now())
+            new = self._publish_data(temporary, self.file_path(domain_uuid, record.id))
+        except OSError as error:
+            if error.errno == errno.ENOSPC:
+                raise NotEnoughSpaceError(
+                    f"the backup disk filled up while copying {source} into {self.root}; "
+                    "nothing incomplete was kept: free up space and run again") from None
+            raise
+        finally:
+            remove_quietly(temporary)
+        try:
+            _write(os.path.join(directory, _record_name(record.id)),
+                   fmt.dumps(fmt.file_record_to_dict(record)))
+        except FileExistsError:
+            pass                                # stored before: same id, same content
+        return record, new
+
+    @staticmethod
+    def _publish_data(temporary: str, final: str) -> bool:
+        """Publish a content-addressed file; False when that content was there already."""
+        try:
+            publish(temporary, final)
+        except FileExistsError:
+            return False
+        return True
+
+    def remove_file(self, domain_uuid: str, file_id: str) -> int:
+        """Delete a stored file's data, then its record (prune only); the bytes freed."""
+        parts = self._files(domain_uuid)
+        try:
+            freed = _stat_file(self.root, parts, _data_name(file_id)).st_blocks * 512
+        except (FileNotFoundError, CorruptStoreError):
+            freed = 0
+        _remove(self.root, parts, _data_name(file_id))
+        _remove(self.root, parts, _record_name(file_id))
+        self._file_records.pop((domain_uuid, file_id), None)
+        return freed
+
     def publish_point(self, point: RestorePoint) -> RestorePoint:
         """Write a restore point manifest under the next free sequence number."""
         directory = self._private_dir(self._points_dir(point.domain_uuid))
@@ -501,6 +574,65 @@ class BackupStore:
             raise IntegrityError("; ".join(problems) + "; nothing was restored from it "
                                  "(choose another restore point with --at)")
         return record
+
+    def check_file(self, domain_uuid: str, item: PointFile) -> list[str]:
+        """Problems found re-reading one stored file (empty when it is intact)."""
+        try:
+            record = self._agreeing_file_record(domain_uuid, item)
+            path = self.file_path(domain_uuid, item.id)
+            result = scan_file(path, expected=record.chunks,
+                               opener=self._file_opener(domain_uuid, item.id))
+        except (CorruptStoreError, IntegrityError) as error:
+            return [str(error)]
+        except FileNotFoundError:
+            return [f"{self.file_path(domain_uuid, item.id)} is missing"]
+        except OSError as error:
+            return [f"{self.file_path(domain_uuid, item.id)} cannot be read ({error.strerror})"]
+        return describe_damage(path, record.chunks, result)
+
+    def restore_file(self, domain_uuid: str, item: PointFile, destination: str) -> None:
+        """Copy a stored file to ``destination``, checking every chunk on the way."""
+        try:
+            record = self._agreeing_file_record(domain_uuid, item)
+        except CorruptStoreError as error:
+            raise IntegrityError(f"{error}; this restore point cannot be restored (run "
+                                 "'fibackup verify')") from None
+        path = self.file_path(domain_uuid, item.id)
+        try:
+            result = scan_file(path, destination, expected=record.chunks,
+                               opener=self._file_opener(domain_uuid, item.id))
+        except FileNotFoundError as error:
+            if error.filename != path:
+                raise
+            raise IntegrityError(f"stored file {path} ({item.role} {item.path}) is missing; "
+                                 "this restore point cannot be restored (run "
+                                 "'fibackup verify')") from None
+        except CorruptStoreError as error:
+            raise IntegrityError(f"{error}; this restore point cannot be restored (run "
+                                 "'fibackup verify')") from None
+        problems = describe_damage(path, record.chunks, result)
+        if problems:
+            remove_quietly(destination)
+            raise IntegrityError("; ".join(problems) + f" ({item.role} {item.path}); nothing "
+                                 "was restored from it (choose another restore point with --at)")
+
+    def check_file_listing(self, domain_uuid: str, item: PointFile) -> None:
+        """CorruptStoreError unless the file's record agrees with this listing."""
+        self._agreeing_file_record(domain_uuid, item)
+
+    def _agreeing_file_record(self, domain_uuid: str, item: PointFile) -> fmt.FileRecord:
+        record = self.file_record(domain_uuid, item.id)
+        if (record.digest, record.size) != (item.digest, item.size):
+            raise CorruptStoreError(
+                f"the restore point lists {item.role} file {item.id} with digest {item.digest} "
+                f"and size {item.size}, its record says {record.digest} and {record.size}; the "
+                "backup directory was damaged or edited")
+        return record
+
+    def _file_opener(self, domain_uuid: str, file_id: str) -> Callable[[str, int], int]:
+        parts = self._files(domain_uuid)
+        name = _data_name(file_id)
+        return lambda _path, _flags: _open_file(self.root, parts, name)
 
     def _image_opener(self, domain_uuid: str, layer: StoredLayer) -> Callable[[str, int], int]:
         parts = self._layers(domain_uuid)
@@ -605,10 +737,27 @@ def _image_name(layer_id: str, image_format: str) -> str:
     return f"{layer_id}.{image_format}"
 
 
+def _data_name(file_id: str) -> str:
+    if not fmt.is_valid_id(file_id):
+        raise CorruptStoreError(f"invalid stored file id {file_id!r}")
+    return f"{file_id}.data"
+
+
 def _record_name(layer_id: str) -> str:
     if not fmt.is_valid_id(layer_id):
         raise CorruptStoreError(f"invalid layer id {layer_id!r}")
     return f"{layer_id}.json"
+
+
+def _stems(root: str, parts: Sequence[str], suffixes: Sequence[str]) -> set[str]:
+    """Valid ids of the published files ``<id>.<suffix>`` in ``root/parts``."""
+    try:
+        names = _list_dir(root, parts)
+    except FileNotFoundError:
+        return set()
+    stems = {name.rsplit(".", 1)[0] for name in names
+             if not name.startswith(".") and "." in name and name.rsplit(".", 1)[1] in suffixes}
+    return {stem for stem in stems if fmt.is_valid_id(stem)}
 
 
 def _fsync_file(path: str) -> None:

@@ -7,6 +7,8 @@ no manifest lists it (the record is written after the image and the manifest
 last, so an interrupted run leaves exactly such layers); while any manifest of
 the domain is unreadable, only hidden partial files are removed.
 Complete layers no manifest lists yet are kept: the next backup reuses them.
+Stored files (``files/``: NVRAM, TPM state, boot files) are treated alike: data
+without its record, or a record without data, that no manifest lists is removed.
 """
 from __future__ import annotations
 
@@ -23,10 +25,11 @@ def tidy_domain(store: BackupStore, domain_uuid: str) -> list[str]:
     """Remove partial files and incomplete layers of one domain; return what was removed."""
     base = store.domain_dir(domain_uuid)
     unreadable: list[str] = []
-    listed = {layer_id for point in store.points(domain_uuid, unreadable)
-              for _target, layer_id in store.iter_point_layers(point)}
+    points = store.points(domain_uuid, unreadable)
+    listed = {layer_id for point in points for _target, layer_id in store.iter_point_layers(point)}
+    listed_files = {item.id for point in points for item in point.files}
     removed = []
-    for sub in ("layers", "points"):
+    for sub in ("layers", "files", "points"):
         directory = os.path.join(base, sub)
         if os.path.islink(directory) or not os.path.isdir(directory):
             continue
@@ -34,7 +37,9 @@ def tidy_domain(store: BackupStore, domain_uuid: str) -> list[str]:
         for name in sorted(names):
             path = os.path.join(directory, name)
             if name.startswith(".") and PARTIAL in name or \
-                    sub == "layers" and not unreadable and _incomplete_layer(name, names, listed):
+                    sub == "layers" and not unreadable and _incomplete_layer(name, names, listed) \
+                    or sub == "files" and not unreadable and \
+                    _incomplete_file(name, names, listed_files):
                 remove_quietly(path)
                 removed.append(path)
     return removed
@@ -49,3 +54,13 @@ def _incomplete_layer(name: str, names: set[str], listed: set[str]) -> bool:
     if suffix == "json":
         return not any(f"{stem}.{image}" in names for image in fmt.IMAGE_FORMATS)
     return suffix in fmt.IMAGE_FORMATS and f"{stem}.json" not in names
+
+
+def _incomplete_file(name: str, names: set[str], listed: set[str]) -> bool:
+    """A stored file's data without its record, or a record without data, that no
+    manifest lists."""
+    stem, _dot, suffix = name.rpartition(".")
+    if not stem or not fmt.is_valid_id(stem) or stem in listed:
+        return False
+    partner = {"json": "data", "data": "json"}.get(suffix)
+    return partner is not None and f"{stem}.{partner}" not in names

@@ -348,3 +348,64 @@ def backing_files(xml: str, targets: Sequence[str]) -> dict[str, list[str]]:
     """The files of each disk's explicit ``<backingStore>`` chain, nearest first."""
     return {spec.target: [layer.path for layer in spec.backing]
             for spec in disks(parse(xml)) if spec.target in targets}
+
+
+BOOT_FILE_ROLES = ("nvram", "kernel", "initrd", "dtb")
+"""The ``<os>`` children that name a per-domain or boot file fibackup saves."""
+
+
+def boot_files(root: ET.Element) -> dict[str, str]:
+    """Role -> host path of the domain's NVRAM and direct-boot files.
+
+    The read-only ``<loader>`` firmware is a system file and not listed; an NVRAM
+    kept elsewhere than in a local file (``type='network'``) is not either.
+    """
+    files: dict[str, str] = {}
+    os_element = root.find("os")
+    if os_element is None:
+        return files
+    for role in BOOT_FILE_ROLES:
+        element = os_element.find(role)
+        if element is None:
+            continue
+        path = _nvram_path(element) if role == "nvram" else (element.text or "").strip()
+        if path:
+            files[role] = path
+    return files
+
+
+def _nvram_path(element: ET.Element) -> str:
+    if element.get("type") not in (None, "file"):
+        return ""
+    source = element.find("source")
+    if source is not None:
+        return source.get("file", "")
+    return (element.text or "").strip()
+
+
+def has_tpm_emulator(root: ET.Element) -> bool:
+    """Whether the domain has an emulated TPM (swtpm), whose state libvirt keeps."""
+    return any(backend.get("type") == "emulator"
+               for backend in root.findall("./devices/tpm/backend"))
+
+
+def repoint_boot_files(xml: str, paths: Mapping[str, str]) -> str:
+    """Point ``<nvram>``, ``<kernel>``, ``<initrd>``, ``<dtb>`` at restored files
+    (role -> path); a missing element is added (a copy made by ``as_copy`` has no
+    ``<nvram>``)."""
+    root = parse(xml)
+    os_element = root.find("os")
+    if os_element is None:
+        os_element = ET.SubElement(root, "os")
+    for role in BOOT_FILE_ROLES:
+        if role not in paths:
+            continue
+        element = os_element.find(role)
+        if element is None:
+            element = ET.SubElement(os_element, role)
+        if role == "nvram":
+            for child in list(element):
+                element.remove(child)
+            element.attrib.pop("type", None)
+        element.text = paths[role]
+    return ET.tostring(root, encoding="unicode")

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from tests.lab import MiB, assert_same, restore_and_read
+from tests.lab import DiskDef, MiB, assert_same, restore_and_read
 
 
 def _history(dom, backup: str, rounds: int, first: int = 0) -> dict[str, dict[str, bytes]]:
@@ -156,3 +156,33 @@ def test_prune_takes_its_rules_and_directory_from_the_config_file_unless_flags_s
     assert lab.cli("prune", "-d", dom.name, "--keep", "1", "--json",
                    env=env).json()[0]["kept"] == ids[3:]
     _check_all(lab, backup, dom.name, points)
+
+
+def test_prune_keeps_shared_boot_files_and_removes_the_ones_only_dropped_points_listed(lab):
+    import libvirt
+    dom = lab.domain(disks=[DiskDef("vda")], start=False, guest_cmdline="")
+    kernel = lab.path("kernel-file")
+    xml = ET.fromstring(dom.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    xml.find("os/kernel").text = kernel
+    lab.conn.defineXML(ET.tostring(xml, encoding="unicode"))
+    backup = lab.path("backup")
+    points = {}
+    for night in range(3):
+        with open(kernel, "wb") as handle:            # a new kernel every other night
+            handle.write(bytes([0x41 + night // 2]) * 4096)
+        dom.write("vda", 0x21 + night, night * MiB, MiB)
+        points[dom.snapshot(backup).json()[0]["point"]] = dom.expected_now()
+    listed = _listed(lab, backup, dom.name)
+    kernels = [[f["digest"] for f in row["files"] if f["role"] == "kernel"] for row in listed]
+    assert kernels[0] == kernels[1] != kernels[2]
+    result = lab.cli("prune", "-b", backup, "-d", dom.name, "--keep", "1", "--json").json()[0]
+    assert kernels[0][0] in result["removed_files"]
+    uuid = os.listdir(os.path.join(backup, "domains"))[0]
+    stored = set(os.listdir(os.path.join(backup, "domains", uuid, "files")))
+    assert {name.rsplit(".", 1)[0] for name in stored} == \
+        {f["digest"] for f in _listed(lab, backup, dom.name)[0]["files"]}
+    _check_all(lab, backup, dom.name, points)
+    restored = lab.cli("restore", "-d", dom.name, "-b", backup, "--to", lab.path("r"),
+                       "--no-define", "--json").json()
+    with open(restored["domain_files"]["kernel"], "rb") as handle:
+        assert handle.read() == bytes([0x42]) * 4096
