@@ -13,7 +13,8 @@ from typing import Callable, List, Optional, TypeVar
 import typer
 
 from fibackup import __version__
-from fibackup.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, FibackupError
+from fibackup.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL,
+                             FibackupError)
 from fibackup.fsutil import human
 from fibackup.report import Reporter
 
@@ -22,14 +23,19 @@ app = typer.Typer(
     help="Forward-incremental, verifiable backups of libvirt/QEMU domains.\n\n"
          "Examples:\n\n"
          "\b\n"
-         "  fibackup snapshot -d web -b /backup   # snapshot + incremental backup\n"
+         "  fibackup snapshot -d web -b /backup     # snapshot + incremental backup\n"
          "  fibackup consolidate -d web -b /backup  # shorten the chain\n"
-         "  fibackup list -b /backup              # restore points\n"
-         "  fibackup verify -b /backup            # re-read every stored byte\n"
-         "  fibackup restore -d web -b /backup --to /srv/web-restored\n"
-         "  fibackup repair -d web                # after a crash: finish or undo\n\n"
+         "  fibackup list -b /backup                # restore points\n"
+         "  fibackup status -d web -b /backup       # live chain, what is backed up\n"
+         "  fibackup verify -b /backup              # re-read every stored byte\n"
+         "  fibackup restore -d web -b /backup --to /srv/web-restored --at 3\n"
+         "  fibackup repair -d web                  # after a crash: finish or undo\n"
+         "  fibackup COMMAND --help                 # each command's options and examples\n\n"
+         "Every command takes --json (errors too are JSON then). Progress bars are drawn "
+         "on a terminal only; each run on a backup directory writes its log to "
+         "DIR/logs.\n\n"
          "Exit codes: 0 success, 1 failure, 2 usage error, 3 some of several domains "
-         "failed, 4 domain locked by another run.")
+         "failed, 4 domain locked by another run, 130 interrupted (Ctrl-C).")
 
 T = TypeVar("T")
 
@@ -43,7 +49,8 @@ ConnectOpt = typer.Option(None, "--connect", "-c", envvar="LIBVIRT_DEFAULT_URI",
                           help="libvirt URI [default: qemu:///system].")
 JsonOpt = typer.Option(False, "--json", help="Print a JSON result on stdout.")
 DebugOpt = typer.Option(False, "--debug", help="Show tracebacks of errors.")
-QuietOpt = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr, no "
+                        "progress bars (a run's log in DIR/logs still gets every line).")
 JobsOpt = typer.Option(None, "--jobs", "-j", min=1, max=64, metavar="N", show_default=False,
                        help="Disks copied at once [default: 2].")
 BwlimitOpt = typer.Option(None, "--bwlimit", metavar="RATE", help="Limit all copies of the run "
@@ -97,8 +104,8 @@ def _exit_code(failures: int, count: int) -> int:
     return EXIT_PARTIAL if failures < count else EXIT_FAILURE
 
 
-def _each_domain(names: List[str], run_one: Callable[[str], tuple[dict, bool]]
-                 ) -> tuple[list[dict], int]:
+def _each_domain(names: List[str], run_one: Callable[[str], tuple[dict, bool]],
+                 report: Reporter) -> tuple[list[dict], int]:
     """``run_one(name)`` (its JSON and whether it succeeded) for each domain, and how
     many failed.  The error of one of several domains is one stderr line naming it
     and an ``error`` entry; a single domain's error is raised as it is."""
@@ -109,7 +116,7 @@ def _each_domain(names: List[str], run_one: Callable[[str], tuple[dict, bool]]
         except FibackupError as error:
             if len(names) == 1:
                 raise
-            print(f"fibackup: {name}: {error}", file=sys.stderr)
+            report.error(f"{name}: {error}")
             document, succeeded = {"domain": name, "error": str(error)}, False
         results.append(document)
         failures += not succeeded
@@ -123,37 +130,60 @@ def _io_options(jobs: Optional[int], bwlimit: Optional[str], reflink: bool = Fal
                      reflink=reflink)
 
 
-def _run(debug: bool, action: Callable[[], int], as_json: bool = False) -> None:
+def _reporter(quiet: bool = False, as_json: bool = False, backup_dir: Optional[str] = None,
+              command: str = "") -> Reporter:
+    """The run's stderr (bars only on a terminal, never with --quiet or --json) and, with
+    a backup directory, its log in DIR/logs (README.md, "Progress, logs and journald")."""
+    report = Reporter(quiet=quiet, bars=not as_json)
+    if backup_dir is not None:
+        report.open_log(backup_dir, command, ["fibackup", *sys.argv[1:]])
+    return report
+
+
+def _run(debug: bool, action: Callable[[], int], as_json: bool = False,
+         report: Optional[Reporter] = None) -> None:
     """Run a command; every expected failure is one line on stderr and, with --json,
-    also ``{"error": {...}}`` on stdout, so a script always gets a document."""
+    also ``{"error": {...}}`` on stdout, so a script always gets a document.  The run's
+    log (if any) ends with the exit code."""
+    report = report or Reporter(bars=False)
+    code = EXIT_FAILURE
     try:
-        code = action()
+        code = _outcome(debug, action, as_json, report)
+    finally:
+        report.close(code)
+    raise typer.Exit(code)
+
+
+def _outcome(debug: bool, action: Callable[[], int], as_json: bool, report: Reporter) -> int:
+    try:
+        return action()
     except FibackupError as error:
         if debug:
             traceback.print_exc()
-        _fail(str(error), type(error).__name__, error.exit_code, as_json)
+        return _fail(report, str(error), type(error).__name__, error.exit_code, as_json)
     except KeyboardInterrupt:
-        _fail("interrupted; nothing incomplete was published", "Interrupted", 130, as_json)
+        return _fail(report, "interrupted; nothing incomplete was published", "Interrupted",
+                     EXIT_INTERRUPTED, as_json)
     except OSError as error:
         if debug:
             traceback.print_exc()
         where = f" ({error.filename})" if error.filename else ""
-        _fail(f"{error.strerror or error}{where}", "OSError", EXIT_FAILURE, as_json)
+        return _fail(report, f"{error.strerror or error}{where}", "OSError", EXIT_FAILURE,
+                     as_json)
     except Exception as error:  # noqa: BLE001 - last resort: one line, never a traceback
         if type(error).__module__ != "libvirt":
             raise
         if debug:
             traceback.print_exc()
-        _fail(f"libvirt failed: {error}; check 'virsh list --all' and libvirtd's log, then "
-              "run again", "LibvirtError", EXIT_FAILURE, as_json)
-    raise typer.Exit(code)
+        return _fail(report, f"libvirt failed: {error}; check 'virsh list --all' and "
+                     "libvirtd's log, then run again", "LibvirtError", EXIT_FAILURE, as_json)
 
 
-def _fail(message: str, kind: str, code: int, as_json: bool) -> None:
-    print(f"fibackup: {message}", file=sys.stderr)
+def _fail(report: Reporter, message: str, kind: str, code: int, as_json: bool) -> int:
+    report.error(message)
     if as_json:
         _emit_json({"error": {"message": message, "kind": kind, "exit_code": code}})
-    raise typer.Exit(code)
+    return code
 
 
 def _emit_json(document: object) -> None:
@@ -197,11 +227,13 @@ def snapshot(
       fibackup snapshot -d web -b /backup --max-chain 8   # nightly, bounded chain
       fibackup snapshot -d web -b /backup --bwlimit 200M -j 4
       fibackup snapshot --all-running -b /backup --quiesce-fallback   # nightly, every VM
+
+    Exit codes: 0 every domain succeeded, 3 some failed, 1 all failed, 4 locked.
     """
     from fibackup.commands.snapshot import SnapshotOptions, snapshot_domain
+    report = _reporter(quiet, as_json, backup_dir, "snapshot")
 
     def action() -> int:
-        report = Reporter(quiet=quiet)
         options = SnapshotOptions(backup_dir=backup_dir, disks=disk, exclude=exclude_disk,
                                   quiesce=quiesce or quiesce_fallback,
                                   quiesce_fallback=quiesce_fallback,
@@ -213,12 +245,13 @@ def snapshot(
         if not names:
             report.info("no domain to snapshot")
         results, failures = _each_domain(
-            names, lambda name: (snapshot_domain(conn, name, options, report).to_json(), True))
+            names, lambda name: (snapshot_domain(conn, name, options, report).to_json(), True),
+            report)
         if as_json:
             _emit_json(results)
         return _exit_code(failures, len(names))
 
-    _run(debug, action, as_json)
+    _run(debug, action, as_json, report)
 
 
 @app.command("consolidate")
@@ -248,11 +281,14 @@ def consolidate_command(
       fibackup consolidate -d web                     # commit: base <- active
       fibackup consolidate -d web -b /backup          # back up what is missing first
       fibackup consolidate -d web --method active --timeout 600
+      fibackup consolidate --all-running --method commit --json
+
+    Exit codes: 0 done, 1 failed or a job was aborted, 3 some domains failed, 4 locked.
     """
     from fibackup.commands.consolidate import ConsolidateOptions, consolidate_domain
+    report = _reporter(quiet, as_json, backup_dir, "consolidate")
 
     def action() -> int:
-        report = Reporter(quiet=quiet)
         options = ConsolidateOptions(method=method, backup_dir=backup_dir,
                                      bandwidth_mib=bandwidth, timeout=timeout,
                                      keep_files=keep_files, force=force, disks=disk,
@@ -265,17 +301,17 @@ def consolidate_command(
         def consolidate_one(name: str) -> tuple[dict, bool]:
             outcome = consolidate_domain(conn, name, options, report)
             if outcome.aborted and not as_json:
-                print(f"fibackup: {name}: consolidation of disk(s) "
-                      f"{', '.join(item.target for item in outcome.aborted)} was aborted "
-                      f"({outcome.aborted[0].reason})", file=sys.stderr)
+                report.error(f"{name}: consolidation of disk(s) "
+                             f"{', '.join(item.target for item in outcome.aborted)} was "
+                             f"aborted ({outcome.aborted[0].reason})")
             return outcome.to_json(), not outcome.aborted
 
-        results, failures = _each_domain(names, consolidate_one)
+        results, failures = _each_domain(names, consolidate_one, report)
         if as_json:
             _emit_json(results)
         return _exit_code(failures, len(names))
 
-    _run(debug, action, as_json)
+    _run(debug, action, as_json, report)
 
 
 @app.command()
@@ -296,12 +332,14 @@ def repair(
     safe part of this by itself and names 'fibackup repair' for the rest.
 
     \b
-    Example: fibackup repair -d web
+    Examples:
+      fibackup repair -d web                  # after a crash or a killed run
+      fibackup repair -d web -b /backup --timeout 600 --json
     """
     from fibackup.commands.repair import repair_domain
+    report = _reporter(quiet, as_json)
 
     def action() -> int:
-        report = Reporter(quiet=quiet)
         conn = _connector(connect)()
         results = [repair_domain(conn, name, backup_dir, report, timeout).to_json()
                    for name in domain]
@@ -309,7 +347,7 @@ def repair(
             _emit_json(results)
         return EXIT_OK
 
-    _run(debug, action, as_json)
+    _run(debug, action, as_json, report)
 
 
 @app.command("list")
@@ -323,12 +361,16 @@ def list_command(
     Columns: seq and id (what restore --at takes), snapshot time, disks, layers,
     data stored new by that point, data a restore reads, quiesced or not.
 
-    Example: fibackup list -b /backup -d web --json
+    \b
+    Examples:
+      fibackup list -b /backup
+      fibackup list -b /backup -d web --json
     """
     from fibackup.commands.listing import list_points, point_row
+    report = _reporter(as_json=as_json)
 
     def action() -> int:
-        rows = [point_row(point) for point in list_points(backup_dir, domain, Reporter())]
+        rows = [point_row(point) for point in list_points(backup_dir, domain, report)]
         if as_json:
             _emit_json(rows)
         elif not rows:
@@ -342,7 +384,7 @@ def list_command(
                                            "new", "restore size", "quiesced"]))
         return EXIT_OK
 
-    _run(debug, action, as_json)
+    _run(debug, action, as_json, report)
 
 
 @app.command()
@@ -353,7 +395,10 @@ def status(
 ) -> None:
     """Show each disk's live chain; with -b, which frozen layers that backup holds.
 
-    Example: fibackup status -d web -b /backup
+    \b
+    Examples:
+      fibackup status -d web
+      fibackup status -d web -b /backup --json
     """
     from fibackup.commands.listing import domain_status
 
@@ -387,28 +432,37 @@ def verify(
 ) -> None:
     """Re-read every stored layer and check it against its checksums (no libvirt needed).
 
-    Example: fibackup verify -b /backup -d web --at 20261123-020000
+    \b
+    Examples:
+      fibackup verify -b /backup                   # every restore point
+      fibackup verify -b /backup -d web --at 20261123-020000
+      fibackup verify -b /backup --bwlimit 100M --json
+
+    Exit codes: 0 intact, 1 damage found (one DAMAGED line per problem).
     """
     from fibackup.commands.verify import verify as run_verify
     from fibackup.errors import UsageError
+    report = _reporter(quiet, as_json, backup_dir, "verify")
 
     def action() -> int:
         if at is not None and domain is None:
             raise UsageError("--at needs -d DOMAIN")
-        result = run_verify(backup_dir, domain, at, Reporter(quiet=quiet),
+        result = run_verify(backup_dir, domain, at, report,
                             throttle=_io_options(None, bwlimit).throttle())
+        summary = (f"{result.points} restore point(s), {result.layers} layer(s), "
+                   f"{human(result.bytes_read)} read")
+        report.record(f"{'ok' if result.ok else 'damaged'}: {summary}")
         if as_json:
             _emit_json(result.to_json())
         elif result.ok:
-            print(f"ok: {result.points} restore point(s), {result.layers} layer(s), "
-                  f"{human(result.bytes_read)} read")
+            print(f"ok: {summary}")
         else:
             for problem in result.problems:
-                print(f"DAMAGED: {problem}", file=sys.stderr)
-            print(f"fibackup: verify found {len(result.problems)} problem(s)", file=sys.stderr)
+                report.error(problem, prefix="DAMAGED: ")
+            report.error(f"verify found {len(result.problems)} problem(s)")
         return EXIT_OK if result.ok else EXIT_FAILURE
 
-    _run(debug, action, as_json)
+    _run(debug, action, as_json, report)
 
 
 @app.command()
@@ -440,13 +494,16 @@ def restore(
       fibackup restore -d web -b /backup --to /srv/img --no-define --flatten
     """
     from fibackup.commands.restore import RestoreOptions, restore as run_restore
+    report = _reporter(quiet, as_json, backup_dir, "restore")
 
     def action() -> int:
         options = RestoreOptions(domain=domain, backup_dir=backup_dir, to=to, at=at, disks=disk,
                                  flatten=flatten, define=not no_define, as_name=as_name,
                                  force=force, space_check=not no_space_check,
                                  io=_io_options(jobs, bwlimit, reflink=not no_reflink))
-        result = run_restore(options, _connector(connect), Reporter(quiet=quiet))
+        result = run_restore(options, _connector(connect), report)
+        for target, path in sorted(result.disks.items()):
+            report.record(f"restored {target}: {path}")
         if as_json:
             _emit_json(result.to_json())
         else:
@@ -454,7 +511,7 @@ def restore(
                 print(f"{target}: {path}")
         return EXIT_OK
 
-    _run(debug, action, as_json)
+    _run(debug, action, as_json, report)
 
 
 def _version(value: bool) -> None:
@@ -470,4 +527,4 @@ def root(version: bool = typer.Option(False, "--version", callback=_version, is_
 
 
 def main() -> None:
-    app()
+    app(prog_name="fibackup")
