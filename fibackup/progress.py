@@ -134,11 +134,13 @@ class Console:
 
 
 def terminal_width(stream: TextIO) -> int:
-    """Columns of the terminal behind ``stream`` (not stdout's: that may be a pipe)."""
+    """Columns of the terminal behind ``stream`` (not stdout's: that may be a pipe); a
+    terminal that does not know its size (0 columns) counts as $COLUMNS or 80."""
     try:
-        return os.get_terminal_size(stream.fileno()).columns
+        columns = os.get_terminal_size(stream.fileno()).columns
     except (AttributeError, OSError, ValueError):
-        return shutil.get_terminal_size().columns
+        columns = 0
+    return columns if columns > 0 else shutil.get_terminal_size().columns
 
 
 def render_status(bars: Sequence[Bar], now: float, width: int) -> str:
