@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Callable, List, Optional, TypeVar
 import typer
 
 from fibackup import __version__
-from fibackup.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, FibackupError
+from fibackup.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL,
+                             FibackupError)
 from fibackup.fsutil import human
 from fibackup.rates import parse_rate
 from fibackup.report import Reporter
@@ -26,16 +27,21 @@ app = typer.Typer(
     help="Forward-incremental, verifiable backups of libvirt/QEMU domains.\n\n"
          "Examples:\n\n"
          "\b\n"
-         "  fibackup snapshot -d web -b /backup   # snapshot + incremental backup\n"
+         "  fibackup snapshot -d web -b /backup     # snapshot + incremental backup\n"
          "  fibackup consolidate -d web -b /backup  # shorten the chain\n"
-         "  fibackup list -b /backup              # restore points\n"
-         "  fibackup verify -b /backup            # re-read every stored byte\n"
-         "  fibackup restore -d web -b /backup --to /srv/web-restored\n"
+         "  fibackup list -b /backup                # restore points\n"
+         "  fibackup status -d web -b /backup       # live chain, what is backed up\n"
+         "  fibackup verify -b /backup              # re-read every stored byte\n"
+         "  fibackup restore -d web -b /backup --to /srv/web-restored --at 3\n"
          "  fibackup prune -b /backup -d web --keep 14   # retention by merging\n"
-         "  fibackup repair -d web                # after a crash: finish or undo\n"
-         "  fibackup config show                  # settings and where each comes from\n\n"
+         "  fibackup repair -d web                  # after a crash: finish or undo\n"
+         "  fibackup config show                    # settings and where each comes from\n"
+         "  fibackup COMMAND --help                 # each command's options and examples\n\n"
+         "Every command takes --json (errors too are JSON then). Progress bars are drawn "
+         "on a terminal only; each run on a backup directory writes its log to "
+         "DIR/logs.\n\n"
          "Exit codes: 0 success, 1 failure, 2 usage error, 3 some of several domains "
-         "failed, 4 domain locked by another run.")
+         "failed, 4 domain locked by another run, 130 interrupted (Ctrl-C).")
 
 T = TypeVar("T")
 
@@ -51,7 +57,8 @@ ConnectOpt = typer.Option(None, "--connect", "-c", metavar="URI", show_default=F
                           "$LIBVIRT_DEFAULT_URI, else qemu:///system].")
 JsonOpt = typer.Option(False, "--json", help="Print a JSON result on stdout.")
 DebugOpt = typer.Option(False, "--debug", help="Show tracebacks of errors.")
-QuietOpt = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr, no "
+                        "progress bars (a run's log in DIR/logs still gets every line).")
 JobsOpt = typer.Option(None, "--jobs", "-j", min=1, max=64, metavar="N", show_default=False,
                        help="Disks copied at once [default: jobs of the configuration "
                        "file, else 2].")
@@ -84,8 +91,8 @@ def _exit_code(failures: int, count: int) -> int:
     return EXIT_PARTIAL if failures < count else EXIT_FAILURE
 
 
-def _each_domain(names: List[str], run_one: Callable[[str], tuple[dict, bool]]
-                 ) -> tuple[list[dict], int]:
+def _each_domain(names: List[str], run_one: Callable[[str], tuple[dict, bool]],
+                 report: Reporter) -> tuple[list[dict], int]:
     """``run_one(name)`` (its JSON and whether it succeeded) for each domain, and how
     many failed.  The error of one of several domains is one stderr line naming it
     and an ``error`` entry; a single domain's error is raised as it is."""
@@ -96,7 +103,7 @@ def _each_domain(names: List[str], run_one: Callable[[str], tuple[dict, bool]]
         except FibackupError as error:
             if len(names) == 1:
                 raise
-            print(f"fibackup: {name}: {error}", file=sys.stderr)
+            report.error(f"{name}: {error}")
             document, succeeded = {"domain": name, "error": str(error)}, False
         results.append(document)
         failures += not succeeded
@@ -110,37 +117,66 @@ def _io_options(jobs: Optional[int], bwlimit: Optional[str], reflink: bool = Fal
                      reflink=reflink)
 
 
-def _run(debug: bool, action: Callable[[], int], as_json: bool = False) -> None:
+def _reporter(quiet: bool = False, as_json: bool = False, backup_dir: Optional[str] = None,
+              command: str = "") -> Reporter:
+    """The run's stderr (bars only on a terminal, never with --quiet or --json) and, with
+    a backup directory, its log in DIR/logs (README.md, "Progress, logs and journald")."""
+    report = Reporter(quiet=quiet, bars=not as_json)
+    _log_to(report, backup_dir, command)
+    return report
+
+
+def _log_to(report: Reporter, backup_dir: Optional[str], command: str) -> None:
+    """Log the run in ``backup_dir``/logs, once the directory is known (a flag or the
+    configuration file)."""
+    if backup_dir is not None:
+        report.open_log(backup_dir, command, ["fibackup", *sys.argv[1:]])
+
+
+def _run(debug: bool, action: Callable[[], int], as_json: bool = False,
+         report: Optional[Reporter] = None) -> None:
     """Run a command; every expected failure is one line on stderr and, with --json,
-    also ``{"error": {...}}`` on stdout, so a script always gets a document."""
+    also ``{"error": {...}}`` on stdout, so a script always gets a document.  The run's
+    log (if any) ends with the exit code."""
+    report = report or Reporter(bars=False)
+    code = EXIT_FAILURE
     try:
-        code = action()
+        code = _outcome(debug, action, as_json, report)
+    finally:
+        report.close(code)
+    raise typer.Exit(code)
+
+
+def _outcome(debug: bool, action: Callable[[], int], as_json: bool, report: Reporter) -> int:
+    try:
+        return action()
     except FibackupError as error:
         if debug:
             traceback.print_exc()
-        _fail(str(error), type(error).__name__, error.exit_code, as_json)
+        return _fail(report, str(error), type(error).__name__, error.exit_code, as_json)
     except KeyboardInterrupt:
-        _fail("interrupted; nothing incomplete was published", "Interrupted", 130, as_json)
+        return _fail(report, "interrupted; nothing incomplete was published", "Interrupted",
+                     EXIT_INTERRUPTED, as_json)
     except OSError as error:
         if debug:
             traceback.print_exc()
         where = f" ({error.filename})" if error.filename else ""
-        _fail(f"{error.strerror or error}{where}", "OSError", EXIT_FAILURE, as_json)
+        return _fail(report, f"{error.strerror or error}{where}", "OSError", EXIT_FAILURE,
+                     as_json)
     except Exception as error:  # noqa: BLE001 - last resort: one line, never a traceback
         if type(error).__module__ != "libvirt":
             raise
         if debug:
             traceback.print_exc()
-        _fail(f"libvirt failed: {error}; check 'virsh list --all' and libvirtd's log, then "
-              "run again", "LibvirtError", EXIT_FAILURE, as_json)
-    raise typer.Exit(code)
+        return _fail(report, f"libvirt failed: {error}; check 'virsh list --all' and "
+                     "libvirtd's log, then run again", "LibvirtError", EXIT_FAILURE, as_json)
 
 
-def _fail(message: str, kind: str, code: int, as_json: bool) -> None:
-    print(f"fibackup: {message}", file=sys.stderr)
+def _fail(report: Reporter, message: str, kind: str, code: int, as_json: bool) -> int:
+    report.error(message)
     if as_json:
         _emit_json({"error": {"message": message, "kind": kind, "exit_code": code}})
-    raise typer.Exit(code)
+    return code
 
 
 def _emit_json(document: object) -> None:
@@ -211,16 +247,19 @@ def snapshot(
       fibackup snapshot -d web -b /backup --max-chain 8   # nightly, bounded chain
       fibackup snapshot -d web -b /backup --bwlimit 200M -j 4
       fibackup snapshot --all-running -b /backup --quiesce-fallback   # nightly, every VM
+
+    Exit codes: 0 every domain succeeded, 3 some failed, 1 all failed, 4 locked.
     """
     from fibackup.commands.snapshot import SnapshotOptions, snapshot_domain
+    report = _reporter(quiet, as_json)
 
     def action() -> int:
-        report = Reporter(quiet=quiet)
         settings = _config()
         mode = _quiesce_mode(quiesce, quiesce_fallback, no_quiesce, settings)
         method = settings.pick("snapshot.consolidate", consolidate)
-        options = SnapshotOptions(backup_dir=_snapshot_backup_dir(backup_dir, no_backup, settings),
-                                  disks=disk, exclude=exclude_disk,
+        directory = _snapshot_backup_dir(backup_dir, no_backup, settings)
+        _log_to(report, directory, "snapshot")
+        options = SnapshotOptions(backup_dir=directory, disks=disk, exclude=exclude_disk,
                                   quiesce=mode != "no", quiesce_fallback=mode == "fallback",
                                   space_check=not no_space_check,
                                   consolidate=None if method == "none" else method,
@@ -233,12 +272,13 @@ def snapshot(
         if not names:
             report.info("no domain to snapshot")
         results, failures = _each_domain(
-            names, lambda name: (snapshot_domain(conn, name, options, report).to_json(), True))
+            names, lambda name: (snapshot_domain(conn, name, options, report).to_json(), True),
+            report)
         if as_json:
             _emit_json(results)
         return _exit_code(failures, len(names))
 
-    _run(debug, action, as_json)
+    _run(debug, action, as_json, report)
 
 
 @app.command("consolidate")
@@ -268,11 +308,14 @@ def consolidate_command(
       fibackup consolidate -d web                     # commit: base <- active
       fibackup consolidate -d web -b /backup          # back up what is missing first
       fibackup consolidate -d web --method active --timeout 600
+      fibackup consolidate --all-running --method commit --json
+
+    Exit codes: 0 done, 1 failed or a job was aborted, 3 some domains failed, 4 locked.
     """
     from fibackup.commands.consolidate import ConsolidateOptions, consolidate_domain
+    report = _reporter(quiet, as_json, backup_dir, "consolidate")
 
     def action() -> int:
-        report = Reporter(quiet=quiet)
         settings = _config()
         options = ConsolidateOptions(method=settings.pick("consolidate.method", method),
                                      backup_dir=backup_dir, bandwidth_mib=bandwidth,
@@ -287,17 +330,17 @@ def consolidate_command(
         def consolidate_one(name: str) -> tuple[dict, bool]:
             outcome = consolidate_domain(conn, name, options, report)
             if outcome.aborted and not as_json:
-                print(f"fibackup: {name}: consolidation of disk(s) "
-                      f"{', '.join(item.target for item in outcome.aborted)} was aborted "
-                      f"({outcome.aborted[0].reason})", file=sys.stderr)
+                report.error(f"{name}: consolidation of disk(s) "
+                             f"{', '.join(item.target for item in outcome.aborted)} was "
+                             f"aborted ({outcome.aborted[0].reason})")
             return outcome.to_json(), not outcome.aborted
 
-        results, failures = _each_domain(names, consolidate_one)
+        results, failures = _each_domain(names, consolidate_one, report)
         if as_json:
             _emit_json(results)
         return _exit_code(failures, len(names))
 
-    _run(debug, action, as_json)
+    _run(debug, action, as_json, report)
 
 
 @app.command()
@@ -318,12 +361,14 @@ def repair(
     safe part of this by itself and names 'fibackup repair' for the rest.
 
     \b
-    Example: fibackup repair -d web
+    Examples:
+      fibackup repair -d web                  # after a crash or a killed run
+      fibackup repair -d web -b /backup --timeout 600 --json
     """
     from fibackup.commands.repair import repair_domain
+    report = _reporter(quiet, as_json)
 
     def action() -> int:
-        report = Reporter(quiet=quiet)
         conn = _connector(_config().connect_uri(connect))()
         results = [repair_domain(conn, name, backup_dir, report, timeout).to_json()
                    for name in domain]
@@ -331,7 +376,7 @@ def repair(
             _emit_json(results)
         return EXIT_OK
 
-    _run(debug, action, as_json)
+    _run(debug, action, as_json, report)
 
 
 @app.command("list")
@@ -345,13 +390,17 @@ def list_command(
     Columns: seq and id (what restore --at takes), snapshot time, disks, layers,
     data stored new by that point, data a restore reads, quiesced or not.
 
-    Example: fibackup list -b /backup -d web --json
+    \b
+    Examples:
+      fibackup list -b /backup
+      fibackup list -b /backup -d web --json
     """
     from fibackup.commands.listing import list_points, point_row
+    report = _reporter(as_json=as_json)
 
     def action() -> int:
         directory = _config().backup_dir(backup_dir)
-        rows = [point_row(point) for point in list_points(directory, domain, Reporter())]
+        rows = [point_row(point) for point in list_points(directory, domain, report)]
         if as_json:
             _emit_json(rows)
         elif not rows:
@@ -365,7 +414,7 @@ def list_command(
                                            "new", "restore size", "quiesced"]))
         return EXIT_OK
 
-    _run(debug, action, as_json)
+    _run(debug, action, as_json, report)
 
 
 @app.command()
@@ -376,7 +425,10 @@ def status(
 ) -> None:
     """Show each disk's live chain; with -b, which frozen layers that backup holds.
 
-    Example: fibackup status -d web -b /backup
+    \b
+    Examples:
+      fibackup status -d web
+      fibackup status -d web -b /backup --json
     """
     from fibackup.commands.listing import domain_status
 
@@ -412,31 +464,42 @@ def verify(
 ) -> None:
     """Re-read every stored layer and check it against its checksums (no libvirt needed).
 
-    Example: fibackup verify -b /backup -d web --at 20261123-020000
+    \b
+    Examples:
+      fibackup verify -b /backup                   # every restore point
+      fibackup verify -b /backup -d web --at 20261123-020000
+      fibackup verify -b /backup --bwlimit 100M --json
+
+    Exit codes: 0 intact, 1 damage found (one DAMAGED line per problem).
     """
     from fibackup.commands.verify import verify as run_verify
     from fibackup.errors import UsageError
+    report = _reporter(quiet, as_json)
 
     def action() -> int:
         if at is not None and domain is None:
             raise UsageError("--at needs -d DOMAIN")
         settings = _config()
-        result = run_verify(settings.backup_dir(backup_dir), domain, at, Reporter(quiet=quiet),
+        directory = settings.backup_dir(backup_dir)
+        _log_to(report, directory, "verify")
+        result = run_verify(directory, domain, at, report,
                             throttle=_io_options(None, settings.pick("verify.bwlimit",
                                                                      bwlimit)).throttle())
+        files = f"{result.files} file(s), " if result.files else ""
+        summary = (f"{result.points} restore point(s), {result.layers} layer(s), {files}"
+                   f"{human(result.bytes_read)} read")
+        report.record(f"{'ok' if result.ok else 'damaged'}: {summary}")
         if as_json:
             _emit_json(result.to_json())
         elif result.ok:
-            files = f"{result.files} file(s), " if result.files else ""
-            print(f"ok: {result.points} restore point(s), {result.layers} layer(s), {files}"
-                  f"{human(result.bytes_read)} read")
+            print(f"ok: {summary}")
         else:
             for problem in result.problems:
-                print(f"DAMAGED: {problem}", file=sys.stderr)
-            print(f"fibackup: verify found {len(result.problems)} problem(s)", file=sys.stderr)
+                report.error(problem, prefix="DAMAGED: ")
+            report.error(f"verify found {len(result.problems)} problem(s)")
         return EXIT_OK if result.ok else EXIT_FAILURE
 
-    _run(debug, action, as_json)
+    _run(debug, action, as_json, report)
 
 
 @app.command()
@@ -476,6 +539,7 @@ def restore(
     """
     from fibackup.commands.restore import RestoreOptions, restore as run_restore
     from fibackup.errors import UsageError
+    report = _reporter(quiet, as_json)
 
     def action() -> int:
         settings = _config()
@@ -487,22 +551,26 @@ def restore(
                     "--disk": disk, "--flatten": flatten, "--no-define": no_define,
                     "--as": as_name, "--force": force}
             return _restore_instant(instant, finalize, rest, no_verify, no_space_check,
-                                    rate, uri, as_json, quiet)
+                                    rate, uri, as_json, report)
         if no_verify:
             raise UsageError("--no-verify applies only to --instant (a restore always checks "
                              "every chunk it copies)")
         if domain is None or to is None:
             raise UsageError("restore needs -d DOMAIN and --to DIR (or --finalize NAME)")
-        options = RestoreOptions(domain=domain, backup_dir=settings.backup_dir(backup_dir), to=to,
+        directory = settings.backup_dir(backup_dir)
+        _log_to(report, directory, "restore")
+        options = RestoreOptions(domain=domain, backup_dir=directory, to=to,
                                  at=at, disks=disk, flatten=flatten, define=not no_define,
                                  as_name=as_name, force=force, space_check=not no_space_check,
                                  io=_io_options(settings.pick("restore.jobs", jobs), rate,
                                                 reflink=not no_reflink))
-        result = run_restore(options, _connector(uri), Reporter(quiet=quiet))
+        result = run_restore(options, _connector(uri), report)
+        for target, path in sorted(result.disks.items()):
+            report.record(f"restored {target}: {path}")
         _print_disks(result.to_json(), result.disks, as_json)
         return EXIT_OK
 
-    _run(debug, action, as_json)
+    _run(debug, action, as_json, report)
 
 
 @app.command("prune")
@@ -537,32 +605,38 @@ def prune_command(
     """
     from fibackup.commands.prune import PruneOptions, PruneRun, libvirt_pins
     from fibackup.model.retention import Retention
+    report = _reporter(quiet, as_json)
 
     def action() -> int:
-        report = Reporter(quiet=quiet)
         settings = _config()
         retention = Retention(keep, keep_daily, keep_weekly)
         if retention.empty:                 # no rule given: all of the file's [prune] rules
             rules = settings.prune()
             retention = Retention(rules.keep, rules.keep_daily, rules.keep_weekly)
-        options = PruneOptions(backup_dir=settings.backup_dir(backup_dir), domains=domain,
+        directory = settings.backup_dir(backup_dir)
+        _log_to(report, directory, "prune")
+        options = PruneOptions(backup_dir=directory, domains=domain,
                                every=all_domains, retention=retention, dry_run=dry_run)
         run = PruneRun.open(options, libvirt_pins(_connector(settings.connect_uri(connect))))
         uuids = {name: uuid for uuid, name in run.selected}
         if not uuids:
             report.info("no domain to prune")
         results, failures = _each_domain(
-            list(uuids), lambda name: (run.prune(uuids[name], name, report).to_json(), True))
+            list(uuids), lambda name: (run.prune(uuids[name], name, report).to_json(), True),
+            report)
         if as_json:
             _emit_json(results)
         return _exit_code(failures, len(uuids))
 
-    _run(debug, action, as_json)
+    _run(debug, action, as_json, report)
 
 
 config_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                          help="Show the settings of the configuration files (README.md, "
-                              "\"Configuration\").")
+                              "\"Configuration\").\n\n"
+                              "\b\nExamples:\n"
+                              "  fibackup config show              # value and source of each\n"
+                              "  FIBACKUP_CONFIG=/etc/other.toml fibackup config show --json")
 app.add_typer(config_app, name="config")
 
 
@@ -573,7 +647,10 @@ def config_show(as_json: bool = JsonOpt, debug: bool = DebugOpt) -> None:
     A source is a configuration file, LIBVIRT_DEFAULT_URI (connect only) or the
     built-in default; a command-line flag overrides each of them.
 
-    Example: fibackup config show --json
+    \b
+    Examples:
+      fibackup config show
+      fibackup config show --json
     """
     def action() -> int:
         settings = _config()
@@ -593,11 +670,10 @@ def config_show(as_json: bool = JsonOpt, debug: bool = DebugOpt) -> None:
 
 def _restore_instant(instant: bool, finalize: Optional[str], rest: dict, no_verify: bool,
                      no_space_check: bool, bwlimit: Optional[str], connect: Optional[str],
-                     as_json: bool, quiet: bool) -> int:
+                     as_json: bool, report: Reporter) -> int:
     """``restore --instant`` and ``restore --finalize NAME``."""
     from fibackup.commands import instant as instant_recovery
     from fibackup.errors import UsageError
-    report = Reporter(quiet=quiet)
     if finalize is not None:
         given = [flag for flag, value in [*rest.items(), ("--instant", instant),
                                           ("--no-verify", no_verify)] if value]
@@ -616,6 +692,7 @@ def _restore_instant(instant: bool, finalize: Optional[str], rest: dict, no_veri
     if missing:
         raise UsageError(f"--instant needs {', '.join(missing)}: -d DOMAIN -b DIR --as NEWNAME "
                          "(a new domain) --to DIR (for its overlays)")
+    _log_to(report, rest["-b"], "restore")
     options = instant_recovery.InstantOptions(
         domain=rest["-d"], backup_dir=rest["-b"], to=rest["--to"], as_name=rest["--as"],
         at=rest["--at"], disks=rest["--disk"], verify=not no_verify,
@@ -651,4 +728,4 @@ def root(version: bool = typer.Option(False, "--version", callback=_version, is_
 
 
 def main() -> None:
-    app()
+    app(prog_name="fibackup")

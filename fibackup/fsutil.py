@@ -55,9 +55,7 @@ def write_file(path: str, data: bytes, replace: bool = False, mode: int = 0o600)
     temporary = temp_name(directory, os.path.basename(path))
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -69,6 +67,13 @@ def write_file(path: str, data: bytes, replace: bool = False, mode: int = 0o600)
     except BaseException:
         remove_quietly(temporary)
         raise
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may write less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def remove_quietly(path: str) -> None:

@@ -480,14 +480,15 @@ def chain_now(domain: Domain, target: str) -> list[str]:
 
 def _run_live(domain: Domain, disk: LiveDisk, options: ConsolidateOptions, report: Reporter,
               total: int) -> blockjobs.JobResult:
-    progress = report.progress(f"{disk.target} {options.method}", total)
-    if options.method == "commit":
-        return blockjobs.commit(domain, disk.target, disk.base.path, disk.layers[-2].path,
-                                options.bandwidth_mib, options.timeout, progress)
-    if options.method == "active":
-        return blockjobs.active_commit(domain, disk.target, disk.base.path,
-                                       options.bandwidth_mib, options.timeout, progress)
-    return blockjobs.pull(domain, disk.target, options.bandwidth_mib, options.timeout, progress)
+    with report.progress(f"{disk.target} {options.method}", total) as progress:
+        if options.method == "commit":
+            return blockjobs.commit(domain, disk.target, disk.base.path, disk.layers[-2].path,
+                                    options.bandwidth_mib, options.timeout, progress)
+        if options.method == "active":
+            return blockjobs.active_commit(domain, disk.target, disk.base.path,
+                                           options.bandwidth_mib, options.timeout, progress)
+        return blockjobs.pull(domain, disk.target, options.bandwidth_mib, options.timeout,
+                              progress)
 
 
 def _check_headers(domain: Domain, disk: LiveDisk) -> None:

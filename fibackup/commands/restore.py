@@ -418,10 +418,10 @@ def _build_disk(store: BackupStore, point: RestorePoint, files: _DiskFiles, stag
     for layer, name in zip(disk.layers, layer_names):
         guard.check()                                 # another disk failed: start nothing
         path = os.path.join(staging, name)
-        progress = guard(faults.counting(report.progress(f"{disk.target} {name}",
-                                                         layer.data_bytes)))
-        store.restore_layer(point.domain_uuid, layer.id, path, progress=progress,
-                            expected=layer, throttle=throttle, clone=clone)
+        with report.progress(f"{disk.target} {name}", layer.data_bytes) as bar:
+            store.restore_layer(point.domain_uuid, layer.id, path,
+                                progress=guard(faults.counting(bar)), expected=layer,
+                                throttle=throttle, clone=clone)
         if layer.image_format == "qcow2":
             _check_standalone(path, is_base=previous is None)
             if previous is not None:

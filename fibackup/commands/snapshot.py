@@ -488,14 +488,13 @@ def _back_up_disk(store: BackupStore, domain: Domain, disk: LiveDisk, plan: Disk
         report.info(f"{domain.name}: copying {disk.target} layer {item.layer.path}")
         step = journal.start("backup.copy", store=store.root, disk=disk.target, layer=layer_id,
                              source=item.layer.path)
-        progress = guard(faults.counting(report.progress(
-            f"{disk.target} {os.path.basename(item.layer.path)}",
-            allocated_bytes(item.layer.path))))
-        stored = store.store_layer(domain.uuid, layer_id, item.layer.path, item.layer.format,
-                                   item.virtual_size, parent, disk.target, item.identity,
-                                   progress=progress, throttle=throttle, clone=clone,
-                                   check_source=lambda path=item.layer.path, want=item.identity:
-                                   _unchanged(path, want))
+        with report.progress(f"{disk.target} {os.path.basename(item.layer.path)}",
+                             allocated_bytes(item.layer.path)) as bar:
+            stored = store.store_layer(domain.uuid, layer_id, item.layer.path, item.layer.format,
+                                       item.virtual_size, parent, disk.target, item.identity,
+                                       progress=guard(faults.counting(bar)), throttle=throttle,
+                                       clone=clone, check_source=lambda path=item.layer.path,
+                                       want=item.identity: _unchanged(path, want))
         journal.done(step)
         layers.append(_point_layer(stored, new=True))
         copied += stored.data_bytes

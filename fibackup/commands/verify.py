@@ -16,6 +16,7 @@ from fibackup.commands.restore import find_points
 from fibackup.errors import CorruptStoreError
 from fibackup.model.chain import StoredLayer
 from fibackup.model.points import PointDisk, PointFile, PointLayer, RestorePoint, select_point
+from fibackup.progress import Bar
 from fibackup.report import Reporter
 from fibackup.store.chunks import Throttle
 from fibackup.store.repo import BackupStore, layer_disagreement
@@ -49,6 +50,8 @@ class _Seen:
     """Stored files (domain, id) already re-read, and what was wrong with them."""
     """The first listing of each layer: "restore point N/ID disk T" and its entry."""
     throttle: Optional[Throttle] = None
+    bar: Optional[Bar] = None
+    """The run's progress bar (None when none is drawn)."""
 
 
 def verify(backup_dir: str, domain: Optional[str], at: Optional[str],
@@ -66,20 +69,22 @@ def verify(backup_dir: str, domain: Optional[str], at: Optional[str],
     for problem in unreadable:
         result.problems.append(problem)
         report.warn(problem)
-    seen = _Seen(throttle=throttle)
-    for point in points:
-        result.points += 1
-        for target, disk in sorted(point.disks.items()):
-            for problem in _disk_problems(store, point, disk, seen, result):
-                message = f"restore point {point.domain_name}/{point.id}, disk {target}: {problem}"
-                result.problems.append(message)
-                report.warn(message)
-        for item in point.files:
-            for problem in _file_problems(store, point, item, seen, result):
-                message = (f"restore point {point.domain_name}/{point.id}, {item.role} file "
-                           f"{item.name or item.path}: {problem}")
-                result.problems.append(message)
-                report.warn(message)
+    with report.progress("verify", _data_bytes(points)) as bar:
+        seen = _Seen(throttle=throttle, bar=bar)
+        for point in points:
+            result.points += 1
+            for target, disk in sorted(point.disks.items()):
+                for problem in _disk_problems(store, point, disk, seen, result):
+                    message = (f"restore point {point.domain_name}/{point.id}, disk {target}: "
+                               f"{problem}")
+                    result.problems.append(message)
+                    report.warn(message)
+            for item in point.files:
+                for problem in _file_problems(store, point, item, seen, result):
+                    message = (f"restore point {point.domain_name}/{point.id}, {item.role} file "
+                               f"{item.name or item.path}: {problem}")
+                    result.problems.append(message)
+                    report.warn(message)
     return result
 
 
@@ -101,6 +106,13 @@ def _file_problems(store: BackupStore, point: RestorePoint, item: PointFile, see
     except CorruptStoreError as error:
         return [str(error)]
     return []
+
+
+def _data_bytes(points: list[RestorePoint]) -> int:
+    """What the run will read, each layer once (as the manifests say: for the bar only)."""
+    layers = {(point.domain_uuid, layer.id): layer.data_bytes for point in points
+              for disk in point.disks.values() for layer in disk.layers}
+    return sum(layers.values())
 
 
 def _disk_problems(store: BackupStore, point: RestorePoint, disk: PointDisk, seen: _Seen,
@@ -143,12 +155,14 @@ def _data_problems(store: BackupStore, key: tuple[str, str], here: str, seen: _S
     if key in seen.damaged:
         where = seen.damaged[key]
         return [f"layer {key[1]} is damaged (see {where})"] if where else []
-    problems = store.check_layer(*key, progress=lambda count: _count(result, count),
+    problems = store.check_layer(*key, progress=lambda count: _count(result, count, seen.bar),
                                  throttle=seen.throttle)
     result.layers += 1
     seen.damaged[key] = here if problems else ""
     return problems
 
 
-def _count(result: VerifyResult, count: int) -> None:
+def _count(result: VerifyResult, count: int, bar: Optional[Bar]) -> None:
     result.bytes_read += count
+    if bar is not None:
+        bar(count)

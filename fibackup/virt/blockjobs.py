@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 from fibackup import faults
 from fibackup.errors import BlockJobError
+from fibackup.progress import JobProgress
 from fibackup.virt.libvirt_api import Domain, libvirt, libvirt_message
 
 POLL_SECONDS = 0.25
@@ -23,7 +24,8 @@ ABORT_WAIT_SECONDS = 60.0
 PIVOT_RETRY = 600.0
 """Without --timeout, how long a READY job may keep refusing the pivot as "not ready"."""
 COMPLETED, FAILED, CANCELED, READY = 0, 1, 2, 3
-Progress = Optional[Callable[[int], None]]
+Progress = Optional[JobProgress]
+"""Gets libvirt's cur/end of the job at every poll (a progress bar, or None)."""
 
 
 class JobNotStartedError(BlockJobError):
@@ -100,7 +102,6 @@ class _Watch:
 
     def wait(self, wanted: set[int], deadline: Optional[float], progress: Progress) -> Optional[int]:
         """The first event in ``wanted``; None on timeout; COMPLETED if the job vanished."""
-        shown = 0
         vanished = 0
         while True:
             try:
@@ -116,9 +117,8 @@ class _Watch:
             elif info:
                 vanished = 0
                 self.bytes_done = max(self.bytes_done, int(info.get("cur", 0)))
-                if progress is not None and self.bytes_done > shown:
-                    progress(self.bytes_done - shown)
-                    shown = self.bytes_done
+                if progress is not None:
+                    progress.update(self.bytes_done, int(info.get("end", 0)))
                 if READY in wanted and _ready(self.domain, self.target, info):
                     return READY            # its event was lost; the pivot re-checks
             else:

@@ -39,10 +39,17 @@ def listing(directory: str) -> list[str]:
 
 
 def tree(lab) -> set[str]:
-    """Every path in the lab but its host state (which a restore may journal to)."""
+    """Every path in the lab but its host state (which a restore may journal to) and the
+    run logs of backup directories (where every restore logs itself)."""
     return {os.path.join(directory, name) for directory, dirs, files in os.walk(lab.root)
-            for name in dirs + files} - {lab.state_dir} - {
-        path for path in modes(lab.state_dir)}
+            for name in dirs + files if not run_log(os.path.join(directory, name))} - {
+        lab.state_dir} - {path for path in modes(lab.state_dir)}
+
+
+def run_log(path: str) -> bool:
+    """Whether ``path`` is a backup directory's logs/ or in it."""
+    above, _, _ = path.partition(os.sep + "logs")
+    return above != path and os.path.exists(os.path.join(above, "fibackup-store.json"))
 
 
 def failed_restore(lab, dom, backup, *args: str):
@@ -190,8 +197,9 @@ def test_backup_and_host_state_are_private_whatever_the_umask(lab, umask_000):
     dom.snapshot(backup)
     dom.snapshot(backup)
     kinds = [kind for kind, _mode in modes(backup).values()]
-    # the marker and 2 x (image, record, manifest); the root, domains, <uuid>, layers, points
-    assert (kinds.count("file"), kinds.count("dir")) == (7, 5)
+    # the marker, 2 x (image, record, manifest), 2 run logs; the root, domains, <uuid>, layers,
+    # points, logs
+    assert (kinds.count("file"), kinds.count("dir")) == (9, 6)
     assert wrong_modes(backup) == []
     state = [problem for problem in wrong_modes(lab.state_dir)
              if not problem.startswith(f"{lab.state_dir}: ")]
