@@ -6,6 +6,11 @@
   the way) against `cp` + `sync` of the same stored files: at most 1.2x.
 - verify of that backup directory against `xxhsum -H2` of the same files:
   at least 0.9x the throughput.
+- prune of that 10-point backup to its newest point (`prune --keep 1`: every
+  input chunk checked, `qemu-img convert` of the chain, the result hashed and
+  compared by `qemu-img compare`, manifests switched, old layers deleted)
+  against the bare merge it contains: `qemu-img convert` of the same stored
+  chain + `sync`. No target: the ratio is the price of checking.
 - start-up: what an incremental run spends outside the copy: Python start and
   imports (against `python -c pass`), libvirt RPC round trips (counted from
   libvirt's client log), and the snapshot call alone.
@@ -114,6 +119,43 @@ def verify_row(settings: Settings, lab: Lab, backup: str) -> Row:
                           note=f"xxhsum reads {apparent // MiB} MiB (holes too), fibackup the "
                                f"{data // MiB} MiB of data")
 
+def prune_row(settings: Settings, lab: Lab, dom: LabDomain, backup: str) -> Row:
+    from fibackup.qemu.img import explicit_chain
+    work, merged = lab.path("prune-work"), lab.path("merged.raw")
+    chain = _newest_chain(backup, "vda")
+
+    def prepare(_label: str = "") -> None:
+        remove(work)
+        remove(merged)
+        run_command(["cp", "-a", "--sparse=always", backup, work])
+
+    def baseline() -> None:
+        run_command(["qemu-img", "convert", "-O", "raw", explicit_chain(chain, read_only=True),
+                     merged])
+        run_command(["sync", "-f", lab.path()])
+
+    prepare()
+    times = alternate({"fibackup": lambda: fibackup(lab.state_dir, "prune", "-b", work, "-d",
+                                                   dom.name, "--keep", "1"),
+                       "convert": baseline}, settings.repeat, cold=[backup, work],
+                      after=prepare)
+    remove(work)
+    data = sum(os.stat(path).st_blocks * 512 for path, _format in chain)
+    return time_ratio_row(GROUP, f"prune of {len(chain)} layers to 1 (checked)",
+                          times["fibackup"], "qemu-img convert + sync of the chain",
+                          times["convert"], note=f"{data // MiB} MiB of data in the chain")
+
+
+def _newest_chain(backup: str, target: str) -> list[tuple[str, str]]:
+    """(path, format) of the stored layers of the newest point's disk, base first."""
+    (points,) = glob.glob(os.path.join(backup, "domains", "*", "points"))
+    with open(sorted(glob.glob(os.path.join(points, "*.json")))[-1]) as handle:
+        layers = json.load(handle)["disks"][target]["layers"]
+    directory = os.path.join(os.path.dirname(points), "layers")
+    return [(os.path.join(directory, f"{layer['id']}.{layer['image_format']}"),
+             layer["image_format"]) for layer in layers]
+
+
 def startup_rows(settings: Settings, lab: Lab, dom: LabDomain, backup: str) -> list[Row]:
     python = [sys.executable, "-c", "pass"]
     importing = [sys.executable, "-c", "import fibackup.cli"]
@@ -161,6 +203,7 @@ def run(settings: Settings) -> list[Row]:
         rows.append(restore_row(settings, lab, dom, backup))
         rows.append(verify_row(settings, lab, backup))
         rows.extend(startup_rows(settings, lab, dom, backup))
+        rows.append(prune_row(settings, lab, dom, backup))
     finally:
         lab.close()
     return rows

@@ -186,3 +186,46 @@ def test_prune_keeps_shared_boot_files_and_removes_the_ones_only_dropped_points_
                        "--no-define", "--json").json()
     with open(restored["domain_files"]["kernel"], "rb") as handle:
         assert handle.read() == bytes([0x42]) * 4096
+
+
+def test_prune_leaves_an_instant_recovery_domains_chain_alone_until_finalized(lab):
+    from tests.integration.test_instant import _chains, _instant
+    dom = lab.domain()
+    backup = lab.path("backup")
+    points = _history(dom, backup, 4)
+    ids = list(points)
+    name = dom.name + "-now"
+    _instant(lab, dom.name, backup, name, lab.path("instant"), "--at", "2")
+    copy = lab.conn.lookupByName(name)
+    used = {path for chain in _chains(copy.XMLDesc(0)).values() for path in chain}
+    assert used and all(os.path.exists(path) for path in used)
+
+    result = lab.cli("prune", "-b", backup, "-d", dom.name, "--keep", "1", "--json").json()[0]
+    assert result["kept"] == ids[-1:] and result["merges"] == []
+    assert {os.path.basename(path).rsplit(".", 1)[0] for path in used} <= set(result["pinned_layers"])
+    assert all(os.path.exists(path) for path in used)
+    _check_all(lab, backup, dom.name, points)
+
+    lab.cli("restore", "--finalize", name)
+    copy.destroy()
+    assert image_bytes_of(lab, copy, "vda") == points[ids[1]]["vda"]
+    points.update(_history(dom, backup, 1, first=4))
+    result = lab.cli("prune", "-b", backup, "-d", dom.name, "--keep", "1", "--json").json()[0]
+    assert result["merges"] and result["pinned_layers"] == []
+    listed = _check_all(lab, backup, dom.name, points)
+    assert len(_store_files(backup)["layers"]) == 4     # one merged layer per disk, + records
+    assert not any(os.path.exists(path) for path in used)
+    assert [row["id"] for row in listed] == list(points)[-1:]
+
+
+def image_bytes_of(lab, domain, target: str) -> bytes:
+    from tests.lab import image_bytes
+    for disk in ET.fromstring(domain.XMLDesc(libvirt_inactive())).findall("./devices/disk"):
+        if disk.find("target").get("dev") == target:
+            return image_bytes(disk.find("source").get("file"), "qcow2")
+    raise KeyError(target)
+
+
+def libvirt_inactive() -> int:
+    import libvirt
+    return libvirt.VIR_DOMAIN_XML_INACTIVE
