@@ -129,7 +129,7 @@ def _reporter(quiet: bool = False, as_json: bool = False, backup_dir: Optional[s
 def _log_to(report: Reporter, backup_dir: Optional[str], command: str) -> None:
     """Log the run in ``backup_dir``/logs, once the directory is known (a flag or the
     configuration file)."""
-    if backup_dir is not None:
+    if backup_dir is not None and not backup_dir.startswith("s3://"):
         report.open_log(backup_dir, command, ["fibackup", *sys.argv[1:]])
 
 
@@ -395,22 +395,27 @@ def list_command(
       fibackup list -b /backup
       fibackup list -b /backup -d web --json
     """
-    from fibackup.commands.listing import list_points, point_row
+    from fibackup.commands.listing import list_stores, point_row
     report = _reporter(as_json=as_json)
 
     def action() -> int:
         directory = _config().backup_dir(backup_dir)
-        rows = [point_row(point) for point in list_points(directory, domain, report)]
+        found = list_stores(directory, domain, report)
+        several = len({store for store, _point in found}) > 1
+        rows = [point_row(point, store if several else None) for store, point in found]
         if as_json:
             _emit_json(rows)
         elif not rows:
             print("no restore points" + (f" for domain {domain}" if domain else ""))
         else:
-            table = [[row["domain"], row["seq"], row["id"], row["time"], ",".join(row["disks"]),
-                      row["layers"], human(row["bytes_new"]), human(row["bytes_total"]),
-                      "yes" if row["quiesced"] else "no"] for row in rows]
+            where = (lambda row: [row["store"], row["host"]]) if several else (lambda row: [])
+            table = [[*where(row), row["domain"], row["seq"], row["id"], row["time"],
+                      ",".join(row["disks"]), row["layers"], human(row["bytes_new"]),
+                      human(row["bytes_total"]), "yes" if row["quiesced"] else "no"]
+                     for row in rows]
             from tabulate import tabulate
-            print(tabulate(table, headers=["domain", "seq", "id", "time (UTC)", "disks", "layers",
+            print(tabulate(table, headers=[*(["store", "host"] if several else []), "domain",
+                                           "seq", "id", "time (UTC)", "disks", "layers",
                                            "new", "restore size", "quiesced"]))
         return EXIT_OK
 

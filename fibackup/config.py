@@ -96,9 +96,24 @@ def _uri(value: Any) -> str:
 
 
 def _absolute_path(value: Any) -> str:
+    if isinstance(value, str) and value.startswith("s3://") and len(value) > len("s3://"):
+        return value                        # object storage (fibackup/store/s3.py)
     if not isinstance(value, str) or not os.path.isabs(value):
-        raise ValueError('an absolute path such as "/backup"')
+        raise ValueError('an absolute path such as "/backup" (or "s3://BUCKET/PREFIX")')
     return os.path.normpath(value)
+
+
+def _url(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")) \
+            or " " in value:
+        raise ValueError('an http(s) URL such as "https://s3.example.net"')
+    return value
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value or value != value.strip():
+        raise ValueError("a non-empty name")
+    return value
 
 
 def _rate(value: Any) -> str:
@@ -136,6 +151,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "restore": {"jobs": _JOBS, "bwlimit": _BWLIMIT},
     "verify": {"bwlimit": _BWLIMIT},
     "prune": {"keep": _KEEP, "keep_daily": _KEEP, "keep_weekly": _KEEP},
+    "s3": {"endpoint_url": Key(_url, unset="boto3's (AWS_ENDPOINT_URL, else AWS)"),
+           "profile": Key(_name, unset="boto3's (AWS_PROFILE, else default)"),
+           "region": Key(_name, unset="boto3's (AWS_DEFAULT_REGION...)")},
 }
 """Section ("" for the top level) -> key -> its check and default."""
 

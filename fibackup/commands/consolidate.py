@@ -39,6 +39,7 @@ from fibackup.host.journal import Journal
 from fibackup.model.chain import LiveDisk, LiveLayer
 from fibackup.qemu import img
 from fibackup.report import Reporter
+from fibackup.store.backend import location
 from fibackup.store.repo import BackupStore
 from fibackup.virt import blockjobs, domxml
 from fibackup.virt.chains import live_chain
@@ -122,7 +123,7 @@ def consolidate_domain(conn: Connection, name: str, options: ConsolidateOptions,
 def journal_options(options: ConsolidateOptions) -> dict[str, object]:
     """What repair needs to finish an interrupted run the way it was asked for."""
     return {"method": options.method, "keep_files": options.keep_files,
-            "backup_dir": os.path.abspath(options.backup_dir) if options.backup_dir else None}
+            "backup_dir": location(options.backup_dir) if options.backup_dir else None}
 
 
 def consolidate_locked(conn: Connection, domain: Domain, options: ConsolidateOptions,

@@ -45,6 +45,7 @@ from fibackup.model.points import PointDisk, RestorePoint, select_point
 from fibackup.qemu import img
 from fibackup.report import Reporter
 from fibackup.store.chunks import Throttle
+from fibackup.store.backend import require_local
 from fibackup.store.repo import BackupStore, layer_disagreement
 from fibackup.virt import blockjobs, domxml
 from fibackup.virt.libvirt_api import Connection, Domain, libvirt, libvirt_message
@@ -108,6 +109,7 @@ def instant_restore(options: InstantOptions, connect: Callable[[], Connection],
                     report: Reporter) -> InstantResult:
     if not options.as_name.strip():
         raise UsageError("--instant needs a new domain name: --as NEWNAME")
+    require_local(options.backup_dir, "instant recovery (QEMU runs from the stored files)")
     store = BackupStore.open(options.backup_dir)
     conn = connect()
     account = acl.qemu_account()

@@ -17,18 +17,43 @@ from fibackup.virt.libvirt_api import Connection
 
 
 def list_points(backup_dir: str, domain: Optional[str], report: Reporter) -> list[RestorePoint]:
-    store = BackupStore.open(backup_dir)
-    problems: list[str] = []
-    points = store.all_points(problems)
-    for problem in problems:
-        report.warn(f"{problem} (not listed; run 'fibackup verify')")
-    if domain is not None:
-        points = [point for point in points if domain in (point.domain_name, point.domain_uuid)]
-    return sorted(points, key=lambda point: (point.domain_name, point.seq))
+    return [point for _store, point in list_stores(backup_dir, domain, report)]
 
 
-def point_row(point: RestorePoint) -> dict[str, object]:
-    return {"id": point.id, "seq": point.seq, "time": point.time, "domain": point.domain_name,
+def list_stores(backup_dir: str, domain: Optional[str],
+                report: Reporter) -> list[tuple[str, RestorePoint]]:
+    """(store location, point) of the store at ``backup_dir``; for ``s3://BUCKET/PREFIX``
+    that holds no store itself, of every store below it (one per host, say)."""
+    found = []
+    for store in _open_stores(backup_dir):
+        problems: list[str] = []
+        points = store.all_points(problems)
+        for problem in problems:
+            report.warn(f"{problem} (not listed; run 'fibackup verify')")
+        if domain is not None:
+            points = [point for point in points
+                      if domain in (point.domain_name, point.domain_uuid)]
+        found += [(store.root, point) for point in points]
+    return sorted(found, key=lambda item: (item[0], item[1].domain_name, item[1].seq))
+
+
+def _open_stores(backup_dir: str) -> list[BackupStore]:
+    from fibackup.errors import StoreUnavailableError
+    from fibackup.store import s3
+    try:
+        return [BackupStore.open(backup_dir)]
+    except StoreUnavailableError:
+        if not s3.is_url(backup_dir):
+            raise
+        backend = s3.S3Backend.from_url(backup_dir)
+        stores = backend.child_stores()
+        if not stores:
+            raise
+        return [BackupStore.open(location) for location in stores]
+
+
+def point_row(point: RestorePoint, store: Optional[str] = None) -> dict[str, object]:
+    return {**({"store": store} if store is not None else {}), "id": point.id, "seq": point.seq, "time": point.time, "domain": point.domain_name,
             "uuid": point.domain_uuid, "host": point.host,
             "disks": sorted(point.disks), "layers": point.layer_count,
             "bytes_new": point.bytes_new, "bytes_total": point.bytes_total,

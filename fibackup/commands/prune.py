@@ -39,6 +39,7 @@ from fibackup.model.points import RestorePoint
 from fibackup.model.retention import (Merge, Retention, kept_points, plan_merges,
                                       referenced_layers)
 from fibackup.report import Reporter
+from fibackup.store.backend import require_local
 from fibackup.store.repo import BackupStore
 from fibackup.store.tidy import tidy_domain
 
@@ -96,6 +97,7 @@ class PruneRun:
             if value is not None and value < 1:
                 raise UsageError("--keep, --keep-daily and --keep-weekly take a number of 1 or "
                                  "more (the newest restore point is always kept)")
+        require_local(options.backup_dir, "prune (it merges layers with qemu-img)")
         store = BackupStore.open(options.backup_dir)
         return cls(store, options, _select(store, options), pinned_layers(store))
 

@@ -50,6 +50,7 @@ from fibackup.host.lock import DomainLock
 from fibackup.model.chain import FileIdentity, LiveDisk, LiveLayer
 from fibackup.qemu import img
 from fibackup.report import Reporter
+from fibackup.store.backend import location
 from fibackup.store.repo import BackupStore
 from fibackup.store.tidy import tidy_domain
 from fibackup.virt import blockjobs, domxml
@@ -99,7 +100,7 @@ def reconcile(conn: Connection, domain: Domain, report: Reporter, wait: bool,
     """Replay a dead run's journal (if any) and tidy the domain's backup directories."""
     result = RepairResult(domain.name)
     journal = journals.load(domain.uuid)
-    stores: set[str] = {os.path.abspath(backup_dir)} if backup_dir else set()
+    stores: set[str] = {location(backup_dir)} if backup_dir else set()
     if journal is not None:
         result.interrupted = journal.describe()
         report.info(f"{domain.name}: {journal.describe()}; reconciling")

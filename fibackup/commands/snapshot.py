@@ -36,7 +36,8 @@ from fibackup.model.chain import (DiskPlan, FileIdentity, FrozenLayer, LayerInde
 from fibackup.model.points import PointDisk, PointFile, PointLayer, RestorePoint
 from fibackup.qemu import img
 from fibackup.report import Reporter
-from fibackup.store.repo import MARKER, BackupStore
+from fibackup.store.backend import location
+from fibackup.store.repo import BackupStore
 from fibackup.virt import domxml
 from fibackup.virt.chains import live_chain
 from fibackup.virt.libvirt_api import Connection, Domain
@@ -101,7 +102,7 @@ def snapshot_domain(conn: Connection, name: str, options: SnapshotOptions,
 
 
 def _journal_options(options: SnapshotOptions) -> dict[str, object]:
-    return {"backup_dir": os.path.abspath(options.backup_dir) if options.backup_dir else None,
+    return {"backup_dir": location(options.backup_dir) if options.backup_dir else None,
             "consolidate": options.consolidate, "max_chain": options.max_chain}
 
 
@@ -208,7 +209,7 @@ def snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter,
 
 def _store_gone(store: BackupStore, tag: str, error: OSError) -> None:
     """Name a backup directory that vanished mid-run (unmounted, removed) as such."""
-    if os.path.isfile(os.path.join(store.root, MARKER)):
+    if store.has_marker():
         return
     raise StoreUnavailableError(
         f"the backup directory {store.root} disappeared during the backup ({error.strerror}; "
@@ -224,7 +225,7 @@ def _prepare_backup(domain: Domain, disks: Sequence[LiveDisk],
     store = _open_store(options.backup_dir)
     index = layer_index(store, domain.uuid)
     needed = _preflight(domain.name, disks, index) + domfiles.planned_bytes(extra_files)
-    if options.space_check:
+    if options.space_check and store.backend.local:
         ensure_space(store.root, needed, f"the backup of domain '{domain.name}'")
     return store, index
 

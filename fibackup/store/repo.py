@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import os
-import stat
 import struct
 from dataclasses import replace
 import uuid as _uuid
@@ -32,10 +31,11 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 from fibackup import faults
 from fibackup.errors import (CorruptStoreError, IntegrityError, NotEnoughSpaceError,
                              StoreUnavailableError)
-from fibackup.fsutil import publish, remove_quietly, temp_name, write_file
+from fibackup.fsutil import remove_quietly
 from fibackup.model.chain import NO_SOURCE, FileIdentity, StoredLayer
 from fibackup.model.points import PointFile, PointLayer, RestorePoint
 from fibackup.store import format as fmt
+from fibackup.store.backend import Backend, DirectoryBackend, Parts
 from fibackup.store.chunks import ChunkList, ProgressFn, Throttle, scan_file
 
 MARKER = "fibackup-store.json"
@@ -44,19 +44,18 @@ POINT_NAME_DIGITS = 8
 AGREED_FIELDS = ("image_format", "size", "virtual_size", "digest", "data_bytes")
 """What a manifest's layer entry and the layer's record must agree on."""
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-
 
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class BackupStore:
-    """A backup directory opened for reading or for writing."""
+    """A backup store (a directory, or a prefix of an S3 bucket) opened for reading or
+    for writing; every object is read and written through its ``backend``."""
 
-    def __init__(self, root: str, store_id: str) -> None:
-        self.root = root
+    def __init__(self, backend: Backend, store_id: str) -> None:
+        self.backend = backend
+        self.root = backend.root
         self.store_id = store_id
         self._records: dict[tuple[str, str], fmt.LayerRecord] = {}
         self._file_records: dict[tuple[str, str], fmt.FileRecord] = {}
@@ -67,7 +66,12 @@ class BackupStore:
 
     @classmethod
     def open(cls, path: str, create: bool = False) -> "BackupStore":
-        """Open the store at ``path``; with ``create``, initialise an empty directory."""
+        """Open the store at ``path`` (a directory or ``s3://BUCKET/PREFIX``); with
+        ``create``, initialise an empty directory or prefix."""
+        from fibackup.store import s3
+        if s3.is_url(path):
+            backend = s3.S3Backend.from_url(path)
+            return cls._open_backend(backend, backend.initialise_allowed, create)
         root = os.path.abspath(path)
         if not os.path.exists(root):
             if not create:
@@ -83,14 +87,27 @@ class BackupStore:
         if not os.path.isdir(root):
             raise StoreUnavailableError(f"backup directory {root} is not a directory; "
                                         "give a directory with -b")
-        marker = os.path.join(root, MARKER)
-        if os.path.lexists(marker):
-            return cls(root, _read_marker(root))
+        if os.path.lexists(os.path.join(root, MARKER)):
+            return cls(DirectoryBackend(root), _read_marker(DirectoryBackend(root)))
+
+        def empty(backend: Backend) -> bool:
+            return all(name.startswith(f".{MARKER}.partial-") for name in os.listdir(root))
+        return cls._open_backend(DirectoryBackend(root), empty, create)
+
+    @classmethod
+    def _open_backend(cls, backend: Backend, empty: Callable[[Backend], bool],
+                      create: bool) -> "BackupStore":
+        """Read the store's marker, or with ``create`` write it into an empty location."""
+        try:
+            return cls(backend, _read_marker(backend))
+        except FileNotFoundError:
+            pass
+        root = backend.root
         if not create:
             raise StoreUnavailableError(
                 f"{root} is not a fibackup backup directory (no {MARKER}); "
                 "check the path given with -b")
-        if any(not name.startswith(f".{MARKER}.partial-") for name in os.listdir(root)):
+        if not empty(backend):
             raise StoreUnavailableError(
                 f"{root} is not empty and is not a fibackup backup directory; "
                 "choose an empty or new directory for -b")
@@ -98,35 +115,34 @@ class BackupStore:
         document = {"kind": fmt.STORE_KIND, "version": fmt.FORMAT_VERSION,
                     "store_id": store_id, "created": utc_now()}
         try:
-            _write(marker, fmt.dumps(document))
+            backend.write_new((), MARKER, fmt.dumps(document))
         except FileExistsError:            # another run initialised it at the same moment
-            return cls(root, _read_marker(root))
-        return cls(root, store_id)
+            return cls(backend, _read_marker(backend))
+        return cls(backend, store_id)
 
     def check_writable(self) -> None:
-        probe = temp_name(self.root, "write-probe")
+        self.backend.check_writable()
+
+    def has_marker(self) -> bool:
+        """Whether the store is still there (a run checks it after an I/O error)."""
         try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as error:
-            raise StoreUnavailableError(
-                f"backup directory {self.root} is not writable ({error.strerror}); "
-                "fix its permissions or mount it read-write") from None
+            self.backend.size((), MARKER)
+        except (OSError, StoreUnavailableError, CorruptStoreError):
+            return False
+        return True
 
     # -- paths ---------------------------------------------------------------
 
     def domain_dir(self, domain_uuid: str) -> str:
         if not fmt.is_valid_uuid(domain_uuid):
             raise CorruptStoreError(f"invalid domain uuid {domain_uuid!r}")
-        return os.path.join(self.root, "domains", domain_uuid)
+        return self.backend.path(("domains", domain_uuid))
 
     def layer_path(self, domain_uuid: str, layer_id: str, image_format: str) -> str:
-        return os.path.join(self.root, *self._layers(domain_uuid),
-                            _image_name(layer_id, image_format))
+        return self.backend.path(self._layers(domain_uuid), _image_name(layer_id, image_format))
 
     def _record_path(self, domain_uuid: str, layer_id: str) -> str:
-        return os.path.join(self.root, *self._layers(domain_uuid), _record_name(layer_id))
+        return self.backend.path(self._layers(domain_uuid), _record_name(layer_id))
 
     def _layers(self, domain_uuid: str) -> tuple[str, ...]:
         """The components of a domain's layers directory below the root."""
@@ -139,7 +155,7 @@ class BackupStore:
         return ("domains", domain_uuid, "files")
 
     def file_path(self, domain_uuid: str, file_id: str) -> str:
-        return os.path.join(self.root, *self._files(domain_uuid), _data_name(file_id))
+        return self.backend.path(self._files(domain_uuid), _data_name(file_id))
 
     def _points_dir(self, domain_uuid: str) -> tuple[str, ...]:
         self.domain_dir(domain_uuid)
@@ -149,7 +165,7 @@ class BackupStore:
 
     def domain_uuids(self) -> list[str]:
         try:
-            names = sorted(_list_dir(self.root, ("domains",)))
+            names = sorted(self.backend.names(("domains",)))
         except FileNotFoundError:
             return []
         return [name for name in names if fmt.is_valid_uuid(name)]
@@ -168,7 +184,7 @@ class BackupStore:
         parts = self._points_dir(domain_uuid)
         try:
             for name in self.manifest_names(domain_uuid).values():
-                path = os.path.join(self.root, *parts, name)
+                path = self.backend.path(parts, name)
                 try:
                     loaded[path] = self._point(domain_uuid, parts, name)
                 except CorruptStoreError as error:
@@ -188,8 +204,8 @@ class BackupStore:
         return sorted(loaded.values(), key=lambda point: point.seq)
 
     def _point(self, domain_uuid: str, parts: Sequence[str], name: str) -> RestorePoint:
-        path = os.path.join(self.root, *parts, name)
-        point = fmt.point_from_dict(_read_document(self.root, parts, name), path)
+        path = self.backend.path(parts, name)
+        point = fmt.point_from_dict(_read_document(self.backend, parts, name), path)
         if point.domain_uuid != domain_uuid or name != _point_name(point.seq, point.revision):
             raise CorruptStoreError(f"{path} belongs to another domain or sequence number")
         return point
@@ -199,7 +215,7 @@ class BackupStore:
         named, or the whole name when it is not a manifest name): the highest revision
         of each point; lower revisions are superseded (prune removes them)."""
         chosen: dict[str, tuple[int, str]] = {}
-        for name in _documents(self.root, self._points_dir(domain_uuid)):
+        for name in _documents(self.backend, self._points_dir(domain_uuid)):
             seq, revision = _parse_point_name(name)
             key = seq if seq is not None else name
             if key not in chosen or revision > chosen[key][0]:
@@ -209,12 +225,12 @@ class BackupStore:
     def superseded_manifests(self, domain_uuid: str) -> list[str]:
         """Manifest names that a higher revision of the same point replaced."""
         current = set(self.manifest_names(domain_uuid).values())
-        return [name for name in _documents(self.root, self._points_dir(domain_uuid))
+        return [name for name in _documents(self.backend, self._points_dir(domain_uuid))
                 if name not in current]
 
     def manifest_document(self, domain_uuid: str, name: str) -> dict:
         """A manifest as JSON (prune rewrites it key by key, keeping what it does not know)."""
-        return _read_document(self.root, self._points_dir(domain_uuid), name)
+        return _read_document(self.backend, self._points_dir(domain_uuid), name)
 
     def _contradicted(self, domain_uuid: str,
                       loaded: dict[str, RestorePoint]) -> dict[str, str]:
@@ -258,9 +274,9 @@ class BackupStore:
     def _record_document(self, parts: Sequence[str], item_id: str,
                          what: str) -> tuple[dict, str]:
         """The record of a layer or stored file, and its path; missing is corrupt."""
-        path = os.path.join(self.root, *parts, _record_name(item_id))
+        path = self.backend.path(parts, _record_name(item_id))
         try:
-            return _read_document(self.root, parts, _record_name(item_id)), path
+            return _read_document(self.backend, parts, _record_name(item_id)), path
         except FileNotFoundError:
             raise CorruptStoreError(f"{what} record {path} is missing") from None
 
@@ -273,11 +289,11 @@ class BackupStore:
 
     def layer_ids(self, domain_uuid: str) -> set[str]:
         """Ids of every published layer file (image or record) of the domain."""
-        return _stems(self.root, self._layers(domain_uuid), ("json", *fmt.IMAGE_FORMATS))
+        return _stems(self.backend, self._layers(domain_uuid), ("json", *fmt.IMAGE_FORMATS))
 
     def file_ids(self, domain_uuid: str) -> set[str]:
         """Ids of every published stored file (data or record) of the domain."""
-        return _stems(self.root, self._files(domain_uuid), ("json", "data"))
+        return _stems(self.backend, self._files(domain_uuid), ("json", "data"))
 
     def file_record(self, domain_uuid: str, file_id: str) -> fmt.FileRecord:
         """A stored file's record (parsed once per run)."""
@@ -297,16 +313,16 @@ class BackupStore:
         raises CorruptStoreError (a backup refuses it before taking a snapshot).
         """
         parts = self._layers(domain_uuid)
-        names = _documents(self.root, parts)
-        _documents(self.root, self._points_dir(domain_uuid))
+        names = _documents(self.backend, parts)
+        _documents(self.backend, self._points_dir(domain_uuid))
         layers = []
         for name in names:
             try:
                 layer = self.layer_record(domain_uuid, name[:-len(".json")]).layer
-                image = _stat_file(self.root, parts, _image_name(layer.id, layer.image_format))
+                size = self.backend.size(parts, _image_name(layer.id, layer.image_format))
             except (CorruptStoreError, OSError):
                 continue
-            if image.st_size == layer.size:
+            if size == layer.size:
                 layers.append(layer)
         return layers
 
@@ -322,31 +338,24 @@ class BackupStore:
         ``check_source`` runs after the copy and before anything is published; if
         it raises, the copy is discarded.
         """
-        final = self.layer_path(domain_uuid, layer_id, image_format)
-        directory = self._private_dir(self._layers(domain_uuid))
-        temporary = temp_name(directory, os.path.basename(final))
         try:
-            chunks = scan_file(source, temporary, progress=progress, throttle=throttle,
-                               clone=clone).chunks
-            if check_source is not None:
-                check_source()
-            publish(temporary, final)
-            faults.point("store.image-published")
+            chunks = self.backend.copy_in(self._layers(domain_uuid),
+                                          _image_name(layer_id, image_format), source,
+                                          progress=progress, throttle=throttle, clone=clone,
+                                          check_source=check_source)
         except OSError as error:
-            remove_quietly(temporary)
             if error.errno == errno.ENOSPC:
                 raise NotEnoughSpaceError(
                     f"the backup disk filled up while copying {source} into {self.root}; "
                     "nothing incomplete was kept: free up space and run again") from None
             raise
-        except BaseException:
-            remove_quietly(temporary)
-            raise
+        faults.point("store.image-published")
         layer = StoredLayer(id=layer_id, disk=disk, parent=parent, image_format=image_format,
                             size=chunks.size, virtual_size=virtual_size, digest=chunks.digest,
                             source=identity, data_bytes=chunks.data_bytes)
         record = fmt.LayerRecord(layer=layer, chunks=chunks, stored_at=utc_now())
-        _write(self._record_path(domain_uuid, layer_id), fmt.dumps(fmt.layer_record_to_dict(record)))
+        self._write(self._layers(domain_uuid), _record_name(layer_id),
+                    fmt.dumps(fmt.layer_record_to_dict(record)))
         return layer
 
     def store_merged_layer(self, domain_uuid: str, layer_id: str,
@@ -358,12 +367,17 @@ class BackupStore:
         chain by QEMU (``qemu-img compare``) and only then published with its
         record; the chain's files are only read.
         """
+        from fibackup.fsutil import publish, temp_name
         from fibackup.qemu import img
+        if not self.backend.local:
+            raise StoreUnavailableError(f"merging layers in {self.root} needs a backup "
+                                        "directory on this host (not object storage)")
         top = chain[-1]
         image_format = chain[0].image_format
         final = self.layer_path(domain_uuid, layer_id, image_format)
-        directory = self._private_dir(self._layers(domain_uuid))
-        temporary = temp_name(directory, os.path.basename(final))
+        parts = self._layers(domain_uuid)
+        self.backend.ensure_dir(parts)
+        temporary = temp_name(self.backend.path(parts), os.path.basename(final))
         inputs = [(self.layer_path(domain_uuid, layer.id, layer.image_format), layer.image_format)
                   for layer in chain]
         try:
@@ -392,7 +406,8 @@ class BackupStore:
                             source=NO_SOURCE, data_bytes=chunks.data_bytes,
                             stands_for=top.id, covers=tuple(covers))
         record = fmt.LayerRecord(layer=layer, chunks=chunks, stored_at=utc_now())
-        _write(self._record_path(domain_uuid, layer_id), fmt.dumps(fmt.layer_record_to_dict(record)))
+        self._write(self._layers(domain_uuid), _record_name(layer_id),
+                    fmt.dumps(fmt.layer_record_to_dict(record)))
         self._records[(domain_uuid, layer_id)] = record
         return layer
 
@@ -403,8 +418,7 @@ class BackupStore:
         point = fmt.point_from_dict(document, "the revised manifest")
         if point.domain_uuid != domain_uuid or point.revision < 1:
             raise ValueError("a revision of another domain, or revision 0")
-        directory = self._private_dir(parts)
-        _write(os.path.join(directory, _point_name(point.seq, point.revision)), fmt.dumps(document))
+        self._write(parts, _point_name(point.seq, point.revision), fmt.dumps(document))
         return point
 
     def remove_manifest(self, domain_uuid: str, name: str) -> None:
@@ -412,7 +426,7 @@ class BackupStore:
         _seq, _revision = _parse_point_name(name)
         if _seq is None:
             raise ValueError(f"not a manifest name: {name!r}")
-        _remove(self.root, self._points_dir(domain_uuid), name)
+        self.backend.remove(self._points_dir(domain_uuid), name)
 
     def remove_layer(self, domain_uuid: str, layer_id: str) -> int:
         """Delete a layer's image, then its record (prune only); the bytes freed."""
@@ -421,11 +435,12 @@ class BackupStore:
         for image_format in fmt.IMAGE_FORMATS:
             name = _image_name(layer_id, image_format)
             try:
-                freed += _stat_file(self.root, parts, name).st_blocks * 512
+                self.backend.size(parts, name)
             except (FileNotFoundError, CorruptStoreError):
                 continue
-            _remove(self.root, parts, name)
-        _remove(self.root, parts, _record_name(layer_id))
+            freed += self.backend.freed(parts, name)
+            self.backend.remove(parts, name)
+        self.backend.remove(parts, _record_name(layer_id))
         self._records.pop((domain_uuid, layer_id), None)
         return freed
 
@@ -435,59 +450,40 @@ class BackupStore:
         already stored with that content is kept (and the copy discarded).  Returns
         the record and whether the content was new.  ``check_source`` runs after the
         copy, before anything is published (it raises to discard the copy)."""
-        directory = self._private_dir(self._files(domain_uuid))
-        temporary = temp_name(directory, "file.data")
+        parts = self._files(domain_uuid)
         try:
-            chunks = scan_file(source, temporary).chunks
-            if check_source is not None:
-                check_source()
-            record = fmt.FileRecord(id=chunks.digest, chunks=chunks, stored_at=utc_now())
-            new = self._publish_data(temporary, self.file_path(domain_uuid, record.id))
+            chunks, new = self.backend.copy_in_addressed(
+                parts, lambda listed: _data_name(listed.digest), source, check_source)
         except OSError as error:
             if error.errno == errno.ENOSPC:
                 raise NotEnoughSpaceError(
                     f"the backup disk filled up while copying {source} into {self.root}; "
                     "nothing incomplete was kept: free up space and run again") from None
             raise
-        finally:
-            remove_quietly(temporary)
+        record = fmt.FileRecord(id=chunks.digest, chunks=chunks, stored_at=utc_now())
         try:
-            _write(os.path.join(directory, _record_name(record.id)),
-                   fmt.dumps(fmt.file_record_to_dict(record)))
+            self._write(parts, _record_name(record.id), fmt.dumps(fmt.file_record_to_dict(record)))
         except FileExistsError:
             pass                                # stored before: same id, same content
         return record, new
 
-    @staticmethod
-    def _publish_data(temporary: str, final: str) -> bool:
-        """Publish a content-addressed file; False when that content was there already."""
-        try:
-            publish(temporary, final)
-        except FileExistsError:
-            return False
-        return True
-
     def remove_file(self, domain_uuid: str, file_id: str) -> int:
         """Delete a stored file's data, then its record (prune only); the bytes freed."""
         parts = self._files(domain_uuid)
-        try:
-            freed = _stat_file(self.root, parts, _data_name(file_id)).st_blocks * 512
-        except (FileNotFoundError, CorruptStoreError):
-            freed = 0
-        _remove(self.root, parts, _data_name(file_id))
-        _remove(self.root, parts, _record_name(file_id))
+        freed = self.backend.freed(parts, _data_name(file_id))
+        self.backend.remove(parts, _data_name(file_id))
+        self.backend.remove(parts, _record_name(file_id))
         self._file_records.pop((domain_uuid, file_id), None)
         return freed
 
     def publish_point(self, point: RestorePoint) -> RestorePoint:
         """Write a restore point manifest under the next free sequence number."""
-        directory = self._private_dir(self._points_dir(point.domain_uuid))
+        parts = self._points_dir(point.domain_uuid)
         seq = point.seq
         while True:
             candidate = replace(point, seq=seq)
-            path = os.path.join(directory, _point_name(seq))
             try:
-                _write(path, fmt.dumps(fmt.point_to_dict(candidate)))
+                self._write(parts, _point_name(seq), fmt.dumps(fmt.point_to_dict(candidate)))
                 return candidate
             except FileExistsError:
                 seq += 1
@@ -495,15 +491,14 @@ class BackupStore:
     def next_seq(self, domain_uuid: str) -> int:
         """One more than the highest manifest number, readable or not."""
         numbers = [int(name.split(".")[0])
-                   for name in _documents(self.root, self._points_dir(domain_uuid))
+                   for name in _documents(self.backend, self._points_dir(domain_uuid))
                    if name.split(".")[0].isdigit()]
         return max(numbers, default=0) + 1
 
-    def _private_dir(self, parts: Sequence[str]) -> str:
-        """``root/parts``, its missing directories created 0700; a link on the way is
-        refused, so nothing is ever written outside the backup directory."""
-        os.close(_open_dir(self.root, parts, create=True))
-        return os.path.join(self.root, *parts)
+    def _write(self, parts: Parts, name: str, data: bytes) -> None:
+        """Publish a document once (FileExistsError when the name is taken)."""
+        self.backend.ensure_dir(parts)
+        self.backend.write_new(parts, name, data)
 
     # -- checking ------------------------------------------------------------
 
@@ -517,9 +512,9 @@ class BackupStore:
             return [str(error)]
         path = self.layer_path(domain_uuid, layer_id, record.layer.image_format)
         try:
-            result = scan_file(path, expected=record.chunks, progress=progress,
-                               opener=self._image_opener(domain_uuid, record.layer),
-                               throttle=throttle)
+            result = self.backend.scan(self._layers(domain_uuid),
+                                       _image_name(layer_id, record.layer.image_format),
+                                       record.chunks, progress=progress, throttle=throttle)
             problems = describe_damage(path, record.chunks, result)
             if not problems:
                 problems = self._stored_size_problems(domain_uuid, record.layer, path)
@@ -555,9 +550,10 @@ class BackupStore:
                     "damaged or edited: nothing was restored from it (run 'fibackup verify', "
                     "choose another restore point with --at)")
         try:
-            result = scan_file(path, destination, expected=record.chunks, progress=progress,
-                               opener=self._image_opener(domain_uuid, record.layer),
-                               throttle=throttle, clone=clone)
+            result = self.backend.scan(self._layers(domain_uuid),
+                                       _image_name(layer_id, record.layer.image_format),
+                                       record.chunks, destination, progress=progress,
+                                       throttle=throttle, clone=clone)
         except FileNotFoundError as error:
             if error.filename != path:
                 raise                            # the destination, not the store
@@ -580,8 +576,8 @@ class BackupStore:
         try:
             record = self._agreeing_file_record(domain_uuid, item)
             path = self.file_path(domain_uuid, item.id)
-            result = scan_file(path, expected=record.chunks,
-                               opener=self._file_opener(domain_uuid, item.id))
+            result = self.backend.scan(self._files(domain_uuid), _data_name(item.id),
+                                       record.chunks)
         except (CorruptStoreError, IntegrityError) as error:
             return [str(error)]
         except FileNotFoundError:
@@ -599,8 +595,8 @@ class BackupStore:
                                  "'fibackup verify')") from None
         path = self.file_path(domain_uuid, item.id)
         try:
-            result = scan_file(path, destination, expected=record.chunks,
-                               opener=self._file_opener(domain_uuid, item.id))
+            result = self.backend.scan(self._files(domain_uuid), _data_name(item.id),
+                                       record.chunks, destination)
         except FileNotFoundError as error:
             if error.filename != path:
                 raise
@@ -629,23 +625,13 @@ class BackupStore:
                 "backup directory was damaged or edited")
         return record
 
-    def _file_opener(self, domain_uuid: str, file_id: str) -> Callable[[str, int], int]:
-        parts = self._files(domain_uuid)
-        name = _data_name(file_id)
-        return lambda _path, _flags: _open_file(self.root, parts, name)
-
-    def _image_opener(self, domain_uuid: str, layer: StoredLayer) -> Callable[[str, int], int]:
-        parts = self._layers(domain_uuid)
-        name = _image_name(layer.id, layer.image_format)
-        return lambda _path, _flags: _open_file(self.root, parts, name)
-
     def _stored_size_problems(self, domain_uuid: str, layer: StoredLayer,
                               path: str) -> list[str]:
         if layer.image_format == "raw":                 # needs no read: opened for nothing
             return _presented_size_problems(path, layer, path)
-        fd = _open_file(self.root, self._layers(domain_uuid),
-                        _image_name(layer.id, layer.image_format))
-        return _presented_size_problems(fd, layer, path)
+        head = self.backend.head(self._layers(domain_uuid),
+                                 _image_name(layer.id, layer.image_format), 32)
+        return _qcow2_size_problems(head, layer, path)
 
     def iter_point_layers(self, point: RestorePoint) -> Iterator[tuple[str, str]]:
         for disk in point.disks.values():
@@ -686,7 +672,7 @@ def _entries(point: RestorePoint) -> Iterator[tuple[str, PointLayer]]:
 QCOW2_MAGIC = b"QFI\xfb"
 
 
-def _presented_size_problems(image: Union[str, int], layer: StoredLayer, path: str) -> list[str]:
+def _presented_size_problems(image: str, layer: StoredLayer, path: str) -> list[str]:
     """The disk size a verified copy presents must be the record's virtual size.
 
     ``virtual_size`` is the one record field the chunk digests do not cover; it
@@ -698,11 +684,15 @@ def _presented_size_problems(image: Union[str, int], layer: StoredLayer, path: s
             return []
         return [f"{path} is a raw image of {layer.size} bytes but its record gives the disk "
                 f"{layer.virtual_size} bytes"]
-    fd = image if isinstance(image, int) else os.open(image, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
     try:
         head = os.pread(fd, 32, 0)
     finally:
         os.close(fd)
+    return _qcow2_size_problems(head, layer, path)
+
+
+def _qcow2_size_problems(head: bytes, layer: StoredLayer, path: str) -> list[str]:
     if len(head) < 32 or head[:4] != QCOW2_MAGIC:
         return [f"{path} is not a qcow2 image although its record says it is"]
     presented = struct.unpack(">Q", head[24:32])[0]
@@ -749,10 +739,10 @@ def _record_name(layer_id: str) -> str:
     return f"{layer_id}.json"
 
 
-def _stems(root: str, parts: Sequence[str], suffixes: Sequence[str]) -> set[str]:
-    """Valid ids of the published files ``<id>.<suffix>`` in ``root/parts``."""
+def _stems(backend: Backend, parts: Parts, suffixes: Sequence[str]) -> set[str]:
+    """Valid ids of the published files ``<id>.<suffix>`` in ``parts``."""
     try:
-        names = _list_dir(root, parts)
+        names = backend.names(parts)
     except FileNotFoundError:
         return set()
     stems = {name.rsplit(".", 1)[0] for name in names
@@ -768,19 +758,6 @@ def _fsync_file(path: str) -> None:
         os.close(fd)
 
 
-def _remove(root: str, parts: Sequence[str], name: str) -> None:
-    """Unlink ``root/parts/name`` (never through a link on the way) and sync the directory."""
-    directory = _open_dir(root, parts)
-    try:
-        try:
-            os.unlink(name, dir_fd=directory)
-        except FileNotFoundError:
-            return
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 def _mkdir(path: str) -> None:
     try:
         os.mkdir(path, 0o700)
@@ -789,143 +766,27 @@ def _mkdir(path: str) -> None:
                                     f"({error.strerror})") from None
 
 
-def _write(path: str, data: bytes) -> None:
-    try:
-        write_file(path, data)
-    except FileExistsError:
-        raise
-    except OSError as error:
-        if error.errno == errno.ENOSPC:
-            raise NotEnoughSpaceError(f"the backup disk is full while writing {path}; "
-                                      "free up space and run again") from None
-        raise StoreUnavailableError(f"cannot write {path} ({error.strerror}); the backup "
-                                    "directory is not writable: fix its permissions or mount "
-                                    "it read-write") from None
-
-
-# -- confined access: every path below the root, never through a link ------------
-
-def _not_real(directory_fd: int, name: str, path: str, what: str) -> CorruptStoreError:
-    try:
-        mode = os.stat(name, dir_fd=directory_fd, follow_symlinks=False).st_mode
-    except OSError:
-        mode = 0
-    found = "a symbolic link" if stat.S_ISLNK(mode) else f"not a {what}"
-    return CorruptStoreError(
-        f"{path} is {found}; fibackup never follows links or reads special files inside "
-        f"a backup directory (one could lead outside it): put the real {what} there or "
-        "move it away")
-
-
-def _open_dir(root: str, parts: Sequence[str], create: bool = False) -> int:
-    """A descriptor of ``root/parts``, each part a real directory (created 0700 with
-    ``create``); FileNotFoundError when one is missing."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for depth, part in enumerate(parts):
-            path = os.path.join(root, *parts[:depth + 1])
-            if create:
-                try:
-                    os.mkdir(part, 0o700, dir_fd=fd)
-                except FileExistsError:
-                    pass
-            try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
-            except OSError as error:
-                if error.errno in (errno.ENOTDIR, errno.ELOOP):
-                    raise _not_real(fd, part, path, "directory") from None
-                raise
-            os.close(fd)
-            fd = child
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _stat_file(root: str, parts: Sequence[str], name: str) -> os.stat_result:
-    """``lstat`` of a regular file ``root/parts/name`` (CorruptStoreError otherwise)."""
-    directory = _open_dir(root, parts)
-    try:
-        return _regular(directory, name, os.path.join(root, *parts, name))
-    finally:
-        os.close(directory)
-
-
-def _regular(directory: int, name: str, path: str) -> os.stat_result:
-    try:
-        info = os.stat(name, dir_fd=directory, follow_symlinks=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
-    if not stat.S_ISREG(info.st_mode):
-        raise _not_real(directory, name, path, "regular file")
-    return info
-
-
-def _open_file(root: str, parts: Sequence[str], name: str) -> int:
-    """A read-only descriptor of the regular file ``root/parts/name``.
-
-    A link, device, FIFO or socket is refused before it is opened (opening a
-    device can have effects); FileNotFoundError when it is missing.
-    """
-    path = os.path.join(root, *parts, name)
-    directory = _open_dir(root, parts)
-    try:
-        _regular(directory, name, path)
-        try:
-            fd = os.open(name, _FILE_FLAGS, dir_fd=directory)
-        except FileNotFoundError:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
-        except OSError as error:
-            if error.errno in (errno.ELOOP, errno.ENXIO):    # swapped for a link or socket
-                raise _not_real(directory, name, path, "regular file") from None
-            raise
-    finally:
-        os.close(directory)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise CorruptStoreError(f"{path} is not a regular file; fibackup never reads special "
-                                "files inside a backup directory")
-    return fd
-
-
-def _read_document(root: str, parts: Sequence[str], name: str) -> dict:
+def _read_document(backend: Backend, parts: Parts, name: str) -> dict:
     """A JSON document of the store (FileNotFoundError when missing)."""
-    path = os.path.join(root, *parts, name)
+    return fmt.loads(backend.read(parts, name), backend.path(parts, name))
+
+
+def _documents(backend: Backend, parts: Parts) -> list[str]:
+    """Names of the published JSON documents in ``parts`` (temporary names skipped)."""
     try:
-        fd = _open_file(root, parts, name)
-        with os.fdopen(fd, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        raise
-    except OSError as error:
-        raise CorruptStoreError(f"cannot read {path} ({error.strerror})") from None
-    return fmt.loads(data, path)
-
-
-def _list_dir(root: str, parts: Sequence[str]) -> list[str]:
-    directory = _open_dir(root, parts)
-    try:
-        return os.listdir(directory)
-    finally:
-        os.close(directory)
-
-
-def _documents(root: str, parts: Sequence[str]) -> list[str]:
-    """Names of the published JSON documents in ``root/parts`` (temporary names skipped)."""
-    try:
-        names = sorted(_list_dir(root, parts))
+        names = sorted(backend.names(parts))
     except FileNotFoundError:
         return []
     return [name for name in names if not name.startswith(".") and name.endswith(".json")]
 
 
-def _read_marker(root: str) -> str:
-    path = os.path.join(root, MARKER)
+def _read_marker(backend: Backend) -> str:
+    """The store's id from its marker (FileNotFoundError when there is none)."""
+    path = backend.path((), MARKER)
     try:
-        document = _read_document(root, (), MARKER)
+        document = _read_document(backend, (), MARKER)
+    except FileNotFoundError:
+        raise
     except OSError as error:
         raise StoreUnavailableError(f"cannot read {path} ({error.strerror})") from None
     fmt.check_header(document, fmt.STORE_KIND, path)

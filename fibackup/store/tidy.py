@@ -12,9 +12,7 @@ without its record, or a record without data, that no manifest lists is removed.
 """
 from __future__ import annotations
 
-import os
-
-from fibackup.fsutil import remove_quietly
+from fibackup.errors import CorruptStoreError
 from fibackup.store import format as fmt
 from fibackup.store.repo import BackupStore
 
@@ -23,25 +21,32 @@ PARTIAL = ".partial-"
 
 def tidy_domain(store: BackupStore, domain_uuid: str) -> list[str]:
     """Remove partial files and incomplete layers of one domain; return what was removed."""
-    base = store.domain_dir(domain_uuid)
+    store.domain_dir(domain_uuid)
+    backend = store.backend
     unreadable: list[str] = []
     points = store.points(domain_uuid, unreadable)
     listed = {layer_id for point in points for _target, layer_id in store.iter_point_layers(point)}
     listed_files = {item.id for point in points for item in point.files}
     removed = []
+    abort = getattr(backend, "abort_uploads", None)
+    if abort is not None:                       # object storage: unfinished multipart uploads
+        removed += abort(("domains", domain_uuid))
     for sub in ("layers", "files", "points"):
-        directory = os.path.join(base, sub)
-        if os.path.islink(directory) or not os.path.isdir(directory):
+        parts = ("domains", domain_uuid, sub)
+        try:
+            names = set(backend.names(parts))
+        except (OSError, CorruptStoreError):     # missing, or a link: never followed
             continue
-        names = set(os.listdir(directory))
         for name in sorted(names):
-            path = os.path.join(directory, name)
             if name.startswith(".") and PARTIAL in name or \
                     sub == "layers" and not unreadable and _incomplete_layer(name, names, listed) \
                     or sub == "files" and not unreadable and \
                     _incomplete_file(name, names, listed_files):
-                remove_quietly(path)
-                removed.append(path)
+                try:
+                    backend.remove(parts, name)
+                except OSError:
+                    continue
+                removed.append(backend.path(parts, name))
     return removed
 
 

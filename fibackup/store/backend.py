@@ -1,0 +1,327 @@
+"""Where a backup store keeps its objects: the primitive operations the format needs.
+
+A store (docs/FORMAT.md) is a tree of write-once objects named by "directory"
+components and a name: ``domains/<uuid>/layers/<id>.qcow2``.  ``BackupStore``
+(repo.py) does every read and write through a :class:`Backend`; there are two:
+
+- :class:`DirectoryBackend`: a local directory, every file opened relative to a
+  descriptor of its checked directory and never through a link (below);
+- ``S3Backend`` (s3.py): a bucket and prefix on S3-compatible object storage.
+
+Both write each object once, only when it is complete (a directory through a
+hidden temporary name published with ``link()``, S3 through a multipart upload
+that completes atomically), and refuse to replace one (``FileExistsError``).
+A missing object raises ``FileNotFoundError`` whose ``filename`` is its
+``path()``.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Callable, Optional, Protocol, Sequence
+
+from fibackup.errors import CorruptStoreError, NotEnoughSpaceError, StoreUnavailableError
+from fibackup.fsutil import publish, remove_quietly, temp_name, write_file
+from fibackup.store.chunks import ChunkList, ProgressFn, ScanResult, Throttle, scan_file
+
+Parts = Sequence[str]
+CheckFn = Optional[Callable[[], None]]
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+class Backend(Protocol):
+    """The operations a store needs from where it keeps its objects."""
+
+    root: str
+    """The location as users name it: an absolute path or ``s3://BUCKET/PREFIX``."""
+    local: bool
+    """Objects are files on this host (reflinks, instant recovery, prune's merges, run logs)."""
+
+    def path(self, parts: Parts, name: str = "") -> str:
+        """How an object (or a "directory") is named in messages."""
+
+    def read(self, parts: Parts, name: str) -> bytes:
+        """A small object's bytes (a JSON document)."""
+
+    def write_new(self, parts: Parts, name: str, data: bytes) -> None:
+        """Publish a small object; FileExistsError when the name is taken."""
+
+    def names(self, parts: Parts) -> list[str]:
+        """The names directly below ``parts`` (objects and "directories")."""
+
+    def size(self, parts: Parts, name: str) -> int:
+        """An object's length."""
+
+    def freed(self, parts: Parts, name: str) -> int:
+        """The bytes removing the object would free (0 when it is missing)."""
+
+    def remove(self, parts: Parts, name: str) -> None:
+        """Delete an object (missing is fine)."""
+
+    def head(self, parts: Parts, name: str, length: int) -> bytes:
+        """The first ``length`` bytes of an object (fewer if it is shorter)."""
+
+    def ensure_dir(self, parts: Parts) -> None:
+        """Make ``parts`` ready to take objects."""
+
+    def check_writable(self) -> None:
+        """StoreUnavailableError unless objects can be written."""
+
+    def copy_in(self, parts: Parts, name: str, source: str, *,
+                progress: Optional[ProgressFn] = None, throttle: Optional[Throttle] = None,
+                clone: bool = False, check_source: CheckFn = None) -> ChunkList:
+        """Copy a local file into a new object, hashing it in the same pass.
+
+        ``check_source`` runs once everything is copied and before the object is
+        published; when it raises, nothing is published."""
+
+    def copy_in_addressed(self, parts: Parts, name_of: Callable[[ChunkList], str], source: str,
+                          check_source: CheckFn = None) -> tuple[ChunkList, bool]:
+        """Copy a small local file into an object named after its content
+        (``name_of(chunks)``); False when that object existed already."""
+
+    def scan(self, parts: Parts, name: str, expected: ChunkList,
+             destination: Optional[str] = None, progress: Optional[ProgressFn] = None,
+             throttle: Optional[Throttle] = None, clone: bool = False) -> ScanResult:
+        """Re-read an object against its chunk list; with ``destination``, also copy it
+        there (a new local file, holes kept) and stop at the first mismatch."""
+
+
+class DirectoryBackend:
+    """A backup directory on this host, confined: every file is opened relative to a
+    descriptor of its directory, each directory below the root must be a real directory
+    (never a symbolic link) and each file a regular file opened with ``O_NOFOLLOW``, so
+    a link planted in a backup directory never makes fibackup read or write outside it."""
+
+    local = True
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def path(self, parts: Parts, name: str = "") -> str:
+        return os.path.join(self.root, *parts, name) if name else os.path.join(self.root, *parts)
+
+    def read(self, parts: Parts, name: str) -> bytes:
+        path = self.path(parts, name)
+        try:
+            fd = open_file(self.root, parts, name)
+            with os.fdopen(fd, "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            raise CorruptStoreError(f"cannot read {path} ({error.strerror})") from None
+
+    def write_new(self, parts: Parts, name: str, data: bytes) -> None:
+        write_new_file(self.path(parts, name), data)
+
+    def names(self, parts: Parts) -> list[str]:
+        directory = open_dir(self.root, parts)
+        try:
+            return os.listdir(directory)
+        finally:
+            os.close(directory)
+
+    def size(self, parts: Parts, name: str) -> int:
+        return self._stat(parts, name).st_size
+
+    def freed(self, parts: Parts, name: str) -> int:
+        try:
+            return self._stat(parts, name).st_blocks * 512
+        except (FileNotFoundError, CorruptStoreError):
+            return 0
+
+    def _stat(self, parts: Parts, name: str) -> os.stat_result:
+        """``lstat`` of a regular file (CorruptStoreError otherwise)."""
+        directory = open_dir(self.root, parts)
+        try:
+            return regular(directory, name, self.path(parts, name))
+        finally:
+            os.close(directory)
+
+    def remove(self, parts: Parts, name: str) -> None:
+        """Unlink the file (never through a link on the way) and sync the directory."""
+        directory = open_dir(self.root, parts)
+        try:
+            try:
+                os.unlink(name, dir_fd=directory)
+            except FileNotFoundError:
+                return
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def head(self, parts: Parts, name: str, length: int) -> bytes:
+        fd = open_file(self.root, parts, name)
+        try:
+            return os.pread(fd, length, 0)
+        finally:
+            os.close(fd)
+
+    def ensure_dir(self, parts: Parts) -> None:
+        """Missing directories are created 0700; a link on the way is refused, so
+        nothing is ever written outside the backup directory."""
+        os.close(open_dir(self.root, parts, create=True))
+
+    def check_writable(self) -> None:
+        probe = temp_name(self.root, "write-probe")
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as error:
+            raise StoreUnavailableError(
+                f"backup directory {self.root} is not writable ({error.strerror}); "
+                "fix its permissions or mount it read-write") from None
+
+    def copy_in(self, parts: Parts, name: str, source: str, *,
+                progress: Optional[ProgressFn] = None, throttle: Optional[Throttle] = None,
+                clone: bool = False, check_source: CheckFn = None) -> ChunkList:
+        self.ensure_dir(parts)
+        temporary = temp_name(self.path(parts), name)
+        try:
+            chunks = scan_file(source, temporary, progress=progress, throttle=throttle,
+                               clone=clone).chunks
+            if check_source is not None:
+                check_source()
+            publish(temporary, self.path(parts, name))
+        except BaseException:
+            remove_quietly(temporary)
+            raise
+        return chunks
+
+    def copy_in_addressed(self, parts: Parts, name_of: Callable[[ChunkList], str], source: str,
+                          check_source: CheckFn = None) -> tuple[ChunkList, bool]:
+        self.ensure_dir(parts)
+        temporary = temp_name(self.path(parts), "file.data")
+        try:
+            chunks = scan_file(source, temporary).chunks
+            if check_source is not None:
+                check_source()
+            try:
+                publish(temporary, self.path(parts, name_of(chunks)))
+            except FileExistsError:
+                return chunks, False
+            return chunks, True
+        finally:
+            remove_quietly(temporary)
+
+    def scan(self, parts: Parts, name: str, expected: ChunkList,
+             destination: Optional[str] = None, progress: Optional[ProgressFn] = None,
+             throttle: Optional[Throttle] = None, clone: bool = False) -> ScanResult:
+        return scan_file(self.path(parts, name), destination, expected=expected,
+                         progress=progress, throttle=throttle, clone=clone,
+                         opener=lambda _path, _flags: open_file(self.root, parts, name))
+
+
+def location(path: str) -> str:
+    """A backup location as stored in journals and host state: an absolute path, or an
+    ``s3://`` URL unchanged."""
+    from fibackup.store.s3 import is_url
+    return path if is_url(path) else os.path.abspath(path)
+
+
+def require_local(path: str, what: str) -> None:
+    """UsageError when ``path`` is object storage and ``what`` needs local files."""
+    from fibackup.store.s3 import is_url
+    if is_url(path):
+        from fibackup.errors import UsageError
+        raise UsageError(f"{what} needs a backup directory on this host; {path} is object "
+                         "storage: restore without --instant, or prune a directory store")
+
+
+def write_new_file(path: str, data: bytes) -> None:
+    """Write a small file once (FileExistsError when it exists), errors in words."""
+    try:
+        write_file(path, data)
+    except FileExistsError:
+        raise
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise NotEnoughSpaceError(f"the backup disk is full while writing {path}; "
+                                      "free up space and run again") from None
+        raise StoreUnavailableError(f"cannot write {path} ({error.strerror}); the backup "
+                                    "directory is not writable: fix its permissions or mount "
+                                    "it read-write") from None
+
+
+# -- confined access: every path below the root, never through a link ------------
+
+def not_real(directory_fd: int, name: str, path: str, what: str) -> CorruptStoreError:
+    try:
+        mode = os.stat(name, dir_fd=directory_fd, follow_symlinks=False).st_mode
+    except OSError:
+        mode = 0
+    found = "a symbolic link" if stat.S_ISLNK(mode) else f"not a {what}"
+    return CorruptStoreError(
+        f"{path} is {found}; fibackup never follows links or reads special files inside "
+        f"a backup directory (one could lead outside it): put the real {what} there or "
+        "move it away")
+
+
+def open_dir(root: str, parts: Parts, create: bool = False) -> int:
+    """A descriptor of ``root/parts``, each part a real directory (created 0700 with
+    ``create``); FileNotFoundError when one is missing."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for depth, part in enumerate(parts):
+            path = os.path.join(root, *parts[:depth + 1])
+            if create:
+                try:
+                    os.mkdir(part, 0o700, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
+            except OSError as error:
+                if error.errno in (errno.ENOTDIR, errno.ELOOP):
+                    raise not_real(fd, part, path, "directory") from None
+                raise
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def regular(directory: int, name: str, path: str) -> os.stat_result:
+    try:
+        info = os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise not_real(directory, name, path, "regular file")
+    return info
+
+
+def open_file(root: str, parts: Parts, name: str) -> int:
+    """A read-only descriptor of the regular file ``root/parts/name``.
+
+    A link, device, FIFO or socket is refused before it is opened (opening a
+    device can have effects); FileNotFoundError when it is missing.
+    """
+    path = os.path.join(root, *parts, name)
+    directory = open_dir(root, parts)
+    try:
+        regular(directory, name, path)
+        try:
+            fd = os.open(name, _FILE_FLAGS, dir_fd=directory)
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.ENXIO):    # swapped for a link or socket
+                raise not_real(directory, name, path, "regular file") from None
+            raise
+    finally:
+        os.close(directory)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CorruptStoreError(f"{path} is not a regular file; fibackup never reads special "
+                                "files inside a backup directory")
+    return fd
