@@ -524,6 +524,8 @@ def restore(
     instant: bool = typer.Option(False, "--instant", help="Instant recovery: start a new domain (--as) that runs straight from the stored layers through new overlays in --to, copying nothing."),
     finalize: Optional[str] = typer.Option(None, "--finalize", metavar="NAME", help="Make the instant-recovery domain NAME independent of the backup directory (live, while it runs)."),
     no_verify: bool = typer.Option(False, "--no-verify", help="With --instant: skip checking every stored byte of the chain first (UNSAFE: damaged data would reach the guest)."),
+    trust_xml: bool = typer.Option(False, "--trust-xml", help="Define the stored domain definition even if it holds raw QEMU options, host devices or paths outside --to (refused by default when it comes from object storage or another host)."),
+    show_xml: bool = typer.Option(False, "--show-xml", help="Print the domain definition restore would define, and restore nothing."),
     connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ) -> None:
@@ -541,6 +543,7 @@ def restore(
       fibackup restore -d web -b /backup --to /srv/img --no-define --flatten
       fibackup restore -d web -b /backup --instant --as web-now --to /srv/web-now
       fibackup restore --finalize web-now
+      fibackup restore -d web -b s3://backups/hv1 --to /srv/web --as web-copy --show-xml
     """
     from fibackup.commands.restore import RestoreOptions, restore as run_restore
     from fibackup.errors import UsageError
@@ -568,8 +571,15 @@ def restore(
                                  at=at, disks=disk, flatten=flatten, define=not no_define,
                                  as_name=as_name, force=force, space_check=not no_space_check,
                                  io=_io_options(settings.pick("restore.jobs", jobs), rate,
-                                                reflink=not no_reflink))
+                                                reflink=not no_reflink),
+                                 trust_xml=trust_xml, show_xml=show_xml)
         result = run_restore(options, _connector(uri), report)
+        if result.definition is not None:
+            if as_json:
+                _emit_json(result.to_json())
+            else:
+                print(result.definition)
+            return EXIT_OK
         for target, path in sorted(result.disks.items()):
             report.record(f"restored {target}: {path}")
         _print_disks(result.to_json(), result.disks, as_json)

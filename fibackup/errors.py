@@ -32,6 +32,7 @@ Hierarchy::
     ├── StateDirError                        host state directory not writable
     ├── ConsolidationFailedError             snapshot --consolidate: backup made, consolidation not
     ├── AccessGrantError                     QEMU cannot be given read access to stored layers
+    ├── UntrustedDefinitionError             a stored domain definition reaches outside --to
     └── RepairNeededError                    an interrupted run left work only 'fibackup repair' may finish
 """
 from __future__ import annotations
@@ -163,6 +164,12 @@ class ConsolidationFailedError(FibackupError):
 class RepairNeededError(FibackupError):
     """An interrupted run left work (a block job still running, a locked image) that the
     command will not wait for; the message names ``fibackup repair``."""
+
+
+class UntrustedDefinitionError(FibackupError):
+    """A domain definition read from a shared store (object storage, or a backup made on
+    another host) holds raw QEMU options, host devices or paths outside ``--to``;
+    restore defines it only with ``--trust-xml``."""
 
 
 class AccessGrantError(FibackupError):

@@ -55,6 +55,10 @@ class RestoreOptions:
     force: bool = False
     space_check: bool = True
     io: IOOptions = field(default_factory=lambda: IOOptions(reflink=True))
+    trust_xml: bool = False
+    """Define a stored definition even when it reaches outside --to (virt/trust.py)."""
+    show_xml: bool = False
+    """Only work out the definition restore would define (``RestoreResult.definition``)."""
 
 
 @dataclass
@@ -65,11 +69,14 @@ class RestoreResult:
     defined: Optional[str] = None
     domain_files: dict[str, str] = field(default_factory=dict)
     """Role -> restored NVRAM/kernel/initrd/dtb file, ``tpm`` -> the TPM state directory."""
+    definition: Optional[str] = None
+    """With ``show_xml``: the domain XML restore would define (nothing was restored)."""
 
     def to_json(self) -> dict[str, object]:
         return {"domain": self.point.domain_name, "point": self.point.id, "seq": self.point.seq,
                 "disks": self.disks, "files": self.files, "defined": self.defined,
-                "domain_files": self.domain_files}
+                "domain_files": self.domain_files,
+                **({"definition": self.definition} if self.definition is not None else {})}
 
 
 @dataclass
@@ -133,6 +140,9 @@ def _check_options(options: RestoreOptions) -> None:
         raise UsageError("--as and --no-define exclude each other: --as defines a new domain")
     if options.as_name is not None and not options.as_name.strip():
         raise UsageError("--as needs a domain name")
+    if options.show_xml and not options.define:
+        raise UsageError("--show-xml shows the definition restore would define; it does not "
+                         "go with --no-define")
 
 
 def _chosen_disks(point: RestorePoint, wanted: Sequence[str]) -> list[PointDisk]:
@@ -179,6 +189,11 @@ def _restore(store: BackupStore, point: RestorePoint, disks: list[PointDisk],
     destination = _prepare_destination(options.to, options.define, report)
     names = [_names(disk, point, options.flatten) for disk in disks]
     files = _chosen_files(point, options, report)
+    if definition is not None:
+        preview = _checked_definition(store, point, domain, definition, names, files,
+                                      destination, options)
+        if options.show_xml:
+            return RestoreResult(point, definition=preview)
     _check_free_names(destination, names, options.force,
                       [domfiles.restored_name(point, item) for item in files])
     if options.space_check:
@@ -493,6 +508,36 @@ def _base_definition(point: RestorePoint, domain: Optional[Domain], disks: Seque
             "fibackup could repoint (hot-plugged and never in the persistent XML); restore "
             "them with --no-define and attach them by hand, or leave them out with --disk")
     return xml
+
+
+def _checked_definition(store: BackupStore, point: RestorePoint, domain: Optional[Domain],
+                        definition: str, names: Sequence["_DiskFiles"],
+                        files: Sequence[PointFile], destination: str,
+                        options: RestoreOptions) -> str:
+    """The XML restore will define (disks and boot files in ``destination``); refused,
+    before anything is copied, when it comes from an untrusted store and reaches
+    outside ``destination`` (virt/trust.py) unless ``--trust-xml``."""
+    from fibackup.errors import UntrustedDefinitionError
+    from fibackup.fsutil import host_name
+    from fibackup.virt.trust import untrusted_parts
+    sources = {files_.disk.target: (os.path.join(destination, files_.top), "qcow2")
+               for files_ in names}
+    boot = domfiles.boot_paths(point, files, destination)
+    preview = domxml.repoint_disks(definition, sources)
+    preview = domxml.repoint_boot_files(preview, boot) if boot else preview
+    stored = domain is None or options.as_name is not None
+    shared = not store.backend.local or point.host != host_name()
+    if not stored or not shared or options.trust_xml:
+        return preview
+    problems = untrusted_parts(preview, destination)
+    if problems:
+        where = "object storage" if not store.backend.local else f"host {point.host}"
+        raise UntrustedDefinitionError(
+            f"the domain definition of restore point {point.domain_name}/{point.id} (written "
+            f"by {where}) holds {'; '.join(problems)}; fibackup does not define it from a "
+            "shared backup: look at it with --show-xml, then restore with --trust-xml, or "
+            "with --no-define and define the domain yourself")
+    return preview
 
 
 def _define(conn: Connection, point: RestorePoint, xml: str, images: dict[str, str],
