@@ -24,6 +24,7 @@ POINTS = (
     "store.image-published",      # a layer image is published, its record not yet written
     "consolidate.job.running",    # a live block job runs (fibackup has not waited for it)
     "consolidate.job.ready",      # an active commit is READY, not yet pivoted
+    "s3.part-uploaded",           # a multipart upload to S3 has its first part, not completed
 )
 
 

@@ -4,12 +4,14 @@
 #    what the tiny test guest is built from),
 #  - starts virtlogd and libvirtd (systemd when the host runs it, by hand otherwise),
 #  - makes /dev/kvm usable by the qemu user when it exists (tests fall back to TCG),
-#  - creates .venv and installs fibackup with its test extras.
+#  - creates .venv and installs fibackup with its test and S3 extras (the S3 tests
+#    start a real Ceph RGW from the ceph packages: scripts/setup-s3.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
-          pkg-config gcc busybox-static cpio xxhash procps xfsprogs acl ovmf swtpm swtpm-tools)
+          pkg-config gcc busybox-static cpio xxhash procps xfsprogs acl ovmf swtpm swtpm-tools
+          ceph-mon ceph-osd radosgw ceph-common curl)
 
 need_root() {
   if [ "$(id -u)" -ne 0 ]; then
@@ -74,7 +76,7 @@ make_venv() {
   fi
   local log
   log=$(mktemp)
-  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' >"$log" 2>&1; then
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,s3]' >"$log" 2>&1; then
     cat "$log" >&2
     rm -f "$log"
     echo "installing fibackup into .venv failed (see above)" >&2

@@ -2,6 +2,8 @@
 # A real S3 endpoint for the tests: a single-node Ceph RGW (Ceph 16) on loopback, all in memory.
 #   scripts/setup-s3.sh           start it (or reuse the running one); prints the env file's path
 #   scripts/setup-s3.sh --stop    stop its daemons (by their pid files) and remove its state
+#   scripts/setup-s3.sh --status  exit 0 when it runs and answers
+#   scripts/setup-s3.sh --stop-rgw / --start-rgw   stop or start only radosgw (a cut connection)
 # Idempotent. Installs the Debian packages (ceph-mon ceph-osd radosgw ceph-common) when missing
 # and boto3 into .venv (the [s3] extra) when .venv exists. Everything lives under $FIBACKUP_RGW_DIR
 # (default /var/tmp/fibackup-rgw); tests source $FIBACKUP_RGW_DIR/env, which exports
@@ -16,15 +18,28 @@ SECRET_KEY=fibackup-test-secret
 
 stop() {
   for pidfile in "$C"/run/*.pid; do
-    [ -e "$pidfile" ] || continue
-    pid=$(cat "$pidfile")
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
+    [ -e "$pidfile" ] && stop_pid "$pidfile"
   done
   rm -rf "$C"
+}
+
+stop_pid() {
+  local pidfile=$1 pid
+  [ -s "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+}
+
+start_rgw() {
+  radosgw -c "$C/ceph.conf" -n client.rgw.a
+  for _ in $(seq 120); do answers && return 0; sleep 0.5; done
+  echo "setup-s3: radosgw does not answer on $ENDPOINT (see $C/log)" >&2
+  exit 1
 }
 
 answers() {
@@ -102,9 +117,7 @@ CONF
   ceph-osd "${conf[@]}" -i "$id" --mkfs --osd-uuid "$osd_uuid" >/dev/null 2>&1
   ceph-osd "${conf[@]}" -i "$id" 2>>"$C/log/start.log"
   timeout 60 ceph "${conf[@]}" osd crush add "osd.$id" 1.0 host=localhost root=default >/dev/null 2>&1
-  radosgw "${conf[@]}" -n client.rgw.a
-  for _ in $(seq 120); do answers && break; sleep 0.5; done
-  answers || { echo "setup-s3: radosgw does not answer on $ENDPOINT (see $C/log)" >&2; exit 1; }
+  start_rgw
   timeout 60 radosgw-admin "${conf[@]}" user create --uid=fibackup --display-name=fibackup \
     --access-key="$ACCESS_KEY" --secret="$SECRET_KEY" >/dev/null
   cat > "$C/env.tmp" <<ENV
@@ -119,6 +132,9 @@ ENV
 
 case "${1:-}" in
   --stop) stop; exit 0 ;;
+  --status) running; exit $? ;;
+  --stop-rgw) stop_pid "$C/run/client.rgw.a.pid"; exit 0 ;;
+  --start-rgw) running && exit 0; start_rgw; exit 0 ;;
   "") ;;
   *) echo "usage: scripts/setup-s3.sh [--stop]" >&2; exit 2 ;;
 esac

@@ -40,3 +40,45 @@ def guest_lab(lab):
         if not os.path.exists(os.path.join(GUEST_DIR, name)):
             pytest.fail("the tiny guest is not built: run scripts/build-guest.sh")
     return lab
+
+
+@pytest.fixture(scope="session")
+def rgw():
+    """A real Ceph RGW on loopback (scripts/setup-s3.sh), started once per session."""
+    try:
+        import boto3  # noqa: F401
+    except ImportError:
+        pytest.fail("boto3 is missing: install fibackup's [s3] extra (scripts/setup-s3.sh does)")
+    from tests import s3lab
+    gateway = s3lab.start()
+    saved = {key: os.environ.get(key) for key in gateway.env}
+    os.environ.update(gateway.env)
+    try:
+        yield gateway
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        s3lab.stop(gateway)
+
+
+@pytest.fixture
+def s3_bucket(rgw):
+    """A new, empty bucket of the RGW, removed with everything in it afterwards."""
+    name = rgw.new_bucket()
+    try:
+        yield name
+    finally:
+        rgw.remove_bucket(name)
+
+
+@pytest.fixture(params=["dir", "s3"])
+def backup_location(request, lab):
+    """``location(name)``: a backup directory in the lab, or a prefix of a test bucket;
+    the scenarios that take it run against both stores."""
+    if request.param == "dir":
+        return lab.path
+    bucket = request.getfixturevalue("s3_bucket")
+    return lambda name: f"s3://{bucket}/{name.replace(' ', '-')}"

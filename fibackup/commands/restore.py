@@ -527,14 +527,15 @@ def _checked_definition(store: BackupStore, point: RestorePoint, domain: Optiona
     preview = domxml.repoint_boot_files(preview, boot) if boot else preview
     stored = domain is None or options.as_name is not None
     shared = not store.backend.local or point.host != host_name()
-    if not stored or not shared or options.trust_xml:
+    if not stored or not shared or options.trust_xml or options.show_xml:
         return preview
     problems = untrusted_parts(preview, destination)
     if problems:
-        where = "object storage" if not store.backend.local else f"host {point.host}"
+        where = "read from object storage" if not store.backend.local else \
+            f"written on host {point.host}"
         raise UntrustedDefinitionError(
-            f"the domain definition of restore point {point.domain_name}/{point.id} (written "
-            f"by {where}) holds {'; '.join(problems)}; fibackup does not define it from a "
+            f"the domain definition of restore point {point.domain_name}/{point.id} ({where}) "
+            f"holds {'; '.join(problems)}; fibackup does not define it from a "
             "shared backup: look at it with --show-xml, then restore with --trust-xml, or "
             "with --no-define and define the domain yourself")
     return preview

@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import xxhash
 
+from fibackup import faults
 from fibackup.errors import CorruptStoreError, StoreUnavailableError
 from fibackup.store.backend import CheckFn, Parts
 from fibackup.store.chunks import (CHUNK_SIZE, Chunk, ChunkList, ProgressFn, ScanResult,
@@ -515,6 +516,7 @@ class _Upload:
         answer = self.backend.client.upload_part(Bucket=self.backend.bucket, Key=self.key,
                                                  UploadId=upload_id, PartNumber=number,
                                                  Body=bytes(data))
+        faults.point("s3.part-uploaded")
         return {"ETag": answer["ETag"], "PartNumber": number}
 
 

@@ -24,10 +24,10 @@ def _history(dom, backup_dir: str, rounds: int, start_pattern: int = 0x40):
     return points
 
 
-def test_three_points_each_restore_exact(lab):
+def test_three_points_each_restore_exact(lab, backup_location):
     dom = lab.domain()
     assert " " in dom.directory
-    backup = lab.path("backup one")
+    backup = backup_location("backup one")
     points = _history(dom, backup, 3)
     listed = lab.cli("list", "-b", backup, "-d", dom.name, "--json").json()
     assert [row["seq"] for row in listed] == [1, 2, 3]
@@ -45,9 +45,9 @@ def test_three_points_each_restore_exact(lab):
     assert os.path.basename(top) == f"vda.bimg-{listed[-1]['id']}" and ":" not in top
 
 
-def test_catch_up_after_snapshot_without_backup_dir(lab):
+def test_catch_up_after_snapshot_without_backup_dir(lab, backup_location):
     dom = lab.domain()
-    backup = lab.path("backup")
+    backup = backup_location("backup")
     first = _history(dom, backup, 1)
     dom.write("vda", 0x71, 5 * MiB, MiB)
     dom.snapshot(None)                                # freezes a layer nobody copies
@@ -63,9 +63,9 @@ def test_catch_up_after_snapshot_without_backup_dir(lab):
     assert_same(restore_and_read(lab, dom.name, backup, point_id), first[point_id], "first")
 
 
-def test_new_empty_backup_dir_gets_complete_first_point(lab):
+def test_new_empty_backup_dir_gets_complete_first_point(lab, backup_location):
     dom = lab.domain()
-    first_dir, second_dir = lab.path("first"), lab.path("second")
+    first_dir, second_dir = backup_location("first"), backup_location("second")
     _history(dom, first_dir, 2)
     dom.write("vdb", 0x55, 2 * MiB, MiB)
     second = dom.snapshot(second_dir).json()[0]
