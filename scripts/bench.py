@@ -8,6 +8,8 @@ Groups (scripts/benchmarks/, docs/PERFORMANCE.md explains each target):
             vs virsh blockcommit
   peers     full and incremental runs vs fi-backup's method and virtnbdbackup (installed from
             Debian's packages when missing)
+  s3        upload and download of a layer against the real Ceph RGW vs plain boto3
+            upload_file/download_file of the same bytes (scripts/setup-s3.sh)
 Each comparison alternates the tools over --repeat rounds and takes medians; files are
 evicted from the page cache before each timed run (needs root).  Nothing is asserted: the
 table says which targets were met; --quick shrinks every size (CI runs it to prove the
@@ -31,9 +33,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from benchmarks.common import Row, Settings, print_rows  # noqa: E402
 
-GROUPS = ("copy", "chains", "snapshot", "peers")
+GROUPS = ("copy", "chains", "snapshot", "peers", "s3")
 MODULES = {"copy": "benchmarks.copying", "chains": "benchmarks.chains",
-           "snapshot": "benchmarks.stall", "peers": "benchmarks.peers"}
+           "snapshot": "benchmarks.stall", "peers": "benchmarks.peers",
+           "s3": "benchmarks.objects"}
 
 
 def machine() -> dict[str, object]:

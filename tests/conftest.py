@@ -50,18 +50,8 @@ def rgw():
     except ImportError:
         pytest.fail("boto3 is missing: install fibackup's [s3] extra (scripts/setup-s3.sh does)")
     from tests import s3lab
-    gateway = s3lab.start()
-    saved = {key: os.environ.get(key) for key in gateway.env}
-    os.environ.update(gateway.env)
-    try:
+    with s3lab.running() as gateway:
         yield gateway
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        s3lab.stop(gateway)
 
 
 @pytest.fixture

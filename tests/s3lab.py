@@ -7,11 +7,12 @@ boto3's standard settings; an RGW the session started is stopped at its end.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETUP = os.path.join(REPO, "scripts", "setup-s3.sh")
@@ -71,3 +72,21 @@ def start() -> RGW:
 def stop(rgw: RGW) -> None:
     if rgw.started:
         _setup("--stop", check=False)
+
+
+@contextlib.contextmanager
+def running() -> Iterator[RGW]:
+    """The RGW, its settings in ``os.environ`` meanwhile (as boto3's standard settings,
+    for this process and every fibackup it runs); stopped afterwards if started here."""
+    gateway = start()
+    saved = {key: os.environ.get(key) for key in gateway.env}
+    os.environ.update(gateway.env)
+    try:
+        yield gateway
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        stop(gateway)

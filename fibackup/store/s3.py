@@ -44,6 +44,7 @@ from fibackup.errors import CorruptStoreError, StoreUnavailableError
 from fibackup.store.backend import CheckFn, Parts
 from fibackup.store.chunks import (CHUNK_SIZE, Chunk, ChunkList, ProgressFn, ScanResult,
                                    Throttle, _all_zero, _Checker)
+from fibackup.store.pagecache import SourceCache, drop
 
 SCHEME = "s3://"
 PART_SIZE = 16 * 1024 * 1024
@@ -317,6 +318,7 @@ class S3Backend:
             result.mismatches = checker.finish()
             if dst >= 0 and result.ok:
                 os.fsync(dst)
+                drop(dst, 0, 0)                 # restored data is not read again soon
         finally:
             if dst >= 0:
                 os.close(dst)
@@ -496,12 +498,17 @@ class _Upload:
         chunks: list[Chunk] = []
         done: list[dict[str, Any]] = []
         pending: deque[Future[dict[str, Any]]] = deque()
+        cache = SourceCache(self.fd)            # the host's cached pages stay, ours go
+        offsets = list(range(0, self.size, self.part_size))
         with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
             try:
-                for number, offset in enumerate(range(0, self.size, self.part_size), start=1):
+                for number, offset in enumerate(offsets, start=1):
                     while len(pending) >= PARALLEL:
                         done.append(pending.popleft().result())
+                    for ahead in offsets[number - 1:number + 1]:
+                        cache.prepare(ahead, min(ahead + self.part_size, self.size))
                     data = _pread_all(self.fd, offset, min(self.part_size, self.size - offset))
+                    cache.release(offset)
                     chunks += _hash_part(data, offset, progress, throttle)
                     pending.append(pool.submit(self._part, upload_id, number, data))
                 while pending:
@@ -510,6 +517,8 @@ class _Upload:
                 for future in pending:
                     future.cancel()
                 raise
+            finally:
+                cache.close()
         return chunks, done
 
     def _part(self, upload_id: str, number: int, data: bytearray) -> dict[str, Any]:
