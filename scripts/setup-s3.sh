@@ -90,7 +90,7 @@ osd pool default min size = 1
 mon allow pool size one = true
 mon allow pool delete = true
 osd objectstore = memstore
-memstore device bytes = 2147483648
+memstore device bytes = 3221225472
 run dir = $C/run
 pid file = $C/run/\$name.pid
 log file = $C/log/\$name.log
@@ -106,6 +106,10 @@ osd data = $C/osd0
 [client.rgw.a]
 rgw frontends = beast endpoint=127.0.0.1:$PORT
 rgw data = $C/rgw
+# deleted objects are freed at once (the default waits 2 h): the store lives in memory
+rgw gc obj min wait = 0
+rgw gc processor period = 5
+rgw gc processor max time = 5
 CONF
   local conf=(-c "$C/ceph.conf")
   ceph-authtool --create-keyring "$C/keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null

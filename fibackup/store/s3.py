@@ -47,11 +47,13 @@ from fibackup.store.chunks import (CHUNK_SIZE, Chunk, ChunkList, ProgressFn, Sca
 from fibackup.store.pagecache import SourceCache, drop
 
 SCHEME = "s3://"
-PART_SIZE = 16 * 1024 * 1024
-"""Multipart part size (a multiple of the chunk size); larger for files over 140 GiB."""
+PART_SIZE = 8 * 1024 * 1024
+"""Multipart part size (a multiple of the chunk size); larger for files over 70 GiB."""
 MAX_PARTS = 9000
-PARALLEL = 4
-"""Parts uploaded, or ranges downloaded, at once per copy."""
+PARALLEL = 6
+"""Parts uploaded at once per copy."""
+READERS = 4
+"""Ranges downloaded at once per copy."""
 SEGMENT = 8 * CHUNK_SIZE
 """Bytes per ranged GET."""
 READ_ATTEMPTS = 4
@@ -102,7 +104,7 @@ def make_client(settings: Settings) -> Any:
                                     f"installed: {INSTALL_HINT}") from None
     options: dict[str, Any] = dict(connect_timeout=5, read_timeout=60,
                                    retries={"max_attempts": 5, "mode": "standard"},
-                                   max_pool_connections=4 * PARALLEL)
+                                   max_pool_connections=4 * (PARALLEL + READERS))
     try:
         config = botocore.config.Config(request_checksum_calculation="when_required",
                                         response_checksum_validation="when_required",
@@ -524,13 +526,13 @@ class _Upload:
     def _part(self, upload_id: str, number: int, data: bytearray) -> dict[str, Any]:
         answer = self.backend.client.upload_part(Bucket=self.backend.bucket, Key=self.key,
                                                  UploadId=upload_id, PartNumber=number,
-                                                 Body=bytes(data))
+                                                 Body=data)
         faults.point("s3.part-uploaded")
         return {"ETag": answer["ETag"], "PartNumber": number}
 
 
 class _Download:
-    """Ranged GETs of one object, ``PARALLEL`` at a time, every chunk hashed and
+    """Ranged GETs of one object, ``READERS`` at a time, every chunk hashed and
     compared with the record; with a destination, listed chunks are written there."""
 
     def __init__(self, backend: S3Backend, parts: Parts, name: str, size: int,
@@ -559,10 +561,10 @@ class _Download:
             throttle: Optional[Throttle]) -> tuple[list[Chunk], _Checker]:
         listed: list[Chunk] = []
         pending: deque[Future[list[tuple[int, Optional[Chunk]]]]] = deque()
-        with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        with ThreadPoolExecutor(max_workers=READERS) as pool:
             try:
                 for start, end in self.segments():
-                    while len(pending) >= 2 * PARALLEL:
+                    while len(pending) >= 2 * READERS:
                         self._collect(pending.popleft().result(), listed)
                     if self.checker.stopped:
                         break

@@ -2,7 +2,7 @@
 bytes, on the real Ceph RGW of scripts/setup-s3.sh (started here, or reused when it runs).
 
 - upload: ``S3Backend.copy_in`` (what ``snapshot -b s3://`` runs per layer: read, hash
-  every 4 MiB chunk, multipart parts of 16 MiB, 4 in flight) against boto3's
+  every 4 MiB chunk, multipart parts of 8 MiB, 6 in flight) against boto3's
   ``upload_file`` (its default TransferConfig: 8 MiB parts, 10 threads), which hashes
   nothing; at least 0.8x the throughput.
 - download: ``S3Backend.scan`` with a destination (what ``restore`` runs per layer: ranged

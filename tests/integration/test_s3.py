@@ -74,9 +74,9 @@ def _stopped(pid: int) -> bool:
 def test_connection_cut_mid_upload_leaves_no_point(lab, rgw, s3_bucket):
     """radosgw stops while a multipart upload is half done: the run fails with one line,
     no restore point is listed, and the next run (gateway back) backs up exactly."""
-    dom = lab.domain(disks=[DiskDef("vda", "raw", 48 * MiB)])
-    for index in range(6):                          # data in every part of the upload
-        dom.write("vda", 0x30 + index, index * 8 * MiB, 4 * MiB)
+    dom = lab.domain(disks=[DiskDef("vda", "raw", 96 * MiB)])
+    for index in range(12):                         # data in every part of the upload
+        dom.write("vda", 0x30 + index, index * 8 * MiB, 2 * MiB)
     backup = f"s3://{s3_bucket}/hv1"
     run = _fibackup(lab, "snapshot", "-d", dom.name, "-b", backup,
                     env={"FIBACKUP_FAULT": "s3.part-uploaded:stop"})
@@ -95,7 +95,7 @@ def test_connection_cut_mid_upload_leaves_no_point(lab, rgw, s3_bucket):
     assert lab.cli("list", "-b", backup, "--json").json() == []
     assert not [key for key in _objects(rgw.client(), s3_bucket, "hv1/domains/")
                 if key.endswith(".raw")]
-    dom.write("vda", 0x77, 40 * MiB, MiB)
+    dom.write("vda", 0x77, 41 * MiB, MiB)
     result = dom.snapshot(backup).json()[0]
     assert_same(restore_and_read(lab, dom.name, backup, result["point"]), dom.expected_now(),
                 "after the cut")
