@@ -582,6 +582,7 @@ def prune_command(
     keep_daily: Optional[int] = typer.Option(None, "--keep-daily", metavar="D", help="Keep the newest point of each of the newest D days that have points (UTC)."),
     keep_weekly: Optional[int] = typer.Option(None, "--keep-weekly", metavar="W", help="Keep the newest point of each of the newest W ISO weeks that have points (UTC)."),
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Only show what would be dropped, merged and removed."),
+    no_libvirt: bool = typer.Option(False, "--no-libvirt", help="Do not ask libvirt which stored layers instant-recovery domains run on (for a backup server without libvirt; only safe when no host runs a domain from this backup directory)."),
     connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ) -> None:
@@ -617,7 +618,9 @@ def prune_command(
         _log_to(report, directory, "prune")
         options = PruneOptions(backup_dir=directory, domains=domain,
                                every=all_domains, retention=retention, dry_run=dry_run)
-        run = PruneRun.open(options, libvirt_pins(_connector(settings.connect_uri(connect))))
+        pins = (lambda _store: set()) if no_libvirt else \
+            libvirt_pins(_connector(settings.connect_uri(connect)))
+        run = PruneRun.open(options, pins)
         uuids = {name: uuid for uuid, name in run.selected}
         if not uuids:
             report.info("no domain to prune")
