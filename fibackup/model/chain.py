@@ -87,6 +87,10 @@ class StoredLayer:
         """Whether ``layer`` may rest directly on this one."""
         return layer.parent is not None and layer.parent in (self.id, self.stands_for)
 
+    def rests_on(self, below: Optional["StoredLayer"]) -> bool:
+        """Whether this layer may lie directly on ``below`` (None: it is a base)."""
+        return self.parent is None if below is None else below.is_parent_of(self)
+
 
 NO_SOURCE = FileIdentity(host="", path="", dev=0, ino=0, size=0, mtime_ns=0,
                          head_digest="merged")
@@ -300,15 +304,13 @@ def _resized(stored_virtual_size: int, to_copy: Sequence[FrozenLayer]) -> bool:
 def chain_from_ids(layer_ids: Sequence[str], index: Mapping[str, StoredLayer]) -> list[StoredLayer]:
     """Resolve ids to stored layers and check that each names the previous as parent."""
     chain: list[StoredLayer] = []
-    parent: Optional[str] = None
     for layer_id in layer_ids:
         stored = index.get(layer_id)
         if stored is None:
             raise KeyError(layer_id)
-        if stored.parent != parent and not (chain and chain[-1].is_parent_of(stored)):
+        if not stored.rests_on(chain[-1] if chain else None):
             raise ValueError(
                 f"layer {layer_id} rests on {stored.parent or 'nothing'}, "
-                f"but the chain puts it on {parent or 'nothing'}")
+                f"but the chain puts it on {chain[-1].id if chain else 'nothing'}")
         chain.append(stored)
-        parent = layer_id
     return chain

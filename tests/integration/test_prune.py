@@ -216,6 +216,15 @@ def test_prune_leaves_an_instant_recovery_domains_chain_alone_until_finalized(la
     listed = _check_all(lab, backup, dom.name, points)
     assert len(_store_files(backup)["layers"]) == 4     # one merged layer per disk, + records
     assert not any(os.path.exists(path) for path in used)
+
+    # and a pruned point (one merged layer per disk) runs as an instant recovery too
+    again = dom.name + "-again"
+    _instant(lab, dom.name, backup, again, lab.path("instant again"))
+    lab.cli("restore", "--finalize", again)
+    copy = lab.conn.lookupByName(again)
+    copy.destroy()
+    newest = points[list(points)[-1]]
+    assert {target: image_bytes_of(lab, copy, target) for target in newest} == newest
     assert [row["id"] for row in listed] == list(points)[-1:]
 
 
