@@ -245,6 +245,11 @@ class LayerIndex:
 
         return longest(0, None)
 
+    def holder(self, layer: StoredLayer) -> StoredLayer:
+        """The stored layer that holds ``layer``'s data: itself, or the merged layer that
+        replaced it."""
+        return self._merged_into.get(layer.id, layer)
+
     def covered(self, identities: Sequence[FileIdentity]) -> int:
         """How many files of a chain (base first) a backup would reuse rather than copy."""
         segments = self.match_prefix(identities)

@@ -65,6 +65,10 @@ def test_prune_to_several_n_over_ten_points_stays_exact_and_incremental(lab):
         # the oldest kept point now rests on one merged layer per disk
         assert listed[0]["layers"] == 2
     assert len(_store_files(backup)["layers"]) == 4             # 2 disks x (image + record)
+    stored = {name.rsplit(".", 1)[0] for name in _store_files(backup)["layers"]}
+    status = lab.cli("status", "-d", dom.name, "-b", backup, "--json").json()
+    frozen = [layer for layers in status.values() for layer in layers if layer["role"] == "frozen"]
+    assert frozen and all(layer["backed_up"] in stored for layer in frozen), status
 
     # pruning again changes nothing
     again = lab.cli("prune", "-b", backup, "-d", dom.name, "--keep", "1", "--json",
