@@ -621,11 +621,13 @@ def prune_command(
         pins = (lambda _store: set()) if no_libvirt else \
             libvirt_pins(_connector(settings.connect_uri(connect)))
         run = PruneRun.open(options, pins)
-        uuids = {name: uuid for uuid, name in run.selected}
+        names = [name for _uuid, name in run.selected]
+        uuids = {name if names.count(name) == 1 else f"{name} ({uuid})": uuid
+                 for uuid, name in run.selected}          # a re-created domain: same name
         if not uuids:
             report.info("no domain to prune")
         results, failures = _each_domain(
-            list(uuids), lambda name: (run.prune(uuids[name], name, report).to_json(), True),
+            list(uuids), lambda label: (run.prune(uuids[label], label, report).to_json(), True),
             report)
         if as_json:
             _emit_json(results)

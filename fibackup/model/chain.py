@@ -145,13 +145,14 @@ class LayerIndex:
         self._canonical: dict[str, str] = {}
         """Merged layer id -> the id it stands for (parents compare through it)."""
         layers = list(layers)
-        for layer in layers:
-            self._add(layer)
-        for layer in layers:
+        real = {layer.id for layer in layers}
+        for layer in layers:           # replaced layers first: on a tie a real copy wins
             for covered in layer.covers:
-                if covered.id not in self._by_id:
+                if covered.id not in real and covered.id not in self._merged_into:
                     self._merged_into[covered.id] = layer
                     self._add(covered)
+        for layer in layers:
+            self._add(layer)
         for identity, layer_id in aliases:
             stored = self._by_id.get(layer_id)
             if stored is not None:
@@ -198,7 +199,7 @@ class LayerIndex:
 
     def find(self, identity: FileIdentity, parent: Optional[str]) -> Optional[StoredLayer]:
         """The stored copy of the file ``identity`` whose logical parent is ``parent``."""
-        for stored in self._by_identity.get(identity, ()):
+        for stored in reversed(self._by_identity.get(identity, ())):   # newest, real first
             if self._same_parent(stored.parent, parent):
                 return stored
         return None
