@@ -597,6 +597,7 @@ def prune_command(
     keep_daily: Optional[int] = typer.Option(None, "--keep-daily", metavar="D", help="Keep the newest point of each of the newest D days that have points (UTC)."),
     keep_weekly: Optional[int] = typer.Option(None, "--keep-weekly", metavar="W", help="Keep the newest point of each of the newest W ISO weeks that have points (UTC)."),
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Only show what would be dropped, merged and removed."),
+    no_libvirt: bool = typer.Option(False, "--no-libvirt", help="Do not ask libvirt which stored layers instant-recovery domains run on (for a backup server without libvirt; only safe when no host runs a domain from this backup directory)."),
     connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ) -> None:
@@ -632,12 +633,16 @@ def prune_command(
         _log_to(report, directory, "prune")
         options = PruneOptions(backup_dir=directory, domains=domain,
                                every=all_domains, retention=retention, dry_run=dry_run)
-        run = PruneRun.open(options, libvirt_pins(_connector(settings.connect_uri(connect))))
-        uuids = {name: uuid for uuid, name in run.selected}
+        pins = (lambda _store: set()) if no_libvirt else \
+            libvirt_pins(_connector(settings.connect_uri(connect)))
+        run = PruneRun.open(options, pins)
+        names = [name for _uuid, name in run.selected]
+        uuids = {name if names.count(name) == 1 else f"{name} ({uuid})": uuid
+                 for uuid, name in run.selected}          # a re-created domain: same name
         if not uuids:
             report.info("no domain to prune")
         results, failures = _each_domain(
-            list(uuids), lambda name: (run.prune(uuids[name], name, report).to_json(), True),
+            list(uuids), lambda label: (run.prune(uuids[label], label, report).to_json(), True),
             report)
         if as_json:
             _emit_json(results)

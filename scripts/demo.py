@@ -1,4 +1,5 @@
-"""The walk-through behind scripts/demo.sh (uses the test lab to make a real domain)."""
+"""The walk-through behind scripts/demo.sh (uses the test lab to make a real domain):
+snapshot + backup, list, status, verify, restore, prune, instant recovery + finalize."""
 from __future__ import annotations
 
 import os
@@ -48,6 +49,13 @@ def main() -> None:
         count = written_prefix(vdb)
         print(f"vdb of restore point 2 holds the guest writer's records 0..{count - 1}, "
               f"in order, with nothing after them: {'consistent' if vdb[count * 4096:count * 4096 + 6] != b'FIBREC' else 'INCONSISTENT'}")
+        show(lab, "prune", "-b", backup, "-d", dom.name, "--keep", "2")
+        show(lab, "list", "-b", backup)
+        instant = dom.name + "-instant"
+        lab.forget_name(instant)
+        show(lab, "restore", "-d", dom.name, "-b", backup, "--instant", "--as", instant,
+             "--to", lab.path("instant"))
+        show(lab, "restore", "--finalize", instant)
         if keep:
             print(f"\n--keep: domain {dom.name} and {lab.root} are left for you")
             lab.domains.clear()

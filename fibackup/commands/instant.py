@@ -40,6 +40,7 @@ from fibackup.host import instant as records
 from fibackup.host.instant import InstantDisk, InstantLayer, InstantRecord
 from fibackup.host.journal import Journal
 from fibackup.host.lock import DomainLock
+from fibackup.model.chain import StoredLayer
 from fibackup.model.naming import safe_component
 from fibackup.model.points import PointDisk, RestorePoint, select_point
 from fibackup.qemu import img
@@ -149,7 +150,7 @@ def _checked_chain(store: BackupStore, root: str, point: RestorePoint, disk: Poi
                    options: InstantOptions, report: Reporter) -> tuple[InstantLayer, ...]:
     """The disk's stored layers, base first, each proven to give exactly its bytes."""
     layers: list[InstantLayer] = []
-    parent: Optional[str] = None
+    below: Optional[StoredLayer] = None
     for entry in disk.layers:
         where = f"restore point {point.id}, disk {disk.target}, layer {entry.id}"
         record = store.layer_record(point.domain_uuid, entry.id)
@@ -158,7 +159,7 @@ def _checked_chain(store: BackupStore, root: str, point: RestorePoint, disk: Poi
             raise IntegrityError(f"{where}: the manifest lists {'; '.join(differences)}; the "
                                  "backup directory was damaged or edited (run 'fibackup "
                                  "verify', choose another restore point with --at)")
-        if record.layer.parent != parent or (entry.image_format == "raw" and parent):
+        if not record.layer.rests_on(below) or (entry.image_format == "raw" and below):
             raise IntegrityError(f"{where}: the layers do not stack (it rests on "
                                  f"{record.layer.parent or 'nothing'}); choose another "
                                  "restore point with --at")
@@ -177,7 +178,7 @@ def _checked_chain(store: BackupStore, root: str, point: RestorePoint, disk: Poi
             raise IntegrityError(f"{path} keeps its data in an external file, which is not in "
                                  "the backup; refusing to run from it")
         layers.append(InstantLayer(entry.id, path, entry.image_format))
-        parent = entry.id
+        below = record.layer
     return tuple(layers)
 
 

@@ -88,7 +88,8 @@ def domain_status(conn: Connection, name: str,
                                        for layer in present]) if index else []
         for position, layer in enumerate(chain):
             active = position == len(chain) - 1
-            stored = segments[position][-1].id if position < len(segments) else None
+            stored = index.holder(segments[position][-1]).id \
+                if index is not None and position < len(segments) else None
             rows.append(LayerStatus(layer.path, layer.format, "active" if active else "frozen", stored))
         status[spec.target] = list(reversed(rows))
     return status

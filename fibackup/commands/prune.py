@@ -34,10 +34,10 @@ from fibackup.host import journal as journals
 from fibackup.host.journal import Journal
 from fibackup.host.lock import DomainLock
 from fibackup.model import naming
-from fibackup.model.chain import StoredLayer
+from fibackup.model.chain import StoredLayer, chain_from_ids
 from fibackup.model.points import RestorePoint
-from fibackup.model.retention import (Merge, Retention, kept_points, plan_merges,
-                                      referenced_layers)
+from fibackup.model.retention import (Merge, MergedLayer, Retention, adopted, adoptions,
+                                      kept_points, plan_merges, referenced_layers)
 from fibackup.report import Reporter
 from fibackup.store.backend import require_local
 from fibackup.store.repo import BackupStore
@@ -86,7 +86,7 @@ class PruneRun:
     options: PruneOptions
     selected: list[tuple[str, str]]
     """(uuid, name) of each domain to prune."""
-    pinned: set[str]
+    pinned_layers: PinnedFn
 
     @classmethod
     def open(cls, options: PruneOptions, pinned_layers: PinnedFn) -> "PruneRun":
@@ -99,10 +99,10 @@ class PruneRun:
                                  "more (the newest restore point is always kept)")
         require_local(options.backup_dir, "prune (it merges layers with qemu-img)")
         store = BackupStore.open(options.backup_dir)
-        return cls(store, options, _select(store, options), pinned_layers(store))
+        return cls(store, options, _select(store, options), pinned_layers)
 
     def prune(self, uuid: str, name: str, report: Reporter) -> PruneResult:
-        return _prune_domain(self.store, uuid, name, self.options, self.pinned, report)
+        return _prune_domain(self.store, uuid, name, self.options, self.pinned_layers, report)
 
 
 def _select(store: BackupStore, options: PruneOptions) -> list[tuple[str, str]]:
@@ -129,18 +129,22 @@ def _select(store: BackupStore, options: PruneOptions) -> list[tuple[str, str]]:
 
 
 def _prune_domain(store: BackupStore, uuid: str, name: str, options: PruneOptions,
-                  pinned: set[str], report: Reporter) -> PruneResult:
+                  pinned_layers: PinnedFn, report: Reporter) -> PruneResult:
     result = PruneResult(domain=name, uuid=uuid, dry_run=options.dry_run)
-    with DomainLock(uuid, name):
+    waiting = (lambda: report.info(f"{name}: waiting for another fibackup run on its part "
+                                   f"of {store.root} (a backup, a restore or a prune, maybe "
+                                   "on another host)"))
+    with DomainLock(uuid, name), store.domain_lock(uuid, waiting=waiting):
         _finish_dead_run(store, uuid, name, report)
-        problems: list[str] = []
-        points = store.points(uuid, problems)
-        if problems:
+        points = _readable_points(store, uuid, name)
+        if not points and (store.layer_ids(uuid) or store.file_ids(uuid)):
             raise CorruptStoreError(
-                f"{name}: {problems[0]}; prune removes nothing while a manifest is unreadable "
-                "(run 'fibackup verify -b DIR' and move the damaged manifest away)")
+                f"{name}: the backup directory holds stored layers of this domain but no "
+                "restore point manifest (an incomplete copy of the directory?); prune "
+                f"deletes nothing here: check domains/{uuid}/points")
+        pinned = pinned_layers(store)               # now: no instant restore starts meanwhile
         plan = _Plan.make(points, options.retention, pinned, store.layer_ids(uuid),
-                          store.file_ids(uuid))
+                          store.file_ids(uuid), _merged_layers(store, uuid))
         result.kept = [point.id for point in plan.kept]
         result.dropped = [point.id for point in plan.dropped]
         result.pinned = sorted(pinned.intersection(plan.stored))
@@ -155,6 +159,12 @@ def _prune_domain(store: BackupStore, uuid: str, name: str, options: PruneOption
         with Journal(uuid, "prune", name, options_json).running() as journal:
             _execute(store, uuid, name, plan, result, journal, report)
     return result
+
+
+def _merged_layers(store: BackupStore, uuid: str) -> list[MergedLayer]:
+    return [MergedLayer(layer.id, layer.disk, layer.stands_for,
+                        frozenset(covered.id for covered in layer.covers))
+            for layer in store.stored_layers(uuid) if layer.stands_for]
 
 
 def _finish_dead_run(store: BackupStore, uuid: str, name: str, report: Reporter) -> None:
@@ -182,14 +192,20 @@ class _Plan:
     stored_files: set[str]
     """Every stored file (NVRAM, TPM state, boot files) of the domain."""
 
+    adopted: dict[Merge, str]
+    """Prefixes of kept chains that a stored merged layer already replaces -> its id."""
+
     @classmethod
-    def make(cls, points: Sequence[RestorePoint], retention: Retention,
-             pinned: set[str], stored: set[str], stored_files: set[str]) -> "_Plan":
+    def make(cls, points: Sequence[RestorePoint], retention: Retention, pinned: set[str],
+             stored: set[str], stored_files: set[str],
+             existing: Sequence[MergedLayer]) -> "_Plan":
         kept = kept_points(points, retention)
         seqs = {point.seq for point in kept}
         dropped = [point for point in points if point.seq not in seqs]
-        return cls(kept, dropped, plan_merges(kept, dropped, pinned), pinned, stored,
-                   stored_files)
+        replaced = adoptions(points, existing)
+        merges = plan_merges([adopted(point, replaced) for point in kept],
+                             [adopted(point, replaced) for point in dropped], pinned)
+        return cls(kept, dropped, merges, pinned, stored, stored_files, replaced)
 
     def removable_files(self, points: Sequence[RestorePoint]) -> list[str]:
         """Stored files no remaining point lists (ids are shared between points)."""
@@ -230,7 +246,9 @@ def _size(store: BackupStore, uuid: str, layer_id: str) -> int:
 def _execute(store: BackupStore, uuid: str, name: str, plan: _Plan, result: PruneResult,
              journal: Journal, report: Reporter) -> None:
     tag = naming.timestamp_tag(_dt.datetime.now(_dt.timezone.utc))
-    merged: dict[Merge, StoredLayer] = {}
+    merged: dict[Merge, StoredLayer] = {
+        merge: store.layer_record(uuid, merged_id).layer
+        for merge, merged_id in plan.adopted.items()}
     for merge in plan.merges:
         step = journal.start("prune.merge", store=store.root, disk=merge.disk,
                              layers=list(merge.layers))
@@ -241,15 +259,16 @@ def _execute(store: BackupStore, uuid: str, name: str, plan: _Plan, result: Prun
     revised = _switch(store, uuid, plan.kept, merged, journal)
     step = journal.start("prune.drop", store=store.root,
                          points=[point.id for point in plan.dropped])
-    names = store.manifest_names(uuid)
-    for point in plan.dropped:
-        store.remove_manifest(uuid, names[f"{point.seq:08d}"])
-    for superseded in store.superseded_manifests(uuid):
-        store.remove_manifest(uuid, superseded)
+    _drop_manifests(store, uuid, plan.dropped)
     journal.done(step)
-    after = referenced_layers(revised)
-    removable = plan.removable(after, [layer.id for layer in merged.values()])
-    files = plan.removable_files(revised)
+    remaining = _readable_points(store, uuid, name)
+    if [point.seq for point in remaining] != [point.seq for point in revised]:
+        raise CorruptStoreError(f"{name}: after dropping, the backup directory lists points "
+                                f"{[point.id for point in remaining]}, not the kept ones; "
+                                "nothing was deleted: is another run writing to it?")
+    removable = plan.removable(referenced_layers(remaining),
+                               [layer.id for layer in merged.values()])
+    files = plan.removable_files(remaining)
     step = journal.start("prune.delete", store=store.root, layers=removable, files=files)
     for layer_id in removable:
         result.freed_bytes += store.remove_layer(uuid, layer_id)
@@ -262,6 +281,27 @@ def _execute(store: BackupStore, uuid: str, name: str, plan: _Plan, result: Prun
                 f"freed {human(result.freed_bytes)}")
 
 
+def _drop_manifests(store: BackupStore, uuid: str, dropped: Sequence[RestorePoint]) -> None:
+    """Delete the superseded revisions first, then each dropped point's manifest: deleting
+    a dropped point's newest revision while an older one remains would bring the older
+    one back as the point (listing layers that are about to be deleted)."""
+    for superseded in store.superseded_manifests(uuid):
+        store.remove_manifest(uuid, superseded)
+    names = store.manifest_names(uuid)
+    for point in dropped:
+        store.remove_manifest(uuid, names[f"{point.seq:08d}"])
+
+
+def _readable_points(store: BackupStore, uuid: str, name: str) -> list[RestorePoint]:
+    problems: list[str] = []
+    points = store.points(uuid, problems)
+    if problems:
+        raise CorruptStoreError(
+            f"{name}: {problems[0]}; prune removes nothing while a manifest is unreadable "
+            "(run 'fibackup verify -b DIR' and move the damaged manifest away)")
+    return points
+
+
 def _merged_layer(store: BackupStore, uuid: str, name: str, merge: Merge, tag: str,
                   report: Reporter) -> StoredLayer:
     """The stored layer that replaces ``merge.layers``: one a dead prune already wrote
@@ -272,6 +312,14 @@ def _merged_layer(store: BackupStore, uuid: str, name: str, merge: Merge, tag: s
                 existing.disk == merge.disk and existing.id not in merge.layers:
             report.info(f"{name}: disk {merge.disk}: reusing the merged layer {existing.id}")
             return existing
+    try:
+        chain_from_ids(merge.layers, {layer.id: layer for layer in chain})
+    except ValueError as error:
+        raise IntegrityError(f"{name}: disk {merge.disk}: {error}; prune merges nothing from "
+                             "layers that do not stack (run 'fibackup verify')") from None
+    if any(layer.disk != merge.disk for layer in chain):
+        raise IntegrityError(f"{name}: a layer listed for disk {merge.disk} belongs to another "
+                             "disk; prune merges nothing from it (run 'fibackup verify')")
     for layer in chain:
         problems = store.check_layer(uuid, layer.id)
         if problems:
@@ -316,18 +364,19 @@ def _replace_layers(document: dict[str, Any], merged: dict[Merge, StoredLayer]) 
     """Put each merged layer in place of the layers it replaced; whether any was."""
     changed = False
     for target, disk in document.get("disks", {}).items():
-        entries = disk["layers"]
-        ids = tuple(entry["id"] for entry in entries)
-        for merge, layer in merged.items():
+        for merge, layer in merged.items():            # in order: adopted ones first
+            entries = disk["layers"]
             count = len(merge.layers)
-            if merge.disk == target and ids[:count] == merge.layers:
+            if merge.disk == target and \
+                    tuple(entry["id"] for entry in entries[:count]) == merge.layers:
                 disk["layers"] = [_entry(layer, any(e.get("new") is True for e in entries[:count])),
                                   *entries[count:]]
                 changed = True
     if changed:
         layers = [entry for disk in document["disks"].values() for entry in disk["layers"]]
         files = document.get("files") or []
-        document["bytes_new"] = sum(entry["data_bytes"] for entry in layers if entry["new"]) + \
+        document["bytes_new"] = sum(entry["data_bytes"] for entry in layers
+                                    if entry.get("new") is True) + \
             sum(entry["size"] for entry in files if entry.get("new") is True)
         document["bytes_total"] = sum(entry["data_bytes"] for entry in layers) + \
             sum(entry["size"] for entry in files)

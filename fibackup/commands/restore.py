@@ -21,7 +21,8 @@ from typing import Callable, Iterator, Optional, Sequence
 from fibackup import faults
 
 from fibackup.errors import (DestinationError, DomainStateError, FibackupError,
-                             IntegrityError, NotEnoughSpaceError, UsageError)
+                             IntegrityError, NotEnoughSpaceError, RestorePointNotFoundError,
+                             UsageError)
 from fibackup.commands import domfiles
 from fibackup.commands.parallel import Guard, IOOptions, run_each
 from fibackup.fsutil import ensure_space, file_identity, fsync_dir, publish, remove_quietly
@@ -123,16 +124,29 @@ def restore(options: RestoreOptions, connect: Callable[[], Connection],
     for problem in problems:
         report.warn(f"{problem} (that restore point is not offered)")
     point = select_point(points, options.at, f"domain '{options.domain}'")
-    disks = _chosen_disks(point, options.disks)
-    target_domain = _target_domain(conn, point, options) if conn else None
-    if target_domain is not None:
-        with DomainLock(target_domain.uuid, target_domain.name):
-            if journals.load(target_domain.uuid) is not None:
-                from fibackup.commands.repair import reconcile
-                reconcile(conn, target_domain, report, wait=False)
-            _require_shut_off(target_domain)
-            return _restore(store, point, disks, options, conn, target_domain, report)
-    return _restore(store, point, disks, options, conn, None, report)
+    with store.domain_lock(point.domain_uuid, shared=True,
+                           waiting=lambda: report.info(waiting_message(store, point))):
+        # read again under the lock: a prune may have just published a revision
+        points = [item for item in store.points(point.domain_uuid, []) if item.seq == point.seq]
+        if not points:
+            raise RestorePointNotFoundError(f"restore point {point.id} was removed from "
+                                            f"{store.root} meanwhile (a prune?)")
+        point = points[0]
+        disks = _chosen_disks(point, options.disks)
+        target_domain = _target_domain(conn, point, options) if conn else None
+        if target_domain is not None:
+            with DomainLock(target_domain.uuid, target_domain.name):
+                if journals.load(target_domain.uuid) is not None:
+                    from fibackup.commands.repair import reconcile
+                    reconcile(conn, target_domain, report, wait=False)
+                _require_shut_off(target_domain)
+                return _restore(store, point, disks, options, conn, target_domain, report)
+        return _restore(store, point, disks, options, conn, None, report)
+
+
+def waiting_message(store: BackupStore, point: RestorePoint) -> str:
+    return (f"{point.domain_name}: waiting for another fibackup run on its part of "
+            f"{store.root} (a backup or a prune, maybe on another host)")
 
 
 def _check_options(options: RestoreOptions) -> None:

@@ -144,6 +144,20 @@ def _consolidate_after(conn: Connection, domain: Domain, options: SnapshotOption
 
 def snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter,
                     journal: Journal) -> SnapshotResult:
+    """The snapshot and, with a backup directory, the backup, holding the store's lock on
+    the domain meanwhile (a prune, maybe on another host, waits for it)."""
+    if options.backup_dir is None:
+        return _snapshot_and_back_up(domain, options, report, journal)
+    store = _open_store(options.backup_dir)
+    waiting = (lambda: report.info(f"{domain.name}: waiting for another fibackup run on its "
+                                   f"part of {store.root} (a prune or backup, maybe on "
+                                   "another host)"))
+    with store.domain_lock(domain.uuid, waiting=waiting):
+        return _snapshot_and_back_up(domain, options, report, journal)
+
+
+def _snapshot_and_back_up(domain: Domain, options: SnapshotOptions, report: Reporter,
+                          journal: Journal) -> SnapshotResult:
     _check_state(domain)
     if options.quiesce and not options.quiesce_fallback and not domain.is_active():
         raise UsageError(f"domain '{domain.name}' is shut off: there is nothing to quiesce; "

@@ -87,6 +87,10 @@ class StoredLayer:
         """Whether ``layer`` may rest directly on this one."""
         return layer.parent is not None and layer.parent in (self.id, self.stands_for)
 
+    def rests_on(self, below: Optional["StoredLayer"]) -> bool:
+        """Whether this layer may lie directly on ``below`` (None: it is a base)."""
+        return self.parent is None if below is None else below.is_parent_of(self)
+
 
 NO_SOURCE = FileIdentity(host="", path="", dev=0, ino=0, size=0, mtime_ns=0,
                          head_digest="merged")
@@ -141,13 +145,14 @@ class LayerIndex:
         self._canonical: dict[str, str] = {}
         """Merged layer id -> the id it stands for (parents compare through it)."""
         layers = list(layers)
-        for layer in layers:
-            self._add(layer)
-        for layer in layers:
+        real = {layer.id for layer in layers}
+        for layer in layers:           # replaced layers first: on a tie a real copy wins
             for covered in layer.covers:
-                if covered.id not in self._by_id:
+                if covered.id not in real and covered.id not in self._merged_into:
                     self._merged_into[covered.id] = layer
                     self._add(covered)
+        for layer in layers:
+            self._add(layer)
         for identity, layer_id in aliases:
             stored = self._by_id.get(layer_id)
             if stored is not None:
@@ -194,7 +199,7 @@ class LayerIndex:
 
     def find(self, identity: FileIdentity, parent: Optional[str]) -> Optional[StoredLayer]:
         """The stored copy of the file ``identity`` whose logical parent is ``parent``."""
-        for stored in self._by_identity.get(identity, ()):
+        for stored in reversed(self._by_identity.get(identity, ())):   # newest, real first
             if self._same_parent(stored.parent, parent):
                 return stored
         return None
@@ -240,6 +245,11 @@ class LayerIndex:
             return best[key]
 
         return longest(0, None)
+
+    def holder(self, layer: StoredLayer) -> StoredLayer:
+        """The stored layer that holds ``layer``'s data: itself, or the merged layer that
+        replaced it."""
+        return self._merged_into.get(layer.id, layer)
 
     def covered(self, identities: Sequence[FileIdentity]) -> int:
         """How many files of a chain (base first) a backup would reuse rather than copy."""
@@ -300,15 +310,13 @@ def _resized(stored_virtual_size: int, to_copy: Sequence[FrozenLayer]) -> bool:
 def chain_from_ids(layer_ids: Sequence[str], index: Mapping[str, StoredLayer]) -> list[StoredLayer]:
     """Resolve ids to stored layers and check that each names the previous as parent."""
     chain: list[StoredLayer] = []
-    parent: Optional[str] = None
     for layer_id in layer_ids:
         stored = index.get(layer_id)
         if stored is None:
             raise KeyError(layer_id)
-        if stored.parent != parent and not (chain and chain[-1].is_parent_of(stored)):
+        if not stored.rests_on(chain[-1] if chain else None):
             raise ValueError(
                 f"layer {layer_id} rests on {stored.parent or 'nothing'}, "
-                f"but the chain puts it on {parent or 'nothing'}")
+                f"but the chain puts it on {chain[-1].id if chain else 'nothing'}")
         chain.append(stored)
-        parent = layer_id
     return chain

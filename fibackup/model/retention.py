@@ -14,10 +14,11 @@ exactly the view of the prefix's top layer.  Layers above it are untouched.
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Sequence
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
-from fibackup.model.points import RestorePoint
+from fibackup.errors import CorruptStoreError
+from fibackup.model.points import PointLayer, RestorePoint
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,9 @@ def _moment(point: RestorePoint) -> _dt.datetime:
     try:
         return _dt.datetime.strptime(point.time, "%Y-%m-%dT%H:%M:%SZ")
     except ValueError:
-        return _dt.datetime.min
+        raise CorruptStoreError(f"restore point {point.domain_name}/{point.id} has the time "
+                                f"{point.time!r}, which is not a UTC time; --keep-daily and "
+                                "--keep-weekly cannot place it (use --keep)") from None
 
 
 def _day(point: RestorePoint) -> object:
@@ -121,6 +124,51 @@ def plan_merges(kept: Sequence[RestorePoint], dropped: Sequence[RestorePoint],
         if any((target, layer_id) in dropped_tops for layer_id in prefix[:-1]):
             merges.append(Merge(disk=target, layers=prefix))
     return merges
+
+
+@dataclass(frozen=True)
+class MergedLayer:
+    """What planning needs of a merged layer already stored (a previous prune's)."""
+
+    id: str
+    disk: str
+    stands_for: str
+    covers: frozenset[str]
+
+
+def adoptions(points: Sequence[RestorePoint],
+              existing: Sequence[MergedLayer]) -> dict[Merge, str]:
+    """Chains that still list layers a stored merged layer already replaces (a prune
+    killed while it switched manifests, or a backup that ran before it was rerun): the
+    longest such prefix of each chain -> the merged layer's id.  The merged layer
+    presents exactly the view of that prefix's top, so listing it instead is exact, and
+    merging the same layers again would only store a second copy."""
+    by_top = {(merged.disk, merged.stands_for): merged for merged in existing}
+    found: dict[Merge, str] = {}
+    for point in points:
+        for target, disk in point.disks.items():
+            ids = tuple(layer.id for layer in disk.layers)
+            for end in range(len(ids) - 1, 0, -1):
+                merged = by_top.get((target, ids[end]))
+                if merged is not None and merged.id not in ids and \
+                        set(ids[:end + 1]) <= merged.covers:
+                    found[Merge(target, ids[:end + 1])] = merged.id
+                    break
+    return found
+
+
+def adopted(point: RestorePoint, replaced: Mapping[Merge, str]) -> RestorePoint:
+    """``point`` as planning sees it once the ``replaced`` prefixes list their merged layer."""
+    disks = dict(point.disks)
+    for merge, merged_id in replaced.items():
+        disk = disks.get(merge.disk)
+        if disk is None or tuple(layer.id for layer in disk.layers[:len(merge.layers)]) \
+                != merge.layers:
+            continue
+        stand_in = PointLayer(merged_id, disk.layers[0].image_format, 0,
+                              disk.layers[len(merge.layers) - 1].virtual_size, "0" * 32, False)
+        disks[merge.disk] = replace(disk, layers=(stand_in, *disk.layers[len(merge.layers):]))
+    return replace(point, disks=disks)
 
 
 def _common_prefix(lists: Sequence[tuple[str, ...]]) -> tuple[str, ...]:

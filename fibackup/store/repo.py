@@ -20,9 +20,12 @@ read or write outside it.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
+import fcntl
 import os
+import re
 import struct
 from dataclasses import replace
 import uuid as _uuid
@@ -35,7 +38,7 @@ from fibackup.fsutil import remove_quietly
 from fibackup.model.chain import NO_SOURCE, FileIdentity, StoredLayer
 from fibackup.model.points import PointFile, PointLayer, RestorePoint
 from fibackup.store import format as fmt
-from fibackup.store.backend import Backend, DirectoryBackend, Parts
+from fibackup.store.backend import Backend, DirectoryBackend, Parts, open_dir
 from fibackup.store.chunks import ChunkList, ProgressFn, Throttle, scan_file
 
 MARKER = "fibackup-store.json"
@@ -467,6 +470,42 @@ class BackupStore:
             pass                                # stored before: same id, same content
         return record, new
 
+    @contextlib.contextmanager
+    def domain_lock(self, domain_uuid: str, shared: bool = False,
+                    waiting: Optional[Callable[[], None]] = None) -> Iterator[None]:
+        """``flock`` on ``domains/<uuid>/.lock`` in the store itself, so runs on other
+        hosts that share the directory see it too: a backup and a prune take it
+        exclusively (a prune must not delete what a backup is about to list), a restore
+        shared.  Waits for it, calling ``waiting`` first when it is busy.  Object storage
+        has no such lock (one host per prefix writes a domain; prune does not run there)."""
+        if not self.backend.local:
+            yield
+            return
+        directory = open_dir(self.root, ("domains", domain_uuid), create=not shared)
+        try:
+            fd = os.open(".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=directory)
+        except OSError as error:
+            if error.errno != errno.EROFS:
+                raise
+            fd = -1                                 # a read-only store: nobody writes it
+        finally:
+            os.close(directory)
+        if fd < 0:
+            yield
+            return
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        try:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if waiting is not None:
+                    waiting()
+                fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)
+
     def remove_file(self, domain_uuid: str, file_id: str) -> int:
         """Delete a stored file's data, then its record (prune only); the bytes freed."""
         parts = self._files(domain_uuid)
@@ -490,9 +529,9 @@ class BackupStore:
 
     def next_seq(self, domain_uuid: str) -> int:
         """One more than the highest manifest number, readable or not."""
-        numbers = [int(name.split(".")[0])
-                   for name in _documents(self.backend, self._points_dir(domain_uuid))
-                   if name.split(".")[0].isdigit()]
+        numbers = [int(seq) for seq, _revision in map(
+            _parse_point_name, _documents(self.backend, self._points_dir(domain_uuid)))
+            if seq is not None]
         return max(numbers, default=0) + 1
 
     def _write(self, parts: Parts, name: str, data: bytes) -> None:
@@ -702,6 +741,9 @@ def _qcow2_size_problems(head: bytes, layer: StoredLayer, path: str) -> list[str
     return []
 
 
+_POINT_NAME_RE = re.compile(r"\A([0-9]+)(?:\.r([1-9][0-9]{0,8}))?\.json\Z")
+
+
 def _point_name(seq: int, revision: int = 0) -> str:
     suffix = f".r{revision}" if revision else ""
     return f"{seq:0{POINT_NAME_DIGITS}d}{suffix}.json"
@@ -709,16 +751,11 @@ def _point_name(seq: int, revision: int = 0) -> str:
 
 def _parse_point_name(name: str) -> tuple[Optional[str], int]:
     """``00000003.json`` -> ("00000003", 0), ``00000003.r2.json`` -> ("00000003", 2);
-    (None, 0) for any other name (reading it then reports it)."""
-    parts = name[:-len(".json")].split(".")
-    if not parts[0].isdigit() or len(parts) > 2:
+    (None, 0) for any other name (reading it then reports it).  ASCII digits only."""
+    match = _POINT_NAME_RE.match(name)
+    if match is None:
         return None, 0
-    if len(parts) == 2:
-        revision = parts[1][1:]
-        if not parts[1].startswith("r") or not revision.isdigit() or revision.startswith("0"):
-            return None, 0
-        return parts[0], int(revision)
-    return parts[0], 0
+    return match.group(1), int(match.group(2) or 0)
 
 
 def _image_name(layer_id: str, image_format: str) -> str:

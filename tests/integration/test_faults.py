@@ -34,9 +34,10 @@ def slow(*values):
 class History:
     """A domain with restore points and what each must restore."""
 
-    def __init__(self, lab, disks=(DiskDef("vda", "qcow2", 16 * MiB), DiskDef("vdb", "raw"))):
+    def __init__(self, lab, disks=(DiskDef("vda", "qcow2", 16 * MiB), DiskDef("vdb", "raw")),
+                 guest_cmdline=None):
         self.lab = lab
-        self.dom = lab.domain(disks=disks)
+        self.dom = lab.domain(disks=disks, guest_cmdline=guest_cmdline)
         self.backup = lab.path("backup")
         self.points: dict[str, dict[str, bytes]] = {}
         self.round = 0
@@ -146,6 +147,22 @@ def test_snapshot_killed_at_step(lab, fault):
     history.write()
     history.snapshot()
     history.check()
+
+
+@pytest.mark.parametrize("fault", [QUICK("backup.files"), slow("backup.files.after")])
+def test_snapshot_killed_while_saving_boot_files(lab, fault):
+    """A direct-boot domain: its kernel and initrd are saved with each point."""
+    history = History(lab, guest_cmdline="")
+    history.rounds(1)
+    history.write()
+    history.killed(fault, "snapshot", "-d", history.dom.name, "-b", history.backup)
+    history.repair()
+    history.adopt_points()
+    history.write()
+    history.snapshot()
+    history.check()
+    listed = lab.cli("list", "-b", history.backup, "--json").json()
+    assert all({item["role"] for item in row["files"]} == {"kernel", "initrd"} for row in listed)
 
 
 @pytest.mark.parametrize("seed", [QUICK(1), slow(2), slow(3), slow(4)])

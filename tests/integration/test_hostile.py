@@ -197,9 +197,9 @@ def test_backup_and_host_state_are_private_whatever_the_umask(lab, umask_000):
     dom.snapshot(backup)
     dom.snapshot(backup)
     kinds = [kind for kind, _mode in modes(backup).values()]
-    # the marker, 2 x (image, record, manifest), 2 run logs; the root, domains, <uuid>, layers,
-    # points, logs
-    assert (kinds.count("file"), kinds.count("dir")) == (9, 6)
+    # the marker, 2 x (image, record, manifest), 2 run logs, the domain's .lock; the root,
+    # domains, <uuid>, layers, points, logs
+    assert (kinds.count("file"), kinds.count("dir")) == (10, 6)
     assert wrong_modes(backup) == []
     state = [problem for problem in wrong_modes(lab.state_dir)
              if not problem.startswith(f"{lab.state_dir}: ")]

@@ -1,6 +1,7 @@
 """prune: retention by merging, against real images, checked byte for byte."""
 from __future__ import annotations
 
+import json
 import os
 import xml.etree.ElementTree as ET
 
@@ -65,9 +66,14 @@ def test_prune_to_several_n_over_ten_points_stays_exact_and_incremental(lab):
         # the oldest kept point now rests on one merged layer per disk
         assert listed[0]["layers"] == 2
     assert len(_store_files(backup)["layers"]) == 4             # 2 disks x (image + record)
+    stored = {name.rsplit(".", 1)[0] for name in _store_files(backup)["layers"]}
+    status = lab.cli("status", "-d", dom.name, "-b", backup, "--json").json()
+    frozen = [layer for layers in status.values() for layer in layers if layer["role"] == "frozen"]
+    assert frozen and all(layer["backed_up"] in stored for layer in frozen), status
 
     # pruning again changes nothing
-    again = lab.cli("prune", "-b", backup, "-d", dom.name, "--keep", "1", "--json").json()[0]
+    again = lab.cli("prune", "-b", backup, "-d", dom.name, "--keep", "1", "--json",
+                    "--no-libvirt", "--connect", "qemu:///nonexistent").json()[0]
     assert again["dropped"] == [] and again["removed_layers"] == []
 
     # forever-incremental: the next backups copy only the new layer, also after a commit
@@ -215,6 +221,15 @@ def test_prune_leaves_an_instant_recovery_domains_chain_alone_until_finalized(la
     listed = _check_all(lab, backup, dom.name, points)
     assert len(_store_files(backup)["layers"]) == 4     # one merged layer per disk, + records
     assert not any(os.path.exists(path) for path in used)
+
+    # and a pruned point (one merged layer per disk) runs as an instant recovery too
+    again = dom.name + "-again"
+    _instant(lab, dom.name, backup, again, lab.path("instant again"))
+    lab.cli("restore", "--finalize", again)
+    copy = lab.conn.lookupByName(again)
+    copy.destroy()
+    newest = points[list(points)[-1]]
+    assert {target: image_bytes_of(lab, copy, target) for target in newest} == newest
     assert [row["id"] for row in listed] == list(points)[-1:]
 
 
@@ -229,3 +244,37 @@ def image_bytes_of(lab, domain, target: str) -> bytes:
 def libvirt_inactive() -> int:
     import libvirt
     return libvirt.VIR_DOMAIN_XML_INACTIVE
+
+
+def test_a_prune_killed_while_switching_then_a_new_night_loses_nothing(lab):
+    """Killed between publishing some revisions and dropping: the rerun lists the merged
+    layer in the other kept points too (no second full copy), and a later prune that
+    drops a revised point removes all its revisions (none comes back)."""
+    dom = lab.domain()
+    backup = lab.path("backup")
+    points = _history(dom, backup, 4)
+    killed = lab.cli("prune", "-b", backup, "-d", dom.name, "--keep", "3",
+                     env={"FIBACKUP_FAULT": "prune.switch.after"}, expect=None)
+    assert killed.code == -9
+    again = lab.cli("prune", "-b", backup, "-d", dom.name, "--keep", "3", "--json").json()[0]
+    assert again["merges"] == []                      # the merged layers were adopted
+    listed = _check_all(lab, backup, dom.name, points)
+    assert [row["id"] for row in listed] == list(points)[1:]
+    files = _store_files(backup)
+    listed_layers = set()
+    for name in files["points"]:
+        with open(os.path.join(backup, "domains", os.listdir(os.path.join(backup, "domains"))[0],
+                               "points", name)) as handle:
+            document = json.load(handle)
+        listed_layers.update(layer["id"] for disk in document["disks"].values()
+                             for layer in disk["layers"])
+    assert {name.rsplit(".", 1)[0] for name in files["layers"]} == listed_layers
+
+    killed = lab.cli("prune", "-b", backup, "-d", dom.name, "--keep", "2",
+                     env={"FIBACKUP_FAULT": "prune.switch.after"}, expect=None)
+    assert killed.code == -9
+    points.update(_history(dom, backup, 1, first=4))
+    lab.cli("prune", "-b", backup, "-d", dom.name, "--keep", "2")
+    listed = _check_all(lab, backup, dom.name, points)
+    assert [row["id"] for row in listed] == list(points)[-2:]
+    assert len(_store_files(backup)["points"]) == 2

@@ -106,3 +106,34 @@ def test_merges_of_merges_keep_mapping_both_old_and_new_layers():
     # a restored copy of M1 (an alias) also maps
     index = LayerIndex([m2], aliases=[(ident(7), "M1")])
     assert [s.id for s in plan_disk("vda", frozen(7, 2, 5), index).reuse] == ["M2"]
+
+
+def test_a_chain_still_listing_merged_layers_adopts_the_merged_layer():
+    from fibackup.model.retention import MergedLayer, adopted, adoptions
+    existing = [MergedLayer("M", "vda", "c", frozenset({"a", "b", "c"}))]
+    p3, p4 = point(3, vda=["M", "d"]), point(4, vda=["a", "b", "c", "d", "e"])
+    found = adoptions([p3, p4], existing)
+    assert found == {Merge("vda", ("a", "b", "c")): "M"}
+    assert [layer.id for layer in adopted(p4, found).disks["vda"].layers] == ["M", "d", "e"]
+    # not adopted: a chain that ends inside the merged range, or another disk
+    assert adoptions([point(5, vda=["a", "b"]), point(6, vdb=["a", "b", "c"])], existing) == {}
+    # planning on adopted chains merges nothing new when nothing was dropped
+    assert plan_merges([adopted(p, found) for p in (p3, p4)], []) == []
+
+
+def test_daily_rules_refuse_a_point_without_a_utc_time():
+    import pytest
+    from fibackup.errors import CorruptStoreError
+    history = [point(1, "yesterday"), point(2, "2026-11-10T01:00:00Z")]
+    with pytest.raises(CorruptStoreError, match="not a UTC time"):
+        kept_points(history, Retention(keep_daily=3))
+    assert [p.seq for p in kept_points(history, Retention(keep=1))] == [2]
+
+
+def test_manifest_names_are_ascii_digits_with_an_optional_revision():
+    from fibackup.store.repo import _parse_point_name
+    assert _parse_point_name("00000003.json") == ("00000003", 0)
+    assert _parse_point_name("00000003.r12.json") == ("00000003", 12)
+    for name in ("00000003.r0.json", "00000003.r\u00b2.json", "0000000\u0663.json",
+                 "00000003.r01.json", "x.json", "00000003.rr1.json", "00000003.r1.x.json"):
+        assert _parse_point_name(name) == (None, 0), name
