@@ -52,9 +52,9 @@ PART_SIZE = 8 * 1024 * 1024
 MAX_PARTS = 9000
 PARALLEL = 6
 """Parts uploaded at once per copy."""
-READERS = 4
+READERS = 6
 """Ranges downloaded at once per copy."""
-SEGMENT = 8 * CHUNK_SIZE
+SEGMENT = 4 * CHUNK_SIZE
 """Bytes per ranged GET."""
 READ_ATTEMPTS = 4
 SMALL_FILE_LIMIT = 256 * 1024 * 1024
