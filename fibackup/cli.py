@@ -597,6 +597,7 @@ def prune_command(
     keep_daily: Optional[int] = typer.Option(None, "--keep-daily", metavar="D", help="Keep the newest point of each of the newest D days that have points (UTC)."),
     keep_weekly: Optional[int] = typer.Option(None, "--keep-weekly", metavar="W", help="Keep the newest point of each of the newest W ISO weeks that have points (UTC)."),
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Only show what would be dropped, merged and removed."),
+    scratch: Optional[str] = typer.Option(None, "--scratch", metavar="DIR", help="With -b s3://...: where merges are staged (the merged layers are downloaded, checked and merged there, then uploaded) [default: /var/tmp]."),
     no_libvirt: bool = typer.Option(False, "--no-libvirt", help="Do not ask libvirt which stored layers instant-recovery domains run on (for a backup server without libvirt; only safe when no host runs a domain from this backup directory)."),
     connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
@@ -632,7 +633,8 @@ def prune_command(
         directory = settings.backup_dir(backup_dir)
         _log_to(report, directory, "prune")
         options = PruneOptions(backup_dir=directory, domains=domain,
-                               every=all_domains, retention=retention, dry_run=dry_run)
+                               every=all_domains, retention=retention, dry_run=dry_run,
+                               scratch=scratch)
         pins = (lambda _store: set()) if no_libvirt else \
             libvirt_pins(_connector(settings.connect_uri(connect)))
         run = PruneRun.open(options, pins)

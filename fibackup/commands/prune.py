@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from fibackup.errors import CorruptStoreError, IntegrityError, RepairNeededError, UsageError
 from fibackup.fsutil import human
@@ -39,7 +39,6 @@ from fibackup.model.points import RestorePoint
 from fibackup.model.retention import (Merge, MergedLayer, Retention, adopted, adoptions,
                                       kept_points, plan_merges, referenced_layers)
 from fibackup.report import Reporter
-from fibackup.store.backend import require_local
 from fibackup.store.repo import BackupStore
 from fibackup.store.tidy import tidy_domain
 
@@ -52,6 +51,8 @@ class PruneOptions:
     every: bool = False
     retention: Retention = field(default_factory=Retention)
     dry_run: bool = False
+    scratch: Optional[str] = None
+    """Where merges of object storage are staged (default /var/tmp)."""
 
 
 @dataclass
@@ -97,8 +98,8 @@ class PruneRun:
             if value is not None and value < 1:
                 raise UsageError("--keep, --keep-daily and --keep-weekly take a number of 1 or "
                                  "more (the newest restore point is always kept)")
-        require_local(options.backup_dir, "prune (it merges layers with qemu-img)")
         store = BackupStore.open(options.backup_dir)
+        store.scratch = options.scratch
         return cls(store, options, _select(store, options), pinned_layers)
 
     def prune(self, uuid: str, name: str, report: Reporter) -> PruneResult:
@@ -320,7 +321,7 @@ def _merged_layer(store: BackupStore, uuid: str, name: str, merge: Merge, tag: s
     if any(layer.disk != merge.disk for layer in chain):
         raise IntegrityError(f"{name}: a layer listed for disk {merge.disk} belongs to another "
                              "disk; prune merges nothing from it (run 'fibackup verify')")
-    for layer in chain:
+    for layer in chain if store.backend.local else ():   # staging checks every chunk
         problems = store.check_layer(uuid, layer.id)
         if problems:
             raise IntegrityError(f"{name}: {problems[0]}; prune merges nothing from a damaged "
@@ -394,6 +395,8 @@ def libvirt_pins(connect: Callable[[], Any]) -> PinnedFn:
     names as a disk source or backing file: an instant-recovery domain runs on them."""
     def pinned(store: BackupStore) -> set[str]:
         from fibackup.virt import domxml
+        if not store.backend.local:
+            return set()                        # nothing runs from object storage
         conn = connect()
         found: set[str] = set()
         prefix = os.path.join(os.path.realpath(store.root), "domains") + os.sep

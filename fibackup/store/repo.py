@@ -27,6 +27,7 @@ import fcntl
 import os
 import re
 import struct
+import tempfile
 from dataclasses import replace
 import uuid as _uuid
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -373,8 +374,7 @@ class BackupStore:
         from fibackup.fsutil import publish, temp_name
         from fibackup.qemu import img
         if not self.backend.local:
-            raise StoreUnavailableError(f"merging layers in {self.root} needs a backup "
-                                        "directory on this host (not object storage)")
+            return self._merge_staged(domain_uuid, layer_id, chain, covers, progress)
         top = chain[-1]
         image_format = chain[0].image_format
         final = self.layer_path(domain_uuid, layer_id, image_format)
@@ -403,8 +403,54 @@ class BackupStore:
             raise
         finally:
             remove_quietly(temporary)
+        return self._merged_record(domain_uuid, layer_id, chain, covers, chunks)
+
+    scratch: Optional[str] = None
+    """Where prune stages a merge for object storage (default: the system's /var/tmp)."""
+
+    def _merge_staged(self, domain_uuid: str, layer_id: str, chain: Sequence[StoredLayer],
+                      covers: Sequence[StoredLayer],
+                      progress: Optional[ProgressFn] = None) -> StoredLayer:
+        """The merge for object storage: the chain is downloaded into a local scratch
+        directory (every chunk checked on the way), merged and compared there, and the
+        result uploaded as a new object (hashed in the same pass); the scratch copy is
+        removed whatever happens."""
+        from fibackup.qemu import img
+        top = chain[-1]
+        image_format = chain[0].image_format
+        name = _image_name(layer_id, image_format)
+        parent = self.scratch or ("/var/tmp" if os.path.isdir("/var/tmp") else None)
+        try:
+            with tempfile.TemporaryDirectory(prefix=".fibackup-prune-", dir=parent) as work:
+                inputs = []
+                for layer in chain:
+                    local = os.path.join(work, _image_name(layer.id, layer.image_format))
+                    self.restore_layer(domain_uuid, layer.id, local)
+                    inputs.append((local, layer.image_format))
+                merged = os.path.join(work, name)
+                img.convert_chain(inputs, merged, image_format)
+                if img.info(merged, image_format).virtual_size != top.virtual_size or \
+                        not img.identical(inputs, [(merged, image_format)]):
+                    raise IntegrityError(
+                        f"merging {len(chain)} layers of disk {top.disk} of {self.root} did not "
+                        "give the same disk content; nothing was changed in the backup")
+                chunks = self.backend.copy_in(self._layers(domain_uuid), name, merged,
+                                              progress=progress)
+        except OSError as error:
+            if error.errno == errno.ENOSPC:
+                raise NotEnoughSpaceError(
+                    f"the scratch directory {parent or tempfile.gettempdir()} filled up while "
+                    f"prune staged a merge of {self.root}; nothing was changed: free up space "
+                    "there or give another one with --scratch") from None
+            raise
+        faults.point("store.image-published")
+        return self._merged_record(domain_uuid, layer_id, chain, covers, chunks)
+
+    def _merged_record(self, domain_uuid: str, layer_id: str, chain: Sequence[StoredLayer],
+                       covers: Sequence[StoredLayer], chunks: ChunkList) -> StoredLayer:
+        top = chain[-1]
         layer = StoredLayer(id=layer_id, disk=top.disk, parent=chain[0].parent,
-                            image_format=image_format, size=chunks.size,
+                            image_format=chain[0].image_format, size=chunks.size,
                             virtual_size=top.virtual_size, digest=chunks.digest,
                             source=NO_SOURCE, data_bytes=chunks.data_bytes,
                             stands_for=top.id, covers=tuple(covers))

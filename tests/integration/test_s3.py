@@ -3,7 +3,8 @@
 The scenarios of test_backup_restore.py that take ``backup_location`` run on both
 stores; these are the ones only object storage has: damage in a bucket, a
 connection cut in the middle of an upload, several hosts' prefixes written at
-once, the errors a user meets, and a shared bucket's domain definition.
+once, the errors a user meets, a shared bucket's domain definition, and prune
+staging its merges locally.
 """
 from __future__ import annotations
 
@@ -234,3 +235,37 @@ def test_definition_written_on_another_host_is_untrusted(lab):
     refused = lab.cli(*args, expect=1)
     assert "written on host another-host" in _one_line_error(refused)
     assert lab.cli(*args, "--trust-xml", "--json").json()["point"] == point
+
+
+def test_prune_on_object_storage_stages_merges_locally_and_stays_exact(lab, rgw, s3_bucket):
+    dom = lab.domain()
+    backup = f"s3://{s3_bucket}/hv1"
+    points = _history(dom, backup, 5)
+    ids = list(points)
+    client = rgw.client()
+    scratch = lab.path("scratch")
+    os.makedirs(scratch)
+    killed = lab.cli("prune", "-b", backup, "-d", dom.name, "--keep", "3", "--scratch", scratch,
+                     env={"FIBACKUP_FAULT": "prune.drop"}, expect=None)
+    assert killed.code == -signal.SIGKILL
+    for keep in (3, 1):
+        result = lab.cli("prune", "-b", backup, "-d", dom.name, "--keep", str(keep),
+                         "--scratch", scratch, "--json").json()[0]
+        assert result["kept"] == ids[-keep:]
+        listed = lab.cli("list", "-b", backup, "-d", dom.name, "--json").json()
+        assert [row["id"] for row in listed] == ids[-keep:]
+        for row in listed:
+            assert_same(restore_and_read(lab, dom.name, backup, row["id"]), points[row["id"]],
+                        f"keep {keep}: {row['id']}")
+        assert lab.cli("verify", "-b", backup, "-d", dom.name).code == 0
+    assert os.listdir(scratch) == []                     # the staging copies are gone
+    keys = _objects(client, s3_bucket, "hv1/domains/")
+    layers = {key.rsplit("/", 1)[1].rsplit(".", 1)[0] for key in keys if "/layers/" in key}
+    assert len(layers) == 2                              # one merged layer per disk
+    assert [key for key in keys if "/points/" in key] and \
+        len([key for key in keys if "/points/" in key]) == 1
+    points.update(_history(dom, backup, 1, start_pattern=0x60))   # the next backup: incremental
+    newest = lab.cli("list", "-b", backup, "-d", dom.name, "--json").json()[-1]
+    assert newest["bytes_new"] < 4 * MiB
+    assert_same(restore_and_read(lab, dom.name, backup, newest["id"]), points[newest["id"]],
+                "after prune")
