@@ -558,6 +558,7 @@ def restore(
                     else settings.pick("backup_dir", backup_dir), "--to": to, "--at": at,
                     "--disk": disk, "--flatten": flatten, "--no-define": no_define,
                     "--as": as_name, "--force": force}
+            rest["--trust-xml"] = trust_xml
             return _restore_instant(instant, finalize, rest, no_verify, no_space_check,
                                     rate, uri, as_json, report)
         if no_verify:
@@ -598,6 +599,7 @@ def prune_command(
     keep_weekly: Optional[int] = typer.Option(None, "--keep-weekly", metavar="W", help="Keep the newest point of each of the newest W ISO weeks that have points (UTC)."),
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Only show what would be dropped, merged and removed."),
     scratch: Optional[str] = typer.Option(None, "--scratch", metavar="DIR", help="With -b s3://...: where merges are staged (the merged layers are downloaded, checked and merged there, then uploaded) [default: /var/tmp]."),
+    any_host: bool = typer.Option(False, "--any-host", help="With -b s3://...: prune a domain whose newest point another host made (only when that host no longer backs it up there: object storage has no lock shared between hosts)."),
     no_libvirt: bool = typer.Option(False, "--no-libvirt", help="Do not ask libvirt which stored layers instant-recovery domains run on (for a backup server without libvirt; only safe when no host runs a domain from this backup directory)."),
     connect: Optional[str] = ConnectOpt, as_json: bool = JsonOpt, quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
@@ -634,7 +636,7 @@ def prune_command(
         _log_to(report, directory, "prune")
         options = PruneOptions(backup_dir=directory, domains=domain,
                                every=all_domains, retention=retention, dry_run=dry_run,
-                               scratch=scratch)
+                               scratch=scratch, any_host=any_host)
         pins = (lambda _store: set()) if no_libvirt else \
             libvirt_pins(_connector(settings.connect_uri(connect)))
         run = PruneRun.open(options, pins)
@@ -718,7 +720,8 @@ def _restore_instant(instant: bool, finalize: Optional[str], rest: dict, no_veri
     options = instant_recovery.InstantOptions(
         domain=rest["-d"], backup_dir=rest["-b"], to=rest["--to"], as_name=rest["--as"],
         at=rest["--at"], disks=rest["--disk"], verify=not no_verify,
-        space_check=not no_space_check, throttle=_io_options(None, bwlimit).throttle())
+        space_check=not no_space_check, throttle=_io_options(None, bwlimit).throttle(),
+        trust_xml=rest["--trust-xml"])
     if no_verify:
         report.warn("--no-verify: the stored layers were not checked; damaged backup data "
                     "would reach the guest unnoticed")

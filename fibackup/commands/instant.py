@@ -67,6 +67,7 @@ class InstantOptions:
     verify: bool = True
     space_check: bool = True
     throttle: Optional[Throttle] = None
+    trust_xml: bool = False
 
 
 @dataclass
@@ -138,6 +139,8 @@ def instant_restore(options: InstantOptions, connect: Callable[[], Connection],
                          f"'restore --finalize {options.as_name}' later (it copies the "
                          "stored data of the chain there)")
         xml = _definition(point, disks, record)
+        if not options.trust_xml:
+            _check_trust(point, xml, destination, record)
         with DomainLock(record.domain_uuid, record.domain_name):
             _set_up(conn, record, xml, disks, account, report)
     report.info(f"domain '{record.domain_name}' runs from restore point {point.id} of "
@@ -240,6 +243,25 @@ def _definition(point: RestorePoint, disks: Sequence[PointDisk], record: Instant
     return domxml.set_explicit_chains(xml, {
         target: (disk.overlay, [(layer.path, layer.format) for layer in disk.layers])
         for target, disk in record.disks.items()})
+
+
+def _check_trust(point: RestorePoint, xml: str, destination: str,
+                 record: InstantRecord) -> None:
+    """A definition this host did not store is untrusted input (virt/trust.py): refused
+    when it reaches outside --to (the stored chain aside) unless --trust-xml."""
+    from fibackup.errors import UntrustedDefinitionError
+    from fibackup.host import state as host_state
+    from fibackup.virt.trust import untrusted_parts
+    if host_state.load(point.domain_uuid).stored_definition(point.domain_xml):
+        return
+    chain = {layer.path for disk in record.disks.values() for layer in disk.layers}
+    problems = [problem for problem in untrusted_parts(xml, destination)
+                if not any(f"'{path}'" in problem for path in chain)]
+    if problems:
+        raise UntrustedDefinitionError(
+            f"the domain definition of restore point {point.domain_name}/{point.id} is not one "
+            f"this host stored, and it holds {'; '.join(problems)}; look at it with "
+            "'fibackup restore --show-xml' and run again with --trust-xml if it is yours")
 
 
 def _set_up(conn: Connection, record: InstantRecord, xml: str, disks: Sequence[PointDisk],

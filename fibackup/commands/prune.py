@@ -53,6 +53,8 @@ class PruneOptions:
     dry_run: bool = False
     scratch: Optional[str] = None
     """Where merges of object storage are staged (default /var/tmp)."""
+    any_host: bool = False
+    """Prune a prefix of object storage that another host backs up into."""
 
 
 @dataclass
@@ -143,6 +145,7 @@ def _prune_domain(store: BackupStore, uuid: str, name: str, options: PruneOption
                 f"{name}: the backup directory holds stored layers of this domain but no "
                 "restore point manifest (an incomplete copy of the directory?); prune "
                 f"deletes nothing here: check domains/{uuid}/points")
+        _check_writer_host(store, name, points, options)
         pinned = pinned_layers(store)               # now: no instant restore starts meanwhile
         plan = _Plan.make(points, options.retention, pinned, store.layer_ids(uuid),
                           store.file_ids(uuid), _merged_layers(store, uuid))
@@ -160,6 +163,19 @@ def _prune_domain(store: BackupStore, uuid: str, name: str, options: PruneOption
         with Journal(uuid, "prune", name, options_json).running() as journal:
             _execute(store, uuid, name, plan, result, journal, report)
     return result
+
+
+def _check_writer_host(store: BackupStore, name: str, points: Sequence[RestorePoint],
+                       options: PruneOptions) -> None:
+    """Object storage has no lock shared between hosts: only the host that backs a domain
+    up into a prefix prunes it there (its own domain lock keeps the two apart)."""
+    from fibackup.fsutil import host_name
+    if store.backend.local or not points or options.any_host or points[-1].host == host_name():
+        return
+    raise UsageError(f"{name}: its newest restore point in {store.root} was made on host "
+                     f"{points[-1].host}; object storage has no lock shared between hosts, so "
+                     f"run this prune there, or pass --any-host if {points[-1].host} no longer "
+                     "backs it up")
 
 
 def _merged_layers(store: BackupStore, uuid: str) -> list[MergedLayer]:

@@ -540,19 +540,33 @@ def _checked_definition(store: BackupStore, point: RestorePoint, domain: Optiona
     preview = domxml.repoint_disks(definition, sources)
     preview = domxml.repoint_boot_files(preview, boot) if boot else preview
     stored = domain is None or options.as_name is not None
-    shared = not store.backend.local or point.host != host_name()
-    if not stored or not shared or options.trust_xml or options.show_xml:
-        return preview
+    if not stored or options.trust_xml or options.show_xml or \
+            host_state.load(point.domain_uuid).stored_definition(point.domain_xml):
+        return preview                  # this host's own definition, or its disks repointed
     problems = untrusted_parts(preview, destination)
+    if options.as_name is None:
+        problems += _identity_problems(point)
     if problems:
         where = "read from object storage" if not store.backend.local else \
-            f"written on host {point.host}"
+            f"written on host {point.host}" if point.host != host_name() else \
+            "not one this host recorded storing"
         raise UntrustedDefinitionError(
             f"the domain definition of restore point {point.domain_name}/{point.id} ({where}) "
             f"holds {'; '.join(problems)}; fibackup does not define it from a "
             "shared backup: look at it with --show-xml, then restore with --trust-xml, or "
             "with --no-define and define the domain yourself")
     return preview
+
+
+def _identity_problems(point: RestorePoint) -> list[str]:
+    """A stored definition must be of the point's own domain (name and UUID), or it
+    would redefine another domain of this host."""
+    root = domxml.parse(point.domain_xml)
+    name, uuid = root.findtext("name", ""), root.findtext("uuid", "")
+    if name == point.domain_name and uuid in ("", point.domain_uuid):
+        return []
+    return [f"a definition of domain '{name}' ({uuid or 'no UUID'}), not of "
+            f"'{point.domain_name}' ({point.domain_uuid})"]
 
 
 def _define(conn: Connection, point: RestorePoint, xml: str, images: dict[str, str],

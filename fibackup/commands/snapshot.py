@@ -268,6 +268,9 @@ def _back_up(store: BackupStore, index: LayerIndex, domain: Domain, disks: Seque
     result.bytes_copied += sum(count for _, count in copied)
     point = replace(draft, seq=store.next_seq(domain.uuid), disks=point_disks)
     step = journal.start("backup.publish", store=store.root, point=point.id)
+    host_state_before = host_state.load(domain.uuid)
+    if host_state_before.remember_definition(point.domain_xml):
+        host_state_before.save()                   # before the point exists that names it
     result.point = store.publish_point(point)
     journal.done(step, seq=result.point.seq)
     remember_store(domain.uuid, store)
@@ -403,11 +406,15 @@ def remember_overlays(domain_uuid: str, overlays: dict[str, str], tag: str) -> N
         state.save()
 
 
-def remember_store(domain_uuid: str, store: BackupStore) -> None:
-    """Consolidation checks every backup directory a domain was backed up to."""
+def remember_store(domain_uuid: str, store: BackupStore, definition: str = "") -> None:
+    """Consolidation checks every backup directory a domain was backed up to; restore
+    defines without checking only the definitions this host stored."""
     state = host_state.load(domain_uuid)
+    changed = bool(definition) and state.remember_definition(definition)
     if state.stores.get(store.store_id) != store.root:
         state.stores[store.store_id] = store.root
+        changed = True
+    if changed:
         state.save()
 
 

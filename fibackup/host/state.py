@@ -22,6 +22,12 @@ from fibackup.model.chain import FileIdentity
 STATE_KIND = "fibackup-host-state"
 STATE_VERSION = 1
 MAX_CONSOLIDATIONS = 1000
+MAX_DEFINITIONS = 1000
+
+
+def definition_digest(xml: str) -> str:
+    import xxhash
+    return xxhash.xxh3_128(xml.encode()).hexdigest()
 """Older consolidation records are dropped; a store last written before them
 then gets a new full generation (never a wrong delta)."""
 
@@ -81,10 +87,25 @@ class HostState:
     stores: dict[str, str] = field(default_factory=dict)
     """Backup directories this domain was backed up to: store id -> path."""
     consolidations: list[Consolidation] = field(default_factory=list)
+    definitions: list[str] = field(default_factory=list)
+    """xxh3-128 digests of the domain definitions this host put into restore points:
+    only those are defined by a restore without checking them (virt/trust.py)."""
 
     @property
     def path(self) -> str:
         return state_path(self.domain_uuid)
+
+    def remember_definition(self, xml: str) -> bool:
+        """Note a definition this host stored; whether that changed anything."""
+        digest = definition_digest(xml)
+        if digest in self.definitions:
+            return False
+        self.definitions.append(digest)
+        del self.definitions[:-MAX_DEFINITIONS]
+        return True
+
+    def stored_definition(self, xml: str) -> bool:
+        return definition_digest(xml) in self.definitions
 
     def aliases(self, store_id: str) -> list[tuple[FileIdentity, str]]:
         return [(item.identity, item.layer_id) for item in self.restored
@@ -120,6 +141,7 @@ class HostState:
             "overlays": self.overlays,
             "stores": self.stores,
             "consolidations": [item.to_json() for item in self.consolidations],
+            "definitions": self.definitions,
         }
         write_file(self.path, json.dumps(document, indent=1).encode(), replace=True)
 
@@ -147,9 +169,10 @@ def load(domain_uuid: str) -> HostState:
                           for item in document.get("consolidations", [])]
         stores = _string_map(document.get("stores", {}), "stores")
         overlays = [_string_map(item, "overlays") for item in _list(document.get("overlays", []))]
+        definitions = [str(item) for item in _list(document.get("definitions", []))]
     except (KeyError, TypeError, ValueError) as error:
         raise CorruptStoreError(f"{path} has a malformed entry ({error})") from None
-    return HostState(domain_uuid, restored, overlays, stores, consolidations)
+    return HostState(domain_uuid, restored, overlays, stores, consolidations, definitions)
 
 
 def _list(value: Any) -> list[Any]:

@@ -383,6 +383,7 @@ class BackupStore:
         temporary = temp_name(self.backend.path(parts), os.path.basename(final))
         inputs = [(self.layer_path(domain_uuid, layer.id, layer.image_format), layer.image_format)
                   for layer in chain]
+        _refuse_external_data(inputs)
         try:
             img.convert_chain(inputs, temporary, image_format)
             _fsync_file(temporary)
@@ -427,6 +428,7 @@ class BackupStore:
                     local = os.path.join(work, _image_name(layer.id, layer.image_format))
                     self.restore_layer(domain_uuid, layer.id, local)
                     inputs.append((local, layer.image_format))
+                _refuse_external_data(inputs)
                 merged = os.path.join(work, name)
                 img.convert_chain(inputs, merged, image_format)
                 if img.info(merged, image_format).virtual_size != top.virtual_size or \
@@ -820,6 +822,16 @@ def _record_name(layer_id: str) -> str:
     if not fmt.is_valid_id(layer_id):
         raise CorruptStoreError(f"invalid layer id {layer_id!r}")
     return f"{layer_id}.json"
+
+
+def _refuse_external_data(inputs: Sequence[tuple[str, str]]) -> None:
+    """A stored qcow2 layer whose header names an external data file would make
+    qemu-img read that host file into the merged layer: refused, as restore does."""
+    from fibackup.qemu import img
+    for path, image_format in inputs:
+        if image_format == "qcow2" and img.info(path, "qcow2").data_file:
+            raise IntegrityError(f"{path} keeps its data in an external file, which is not in "
+                                 "the backup; prune merges nothing from it")
 
 
 def _stems(backend: Backend, parts: Parts, suffixes: Sequence[str]) -> set[str]:

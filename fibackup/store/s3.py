@@ -27,7 +27,9 @@ cut while being read).
 """
 from __future__ import annotations
 
+import base64
 import errno
+import hashlib
 import os
 import secrets
 import threading
@@ -173,11 +175,19 @@ class S3Backend:
                 raise FileExistsError(errno.EEXIST, "object exists", path)
             try:
                 self.client.put_object(Bucket=self.bucket, Key=self.key(parts, name),
-                                       Body=data, IfNoneMatch="*")
+                                       Body=data, IfNoneMatch="*", ContentMD5=_md5(data))
             except Exception as error:
-                if _code(error) in ("PreconditionFailed", "412"):
-                    raise FileExistsError(errno.EEXIST, "object exists", path) from None
-                raise
+                if _code(error) not in ("PreconditionFailed", "412"):
+                    raise
+                if self._holds(parts, name, data):   # our own put, whose answer was lost
+                    return
+                raise FileExistsError(errno.EEXIST, "object exists", path) from None
+
+    def _holds(self, parts: Parts, name: str, data: bytes) -> bool:
+        try:
+            return self.read(parts, name) == data
+        except (OSError, StoreUnavailableError, CorruptStoreError):
+            return False
 
     def names(self, parts: Parts) -> list[str]:
         objects, prefixes = self.listing(parts)
@@ -378,16 +388,22 @@ class _Errors:
         return None
 
     def __exit__(self, kind: Any, error: Optional[BaseException], _trace: Any) -> bool:
-        if error is None or isinstance(error, (OSError, StoreUnavailableError,
-                                               CorruptStoreError)) or \
-                not type(error).__module__.startswith(("botocore", "boto3", "urllib3")):
-            return False
+        from_client = type(error).__module__.startswith(("botocore", "boto3", "urllib3"))
+        if error is None or not from_client or isinstance(error, (StoreUnavailableError,
+                                                                  CorruptStoreError)):
+            return False            # botocore's timeouts are OSErrors too: translated below
         raise translate(error, self.backend.bucket, self.backend.endpoint(), self.what,
                         self.missing) from None
 
 
 ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403",
                 "InvalidToken", "ExpiredToken", "AllAccessDisabled"}
+
+
+def _md5(data: Any) -> str:
+    """Content-MD5 of a body: the server refuses a part or document that arrived
+    different from what was hashed here (BadDigest), so no damaged object is published."""
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
 
 
 def _code(error: BaseException) -> str:
@@ -526,7 +542,7 @@ class _Upload:
     def _part(self, upload_id: str, number: int, data: bytearray) -> dict[str, Any]:
         answer = self.backend.client.upload_part(Bucket=self.backend.bucket, Key=self.key,
                                                  UploadId=upload_id, PartNumber=number,
-                                                 Body=data)
+                                                 Body=data, ContentMD5=_md5(data))
         faults.point("s3.part-uploaded")
         return {"ETag": answer["ETag"], "PartNumber": number}
 

@@ -204,6 +204,8 @@ def repoint_disks(xml: str, images: Mapping[str, tuple[str, str]]) -> str:
             source = ET.SubElement(element, "source")
         for key in list(source.attrib):
             del source.attrib[key]
+        for child in list(source):                # a <dataStore>, <auth>, <host>... of the old
+            source.remove(child)
         source.set("file", path)
         driver = element.find("driver")
         if driver is None:

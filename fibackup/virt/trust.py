@@ -15,18 +15,31 @@ import xml.etree.ElementTree as ET
 from fibackup.virt.domxml import parse
 
 QEMU_NAMESPACE = "{http://libvirt.org/schemas/domain/qemu/1.0}"
-SYSTEM_DIRS = ("/usr/share/", "/usr/lib/", "/usr/lib64/", "/usr/libexec/", "/usr/bin/",
-               "/usr/local/share/", "/usr/local/bin/", "/usr/local/libexec/")
-"""Where read-only system files a definition may name live (firmware, the emulator)."""
-READ_ONLY_SYSTEM = {("loader", None), ("nvram", "template"), ("emulator", None)}
-"""(element, attribute or None for its text) naming a read-only system file."""
-PATH_ATTRIBUTES = ("file", "path", "dir", "dev", "socket", "template", "append")
-PATH_TEXTS = ("kernel", "initrd", "dtb", "loader", "nvram", "emulator")
+FIRMWARE_DIRS = ("/usr/share/", "/usr/lib/", "/usr/lib64/", "/usr/local/share/")
+"""Where read-only firmware (a loader, an NVRAM template) may live."""
+EMULATORS = ("/usr/bin/qemu-system-", "/usr/libexec/qemu-kvm", "/usr/bin/kvm",
+             "/usr/local/bin/qemu-system-")
+"""What an ``<emulator>`` may be."""
+REFUSED_DEVICES = {
+    "hostdev": "a device of the host passed to the guest",
+    "filesystem": "a host directory shared with the guest",
+    "smartcard": "the host's smartcard or certificate database",
+    "shmem": "memory shared with the host or other guests",
+    "redirdev": "a USB device redirected from elsewhere",
+}
+REFUSED_TYPES = {
+    "interface": ("hostdev", "direct", "vdpa", "ethernet", "vhostuser"),
+    "input": ("passthrough", "evdev"),
+    "memory": ("nvdimm", "virtio-pmem"),
+}
+"""Devices refused when their ``type`` (``model`` for memory) is one of these."""
 
 
 def untrusted_parts(xml: str, inside: str) -> list[str]:
-    """What in a domain definition reaches outside the directory ``inside``: one
-    description per problem (empty when the definition can be defined as it is)."""
+    """What in a domain definition reaches outside the directory ``inside`` or into the
+    host: one description per problem (empty when it can be defined as it is).  Every
+    attribute value and text that is an absolute path must lie inside ``inside``, except
+    read-only firmware and the emulator; devices that reach the host are refused."""
     problems: list[str] = []
     pending = [parse(xml)]
     while pending:
@@ -42,26 +55,30 @@ def untrusted_parts(xml: str, inside: str) -> list[str]:
 
 
 def _device_problems(tag: str, element: ET.Element) -> list[str]:
-    if tag == "hostdev" or (tag == "interface" and element.get("type") == "hostdev"):
-        return [f"<{tag}> (a device of the host passed to the guest)"]
-    if tag == "filesystem":
-        source = element.find("source")
-        shared = source.get("dir") or source.get("file") if source is not None else None
-        return [f"<filesystem> sharing the host's {shared or 'files'} with the guest"]
+    kind = element.get("model" if tag == "memory" else "type")
+    if tag in REFUSED_DEVICES:
+        return [f"<{tag}> ({REFUSED_DEVICES[tag]})"]
+    if kind in REFUSED_TYPES.get(tag, ()):
+        return [f"<{tag} type='{kind}'> (reaches into the host)"]
+    if tag == "disk" and element.get("type", "file") != "file":
+        return [f"<disk type='{element.get('type')}'> (only file disks are restored)"]
+    if tag == "seclabel" and (element.get("type") in ("none", "static")
+                              or element.find("label") is not None):
+        return ["<seclabel> turning off or fixing the guest's confinement"]
+    if tag == "loader" and element.get("readonly") != "yes":
+        return ["<loader> that is not read-only"]
     return []
 
 
 def _path_problems(tag: str, element: ET.Element, inside: str) -> list[str]:
-    found = [(name, value) for name, value in element.attrib.items()
-             if name in PATH_ATTRIBUTES and value.startswith("/")]
+    found = [(name, value.strip()) for name, value in element.attrib.items()
+             if value.strip().startswith("/")]
     text = (element.text or "").strip()
-    if tag in PATH_TEXTS and text.startswith("/"):
+    if text.startswith("/"):
         found.append((None, text))
     problems = []
     for attribute, path in found:
-        if _within(path, inside):
-            continue
-        if (tag, attribute) in READ_ONLY_SYSTEM and _system_file(path):
+        if _within(path, inside) or _system_file(tag, attribute, path):
             continue
         where = f"<{tag} {attribute}='{path}'>" if attribute else f"<{tag}>{path}</{tag}>"
         problems.append(f"{where} (outside --to)")
@@ -74,6 +91,13 @@ def _within(path: str, directory: str) -> bool:
     return real.startswith(base.rstrip("/") + "/")
 
 
-def _system_file(path: str) -> bool:
+def _system_file(tag: str, attribute: str | None, path: str) -> bool:
+    """Read-only firmware, an NVRAM template, or the emulator."""
     real = os.path.normpath(path)
-    return real.startswith(SYSTEM_DIRS) and ".." not in path.split("/")
+    if ".." in path.split("/"):
+        return False
+    if (tag, attribute) in (("loader", None), ("nvram", "template")):
+        return real.startswith(FIRMWARE_DIRS)
+    if (tag, attribute) == ("emulator", None):
+        return real.startswith(EMULATORS)
+    return False

@@ -153,8 +153,8 @@ def test_clear_errors(lab, rgw, s3_bucket):
     instant = lab.cli("restore", "-d", "x", "-b", location, "--instant", "--as", "y",
                       "--to", lab.path("i"), expect=2)
     assert "object storage" in _one_line_error(instant)
-    prune = lab.cli("prune", "--all", "-b", location, "--keep", "1", expect=2)
-    assert "object storage" in _one_line_error(prune)
+    prune = lab.cli("prune", "--all", "-b", location, "--keep", "1", expect=1)
+    assert "not a fibackup backup directory" in _one_line_error(prune)   # an empty prefix
 
 
 def test_stored_definition_is_untrusted(lab, rgw, s3_bucket):
@@ -165,10 +165,11 @@ def test_stored_definition_is_untrusted(lab, rgw, s3_bucket):
     lab.forget_name(copy_name)
     to = lab.path("copy")
     args = ["restore", "-d", dom.name, "-b", backup, "--to", to, "--as", copy_name]
-    refused = lab.cli(*args, expect=1)
+    other = {"FIBACKUP_STATE_DIR": lab.path("another host")}   # restoring on another host
+    refused = lab.cli(*args, expect=1, env=other)
     assert "console.log" in _one_line_error(refused) and "--trust-xml" in refused.stderr
     assert [name for name in os.listdir(to) if not name.startswith(".")] == []
-    shown = lab.cli(*args, "--show-xml").stdout
+    shown = lab.cli(*args, "--show-xml", env=other).stdout
     assert f"<name>{copy_name}</name>" in shown and os.path.join(to, "vda-") in shown
 
     # a hostile manifest: raw QEMU options in the definition
@@ -183,7 +184,7 @@ def test_stored_definition_is_untrusted(lab, rgw, s3_bucket):
     client.put_object(Bucket=s3_bucket, Key=key, Body=json.dumps(manifest).encode())
     hostile = lab.cli(*args, "--trust-xml", "--show-xml").stdout
     assert "commandline" in hostile
-    refused = lab.cli(*args, expect=1)
+    refused = lab.cli(*args, expect=1)          # on this host too: it never stored that
     assert "<qemu:commandline>" in _one_line_error(refused)
 
     manifest["domain_xml"] = manifest["domain_xml"].split("<qemu:commandline>")[0] + "</domain>"
@@ -216,24 +217,30 @@ def test_consolidate_catches_up_into_s3(lab, rgw, s3_bucket):
 
 
 def test_definition_written_on_another_host_is_untrusted(lab):
-    """A backup directory is trusted for this host's own points; a point another host
-    wrote (a shared or copied directory) gets the same check as object storage."""
-    dom = lab.domain()
+    """A definition is trusted only when this host recorded storing exactly it: restored
+    on another host (a shared or copied directory) it gets the same check as object
+    storage, and editing the manifest's host name does not change that."""
+    dom = lab.domain()                      # its serial console logs to a file beside it
     backup = lab.path("backup")
     point = next(iter(_history(dom, backup, 1)))
     copy_name = dom.name + "-copy"
     lab.forget_name(copy_name)
+    args = ["restore", "-d", dom.name, "-b", backup, "--to", lab.path("copy"), "--as", copy_name]
+    other = {"FIBACKUP_STATE_DIR": lab.path("another host")}
+    refused = lab.cli(*args, expect=1, env=other)
+    assert "console.log" in _one_line_error(refused)
+
     points_dir = os.path.join(backup, "domains", dom.dom.UUIDString(), "points")
     (name,) = os.listdir(points_dir)
     with open(os.path.join(points_dir, name)) as handle:
         manifest = json.load(handle)
-    manifest["domain"]["host"] = "another-host"
+    manifest["domain_xml"] = manifest["domain_xml"].replace(
+        "</devices>", "<serial type='file'><source path='/etc/cron.d/x'/></serial></devices>")
     os.chmod(os.path.join(points_dir, name), 0o600)
     with open(os.path.join(points_dir, name), "w") as handle:
-        json.dump(manifest, handle)
-    args = ["restore", "-d", dom.name, "-b", backup, "--to", lab.path("copy"), "--as", copy_name]
-    refused = lab.cli(*args, expect=1)
-    assert "written on host another-host" in _one_line_error(refused)
+        json.dump(manifest, handle)                 # the host name still says this host
+    refused = lab.cli(*args, expect=1)              # this host never stored that definition
+    assert "not one this host recorded storing" in _one_line_error(refused)
     assert lab.cli(*args, "--trust-xml", "--json").json()["point"] == point
 
 

@@ -40,7 +40,7 @@ def test_host_devices_and_shared_directories_are_refused():
                           "<target dir='tag'/></filesystem>")
     problems = untrusted_parts(xml, TO)
     assert any(p.startswith("<hostdev>") for p in problems)
-    assert any(p.startswith("<interface>") for p in problems)
+    assert any(p.startswith("<interface type='hostdev'>") for p in problems)
     assert any(p.startswith("<filesystem>") for p in problems)
 
 
@@ -70,3 +70,33 @@ def test_to_prefix_is_not_inside():
     xml = _domain(devices="<serial type='file'><source path='/srv/restore-other/log'/></serial>")
     assert untrusted_parts(xml, TO) == [
         "<source path='/srv/restore-other/log'> (outside --to)"]
+
+
+def test_what_reviewers_found_getting_through_is_refused():
+    cases = {
+        "<memory model='nvdimm'><source><path>/etc/shadow</path></source></memory>": "memory",
+        "<rng model='virtio'><backend model='random'>/etc/shadow</backend></rng>": "/etc/shadow",
+        "<smartcard mode='host'/>": "smartcard",
+        "<input type='passthrough' bus='virtio'><source evdev='/dev/input/event0'/></input>":
+            "input",
+        "<disk type='volume' device='disk'><source pool='p' volume='v'/>"
+        "<target dev='vdz'/></disk>": "disk type='volume'",
+        "<disk type='network' device='disk'><source protocol='rbd' name='pool/img'/>"
+        "<target dev='vdy'/></disk>": "disk type='network'",
+        "<interface type='direct'><source dev='eth0' mode='passthrough'/></interface>":
+            "interface type='direct'",
+        "<shmem name='x'/>": "shmem",
+        "<redirdev bus='usb' type='tcp'><source mode='connect' host='h' service='1'/></redirdev>":
+            "redirdev",
+        "<serial type='file'><source path=' /etc/x'/></serial>": "/etc/x",
+    }
+    for device, expected in cases.items():
+        problems = untrusted_parts(_domain(devices=device), TO)
+        assert any(expected in problem for problem in problems), (device, problems)
+    assert untrusted_parts(_domain(os_extra="<acpi><table type='slic'>/etc/shadow</table></acpi>"),
+                           TO)
+    assert untrusted_parts(_domain(extra="<seclabel type='none'/>"), TO)
+    assert untrusted_parts(_domain(os_extra="<loader readonly='no' type='pflash'>"
+                                            "/usr/share/OVMF/OVMF_CODE_4M.fd</loader>"), TO)
+    assert untrusted_parts(_domain().replace("/usr/bin/qemu-system-x86_64", "/usr/bin/python3"),
+                           TO)
