@@ -20,6 +20,11 @@ stop() {
   for pidfile in "$C"/run/*.pid; do
     [ -e "$pidfile" ] && stop_pid "$pidfile"
   done
+  # daemons of an instance whose pid files are gone (a killed test session) would keep
+  # the ports, and the next start would fail: stop whatever runs on this configuration
+  pkill -f -- "-c $C/ceph.conf" 2>/dev/null || true
+  for _ in $(seq 50); do pgrep -f -- "-c $C/ceph.conf" >/dev/null || break; sleep 0.1; done
+  pkill -9 -f -- "-c $C/ceph.conf" 2>/dev/null || true
   rm -rf "$C"
 }
 
