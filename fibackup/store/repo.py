@@ -65,6 +65,8 @@ class BackupStore:
         self._file_records: dict[tuple[str, str], fmt.FileRecord] = {}
         self._listed: dict[tuple[str, str], dict[str, PointLayer]] = {}
         """(domain, layer id) -> {manifest path: its entry} of the manifests read."""
+        self.scratch: Optional[str] = None
+        """Where prune stages a merge for object storage (default: /var/tmp)."""
 
     # -- opening -----------------------------------------------------------
 
@@ -342,17 +344,11 @@ class BackupStore:
         ``check_source`` runs after the copy and before anything is published; if
         it raises, the copy is discarded.
         """
-        try:
+        with _disk_full(_copy_full_message(source, self.root)):
             chunks = self.backend.copy_in(self._layers(domain_uuid),
                                           _image_name(layer_id, image_format), source,
                                           progress=progress, throttle=throttle, clone=clone,
                                           check_source=check_source)
-        except OSError as error:
-            if error.errno == errno.ENOSPC:
-                raise NotEnoughSpaceError(
-                    f"the backup disk filled up while copying {source} into {self.root}; "
-                    "nothing incomplete was kept: free up space and run again") from None
-            raise
         faults.point("store.image-published")
         layer = StoredLayer(id=layer_id, disk=disk, parent=parent, image_format=image_format,
                             size=chunks.size, virtual_size=virtual_size, digest=chunks.digest,
@@ -372,10 +368,8 @@ class BackupStore:
         record; the chain's files are only read.
         """
         from fibackup.fsutil import publish, temp_name
-        from fibackup.qemu import img
         if not self.backend.local:
             return self._merge_staged(domain_uuid, layer_id, chain, covers, progress)
-        top = chain[-1]
         image_format = chain[0].image_format
         final = self.layer_path(domain_uuid, layer_id, image_format)
         parts = self._layers(domain_uuid)
@@ -383,31 +377,17 @@ class BackupStore:
         temporary = temp_name(self.backend.path(parts), os.path.basename(final))
         inputs = [(self.layer_path(domain_uuid, layer.id, layer.image_format), layer.image_format)
                   for layer in chain]
-        _refuse_external_data(inputs)
         try:
-            img.convert_chain(inputs, temporary, image_format)
-            _fsync_file(temporary)
-            chunks = scan_file(temporary, progress=progress).chunks
-            presented = img.info(temporary, image_format).virtual_size
-            if presented != top.virtual_size or not img.identical(
-                    inputs, [(temporary, image_format)]):
-                raise IntegrityError(
-                    f"merging {len(chain)} layers of disk {top.disk} into {final} did not give "
-                    "the same disk content; nothing was changed in the backup directory")
-            publish(temporary, final)
+            with _disk_full(f"the backup disk filled up while merging layers into {final}; "
+                            "nothing was changed: free up space and run prune again"):
+                _merge_checked(inputs, temporary, chain, final)
+                _fsync_file(temporary)
+                chunks = scan_file(temporary, progress=progress).chunks
+                publish(temporary, final)
             faults.point("store.image-published")
-        except OSError as error:
-            if error.errno == errno.ENOSPC:
-                raise NotEnoughSpaceError(
-                    f"the backup disk filled up while merging layers into {final}; nothing "
-                    "was changed: free up space and run prune again") from None
-            raise
         finally:
             remove_quietly(temporary)
         return self._merged_record(domain_uuid, layer_id, chain, covers, chunks)
-
-    scratch: Optional[str] = None
-    """Where prune stages a merge for object storage (default: the system's /var/tmp)."""
 
     def _merge_staged(self, domain_uuid: str, layer_id: str, chain: Sequence[StoredLayer],
                       covers: Sequence[StoredLayer],
@@ -416,35 +396,21 @@ class BackupStore:
         directory (every chunk checked on the way), merged and compared there, and the
         result uploaded as a new object (hashed in the same pass); the scratch copy is
         removed whatever happens."""
-        from fibackup.qemu import img
-        top = chain[-1]
-        image_format = chain[0].image_format
-        name = _image_name(layer_id, image_format)
+        name = _image_name(layer_id, chain[0].image_format)
         parent = self.scratch or ("/var/tmp" if os.path.isdir("/var/tmp") else None)
-        try:
-            with tempfile.TemporaryDirectory(prefix=".fibackup-prune-", dir=parent) as work:
-                inputs = []
-                for layer in chain:
-                    local = os.path.join(work, _image_name(layer.id, layer.image_format))
-                    self.restore_layer(domain_uuid, layer.id, local)
-                    inputs.append((local, layer.image_format))
-                _refuse_external_data(inputs)
-                merged = os.path.join(work, name)
-                img.convert_chain(inputs, merged, image_format)
-                if img.info(merged, image_format).virtual_size != top.virtual_size or \
-                        not img.identical(inputs, [(merged, image_format)]):
-                    raise IntegrityError(
-                        f"merging {len(chain)} layers of disk {top.disk} of {self.root} did not "
-                        "give the same disk content; nothing was changed in the backup")
-                chunks = self.backend.copy_in(self._layers(domain_uuid), name, merged,
-                                              progress=progress)
-        except OSError as error:
-            if error.errno == errno.ENOSPC:
-                raise NotEnoughSpaceError(
-                    f"the scratch directory {parent or tempfile.gettempdir()} filled up while "
-                    f"prune staged a merge of {self.root}; nothing was changed: free up space "
-                    "there or give another one with --scratch") from None
-            raise
+        with _disk_full(f"the scratch directory {parent or tempfile.gettempdir()} filled up "
+                        f"while prune staged a merge of {self.root}; nothing was changed: free "
+                        "up space there or give another one with --scratch"), \
+                tempfile.TemporaryDirectory(prefix=".fibackup-prune-", dir=parent) as work:
+            inputs = []
+            for layer in chain:
+                local = os.path.join(work, _image_name(layer.id, layer.image_format))
+                self.restore_layer(domain_uuid, layer.id, local)
+                inputs.append((local, layer.image_format))
+            merged = os.path.join(work, name)
+            _merge_checked(inputs, merged, chain, f"{self.root} ({name})")
+            chunks = self.backend.copy_in(self._layers(domain_uuid), name, merged,
+                                          progress=progress)
         faults.point("store.image-published")
         return self._merged_record(domain_uuid, layer_id, chain, covers, chunks)
 
@@ -502,15 +468,9 @@ class BackupStore:
         the record and whether the content was new.  ``check_source`` runs after the
         copy, before anything is published (it raises to discard the copy)."""
         parts = self._files(domain_uuid)
-        try:
+        with _disk_full(_copy_full_message(source, self.root)):
             chunks, new = self.backend.copy_in_addressed(
                 parts, lambda listed: _data_name(listed.digest), source, check_source)
-        except OSError as error:
-            if error.errno == errno.ENOSPC:
-                raise NotEnoughSpaceError(
-                    f"the backup disk filled up while copying {source} into {self.root}; "
-                    "nothing incomplete was kept: free up space and run again") from None
-            raise
         record = fmt.FileRecord(id=chunks.digest, chunks=chunks, stored_at=utc_now())
         try:
             self._write(parts, _record_name(record.id), fmt.dumps(fmt.file_record_to_dict(record)))
@@ -822,6 +782,36 @@ def _record_name(layer_id: str) -> str:
     if not fmt.is_valid_id(layer_id):
         raise CorruptStoreError(f"invalid layer id {layer_id!r}")
     return f"{layer_id}.json"
+
+
+def _copy_full_message(source: str, root: str) -> str:
+    return (f"the backup disk filled up while copying {source} into {root}; nothing "
+            "incomplete was kept: free up space and run again")
+
+
+@contextlib.contextmanager
+def _disk_full(message: str) -> Iterator[None]:
+    """A full disk (ENOSPC) inside the block is NotEnoughSpaceError(``message``)."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise NotEnoughSpaceError(message) from None
+        raise
+
+
+def _merge_checked(inputs: Sequence[tuple[str, str]], destination: str,
+                   chain: Sequence[StoredLayer], where: str) -> None:
+    """Write the stacking of ``inputs`` (the files of ``chain``, base first) into the new
+    image ``destination``, and prove with QEMU that it presents the same disk."""
+    from fibackup.qemu import img
+    top, image_format = chain[-1], chain[0].image_format
+    _refuse_external_data(inputs)
+    img.convert_chain(inputs, destination, image_format)
+    if img.info(destination, image_format).virtual_size != top.virtual_size or \
+            not img.identical(inputs, [(destination, image_format)]):
+        raise IntegrityError(f"merging {len(chain)} layers of disk {top.disk} into {where} did "
+                             "not give the same disk content; nothing was changed in the backup")
 
 
 def _refuse_external_data(inputs: Sequence[tuple[str, str]]) -> None:
