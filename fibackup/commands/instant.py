@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
 from fibackup.commands.repair import journalled
-from fibackup.commands.restore import _chosen_disks, _prepare_destination, find_points
+from fibackup.commands.restore import (_chosen_disks, _prepare_destination,
+                                       definition_problems, find_points)
 from fibackup.errors import (AccessGrantError, BlockJobError, DestinationError,
                              DomainLockedError, DomainNotFoundError, FibackupError,
                              InconsistentChainError, IntegrityError, LibvirtError, UsageError)
@@ -250,13 +251,8 @@ def _check_trust(point: RestorePoint, xml: str, destination: str,
     """A definition this host did not store is untrusted input (virt/trust.py): refused
     when it reaches outside --to (the stored chain aside) unless --trust-xml."""
     from fibackup.errors import UntrustedDefinitionError
-    from fibackup.host import state as host_state
-    from fibackup.virt.trust import untrusted_parts
-    if host_state.load(point.domain_uuid).stored_definition(point.domain_xml):
-        return
-    chain = {layer.path for disk in record.disks.values() for layer in disk.layers}
-    problems = [problem for problem in untrusted_parts(xml, destination)
-                if not any(f"'{path}'" in problem for path in chain)]
+    chain = [layer.path for disk in record.disks.values() for layer in disk.layers]
+    problems = definition_problems(point, xml, destination, allowed=chain)
     if problems:
         raise UntrustedDefinitionError(
             f"the domain definition of restore point {point.domain_name}/{point.id} is not one "

@@ -38,6 +38,7 @@ from fibackup.report import Reporter
 from fibackup.store.chunks import Throttle
 from fibackup.store.repo import BackupStore
 from fibackup.virt import domxml
+from fibackup.virt.trust import untrusted_parts
 from fibackup.virt.libvirt_api import Connection, Domain
 
 QEMU_USERS = ("libvirt-qemu", "qemu")
@@ -533,19 +534,16 @@ def _checked_definition(store: BackupStore, point: RestorePoint, domain: Optiona
     outside ``destination`` (virt/trust.py) unless ``--trust-xml``."""
     from fibackup.errors import UntrustedDefinitionError
     from fibackup.fsutil import host_name
-    from fibackup.virt.trust import untrusted_parts
     sources = {files_.disk.target: (os.path.join(destination, files_.top), "qcow2")
                for files_ in names}
     boot = domfiles.boot_paths(point, files, destination)
     preview = domxml.repoint_disks(definition, sources)
     preview = domxml.repoint_boot_files(preview, boot) if boot else preview
     stored = domain is None or options.as_name is not None
-    if not stored or options.trust_xml or options.show_xml or \
-            host_state.load(point.domain_uuid).stored_definition(point.domain_xml):
-        return preview                  # this host's own definition, or its disks repointed
-    problems = untrusted_parts(preview, destination)
-    if options.as_name is None:
-        problems += _identity_problems(point)
+    if not stored or options.trust_xml or options.show_xml:
+        return preview                  # the domain's own definition, its disks repointed
+    problems = definition_problems(point, preview, destination,
+                                   same_domain=options.as_name is None)
     if problems:
         where = "read from object storage" if not store.backend.local else \
             f"written on host {point.host}" if point.host != host_name() else \
@@ -556,6 +554,17 @@ def _checked_definition(store: BackupStore, point: RestorePoint, domain: Optiona
             "shared backup: look at it with --show-xml, then restore with --trust-xml, or "
             "with --no-define and define the domain yourself")
     return preview
+
+
+def definition_problems(point: RestorePoint, xml: str, inside: str,
+                        allowed: Sequence[str] = (), same_domain: bool = False) -> list[str]:
+    """Why ``xml``, made from ``point``'s stored definition, is unsafe to define (see
+    virt/trust.py): nothing when this host recorded storing exactly that definition.
+    With ``same_domain`` (not a copy) the definition must also be of the point's domain."""
+    if host_state.load(point.domain_uuid).stored_definition(point.domain_xml):
+        return []
+    problems = untrusted_parts(xml, inside, allowed)
+    return problems + _identity_problems(point) if same_domain else problems
 
 
 def _identity_problems(point: RestorePoint) -> list[str]:

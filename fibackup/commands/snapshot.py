@@ -147,17 +147,17 @@ def snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter,
     """The snapshot and, with a backup directory, the backup, holding the store's lock on
     the domain meanwhile (a prune, maybe on another host, waits for it)."""
     if options.backup_dir is None:
-        return _snapshot_and_back_up(domain, options, report, journal)
+        return _snapshot_and_back_up(domain, options, report, journal, None)
     store = _open_store(options.backup_dir)
     waiting = (lambda: report.info(f"{domain.name}: waiting for another fibackup run on its "
                                    f"part of {store.root} (a prune or backup, maybe on "
                                    "another host)"))
     with store.domain_lock(domain.uuid, waiting=waiting):
-        return _snapshot_and_back_up(domain, options, report, journal)
+        return _snapshot_and_back_up(domain, options, report, journal, store)
 
 
 def _snapshot_and_back_up(domain: Domain, options: SnapshotOptions, report: Reporter,
-                          journal: Journal) -> SnapshotResult:
+                          journal: Journal, store: Optional[BackupStore]) -> SnapshotResult:
     _check_state(domain)
     if options.quiesce and not options.quiesce_fallback and not domain.is_active():
         raise UsageError(f"domain '{domain.name}' is shut off: there is nothing to quiesce; "
@@ -172,8 +172,8 @@ def _snapshot_and_back_up(domain: Domain, options: SnapshotOptions, report: Repo
              for spec in selection.selected]
     for disk in disks:
         check_chain(domain.name, disk)
-    extra_files = domfiles.source_files(current, domain.uuid) if options.backup_dir else []
-    backup = _prepare_backup(domain, disks, extra_files, options) if options.backup_dir else None
+    extra_files = domfiles.source_files(current, domain.uuid) if store else []
+    backup = _prepare_backup(store, domain, disks, extra_files, options) if store else None
 
     moment = _dt.datetime.now(_dt.timezone.utc)
     tag = _free_tag(naming.timestamp_tag(moment), disks, backup[0] if backup else None,
@@ -231,12 +231,10 @@ def _store_gone(store: BackupStore, tag: str, error: OSError) -> None:
         "next 'fibackup snapshot -b' copies its frozen layers") from None
 
 
-def _prepare_backup(domain: Domain, disks: Sequence[LiveDisk],
+def _prepare_backup(store: BackupStore, domain: Domain, disks: Sequence[LiveDisk],
                     extra_files: Sequence[domfiles.SourceFile],
                     options: SnapshotOptions) -> tuple[BackupStore, LayerIndex]:
-    """Open the store and check, before any snapshot, that the backup can be made."""
-    assert options.backup_dir is not None
-    store = _open_store(options.backup_dir)
+    """Check, before any snapshot, that the backup into ``store`` can be made."""
     index = layer_index(store, domain.uuid)
     needed = _preflight(domain.name, disks, index) + domfiles.planned_bytes(extra_files)
     if options.space_check and store.backend.local:

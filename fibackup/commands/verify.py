@@ -46,9 +46,9 @@ class _Seen:
     damaged: dict[tuple[str, str], str] = field(default_factory=dict)
     """Layers whose data was re-read, and where it was found damaged ("" if intact)."""
     listed: dict[tuple[str, str], tuple[str, PointLayer]] = field(default_factory=dict)
+    """The first listing of each layer: "restore point N/ID disk T" and its entry."""
     files: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     """Stored files (domain, id) already re-read, and what was wrong with them."""
-    """The first listing of each layer: "restore point N/ID disk T" and its entry."""
     throttle: Optional[Throttle] = None
     bar: Optional[Bar] = None
     """The run's progress bar (None when none is drawn)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from typing import Collection
 
 from fibackup.virt.domxml import parse
 
@@ -35,11 +36,13 @@ REFUSED_TYPES = {
 """Devices refused when their ``type`` (``model`` for memory) is one of these."""
 
 
-def untrusted_parts(xml: str, inside: str) -> list[str]:
+def untrusted_parts(xml: str, inside: str, allowed: Collection[str] = ()) -> list[str]:
     """What in a domain definition reaches outside the directory ``inside`` or into the
     host: one description per problem (empty when it can be defined as it is).  Every
-    attribute value and text that is an absolute path must lie inside ``inside``, except
-    read-only firmware and the emulator; devices that reach the host are refused."""
+    attribute value and text that is an absolute path must lie inside ``inside`` or be
+    one of the files ``allowed``, except read-only firmware and the emulator; devices
+    that reach the host are refused."""
+    allowed = {os.path.normpath(path) for path in allowed}
     problems: list[str] = []
     pending = [parse(xml)]
     while pending:
@@ -49,7 +52,7 @@ def untrusted_parts(xml: str, inside: str) -> list[str]:
             problems.append(f"<qemu:{tag[len(QEMU_NAMESPACE):]}> (raw QEMU options)")
             continue                            # its arguments are part of it
         problems += _device_problems(tag, element)
-        problems += _path_problems(tag, element, inside)
+        problems += _path_problems(tag, element, inside, allowed)
         pending.extend(reversed(list(element)))
     return list(dict.fromkeys(problems))
 
@@ -70,7 +73,8 @@ def _device_problems(tag: str, element: ET.Element) -> list[str]:
     return []
 
 
-def _path_problems(tag: str, element: ET.Element, inside: str) -> list[str]:
+def _path_problems(tag: str, element: ET.Element, inside: str,
+                   allowed: Collection[str]) -> list[str]:
     found = [(name, value.strip()) for name, value in element.attrib.items()
              if value.strip().startswith("/")]
     text = (element.text or "").strip()
@@ -78,7 +82,8 @@ def _path_problems(tag: str, element: ET.Element, inside: str) -> list[str]:
         found.append((None, text))
     problems = []
     for attribute, path in found:
-        if _within(path, inside) or _system_file(tag, attribute, path):
+        if _within(path, inside) or os.path.normpath(path) in allowed or \
+                _system_file(tag, attribute, path):
             continue
         where = f"<{tag} {attribute}='{path}'>" if attribute else f"<{tag}>{path}</{tag}>"
         problems.append(f"{where} (outside --to)")

@@ -100,3 +100,11 @@ def test_what_reviewers_found_getting_through_is_refused():
                                             "/usr/share/OVMF/OVMF_CODE_4M.fd</loader>"), TO)
     assert untrusted_parts(_domain().replace("/usr/bin/qemu-system-x86_64", "/usr/bin/python3"),
                            TO)
+
+
+def test_files_named_as_allowed_are_accepted_and_nothing_else():
+    chain = "/backup/domains/u/layers/l1.qcow2"
+    xml = _domain(devices=f"<disk type='file' device='disk'><source file='{chain}'/>"
+                          "<target dev='vdb'/></disk>")
+    assert untrusted_parts(xml, TO, allowed=[chain]) == []
+    assert untrusted_parts(xml, TO, allowed=[chain + "x"]) != []
