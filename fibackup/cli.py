@@ -557,8 +557,7 @@ def restore(
             rest = {"-d": domain, "-b": backup_dir if finalize is not None
                     else settings.pick("backup_dir", backup_dir), "--to": to, "--at": at,
                     "--disk": disk, "--flatten": flatten, "--no-define": no_define,
-                    "--as": as_name, "--force": force}
-            rest["--trust-xml"] = trust_xml
+                    "--as": as_name, "--force": force, "--trust-xml": trust_xml}
             return _restore_instant(instant, finalize, rest, no_verify, no_space_check,
                                     rate, uri, as_json, report)
         if no_verify:
