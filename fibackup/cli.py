@@ -153,7 +153,8 @@ def _outcome(debug: bool, action: Callable[[], int], as_json: bool, report: Repo
     except FibackupError as error:
         if debug:
             traceback.print_exc()
-        return _fail(report, str(error), type(error).__name__, error.exit_code, as_json)
+        return _fail(report, str(error), type(error).__name__, error.exit_code, as_json,
+                     error.fields)
     except KeyboardInterrupt:
         return _fail(report, "interrupted; nothing incomplete was published", "Interrupted",
                      EXIT_INTERRUPTED, as_json)
@@ -172,10 +173,12 @@ def _outcome(debug: bool, action: Callable[[], int], as_json: bool, report: Repo
                      "libvirtd's log, then run again", "LibvirtError", EXIT_FAILURE, as_json)
 
 
-def _fail(report: Reporter, message: str, kind: str, code: int, as_json: bool) -> int:
+def _fail(report: Reporter, message: str, kind: str, code: int, as_json: bool,
+          fields: Optional[dict[str, str]] = None) -> int:
     report.error(message)
     if as_json:
-        _emit_json({"error": {"message": message, "kind": kind, "exit_code": code}})
+        _emit_json({"error": {"message": message, "kind": kind, "exit_code": code,
+                              **(fields or {})}})
     return code
 
 

@@ -5,6 +5,12 @@ Messages are complete sentences for a human at 3 a.m.: they name the problem
 and, where there is one, the fix.  They need no prefix; the CLI prints
 ``fibackup: <message>`` and exits with the class's ``exit_code``.
 
+Every error may carry fields for scripts (``path``, ``domain``, ``disk``,
+``point``; set only when known): ``error.fields`` holds them, and ``--json``
+puts them into the error document beside ``message``, ``kind`` (the class
+name) and ``exit_code``.  A class that splits an older one subclasses it, so an
+``except`` clause written for the older class still catches it.
+
 Hierarchy::
 
     FibackupError                    exit 1
@@ -17,12 +23,17 @@ Hierarchy::
     │   ├── DomainStateError                 domain in the wrong state for this
     │   ├── UnsupportedDiskError             a disk fibackup cannot back up
     │   ├── SnapshotError                    libvirt/QEMU refused the snapshot
+    │   │   └── NothingTakenError            ... before any disk moved to its overlay
     │   └── BlockJobError                    a block job (commit, pull) failed or was refused
     ├── ImageToolError                       qemu-img failed
     ├── StoreError                           the backup directory
     │   ├── StoreUnavailableError            missing, not a directory, not writable
     │   ├── NotEnoughSpaceError
     │   ├── CorruptStoreError                unreadable or inconsistent metadata
+    │   │   ├── HostStateError               a host state file is damaged
+    │   │   │   ├── JournalError             an intent journal is damaged
+    │   │   │   └── InstantRecordError       an instant-recovery record is damaged
+    │   │   └── DomainXMLError               a domain definition cannot be parsed
     │   ├── RestorePointNotFoundError
     │   └── IntegrityError                   stored bytes differ from their checksums
     ├── DestinationError                     restore target unusable or in the way
@@ -37,6 +48,8 @@ Hierarchy::
 """
 from __future__ import annotations
 
+from typing import Optional
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -46,10 +59,37 @@ EXIT_INTERRUPTED = 130
 """Ctrl-C (SIGINT), as a shell reports a process it interrupted: 128 + 2."""
 
 
+FIELD_NAMES = ("path", "domain", "disk", "point")
+"""The fields an error may carry, in the order the JSON error document lists them."""
+
+
 class FibackupError(Exception):
-    """Root of all errors fibackup raises on purpose."""
+    """Root of all errors fibackup raises on purpose.
+
+    ``path``, ``domain``, ``disk`` and ``point`` are optional keyword fields: what the
+    error is about, for scripts (``--json``); the message stays the human's text."""
 
     exit_code: int = EXIT_FAILURE
+
+    def __init__(self, message: str = "", *, path: Optional[str] = None,
+                 domain: Optional[str] = None, disk: Optional[str] = None,
+                 point: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.domain = domain
+        self.disk = disk
+        self.point = point
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """The fields that are set, by name."""
+        return {name: str(getattr(self, name)) for name in FIELD_NAMES
+                if getattr(self, name, None) is not None}
+
+    def to_json(self) -> dict[str, object]:
+        """The ``error`` member of ``--json``'s document."""
+        return {"message": str(self), "kind": type(self).__name__,
+                "exit_code": self.exit_code, **self.fields}
 
 
 class UsageError(FibackupError):
@@ -99,8 +139,8 @@ class NothingTakenError(SnapshotError):
     """The snapshot failed before any disk moved to its overlay (``cause``: libvirt's
     reason, without the "no snapshot was taken" conclusion)."""
 
-    def __init__(self, message: str, cause: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, cause: str, *, domain: Optional[str] = None) -> None:
+        super().__init__(message, domain=domain)
         self.cause = cause
 
 
@@ -122,6 +162,24 @@ class NotEnoughSpaceError(StoreError):
 
 class CorruptStoreError(StoreError):
     """A manifest or layer record is unreadable or contradicts the store."""
+
+
+class HostStateError(CorruptStoreError):
+    """A file in the host state directory (``$FIBACKUP_STATE_DIR``) is damaged or of an
+    unknown version; ``path`` names it.  (Before 0.2 this was a CorruptStoreError, which
+    it still is, for old ``except`` clauses.)"""
+
+
+class JournalError(HostStateError):
+    """An intent journal left by an interrupted run cannot be read."""
+
+
+class InstantRecordError(HostStateError):
+    """An instant-recovery record cannot be read."""
+
+
+class DomainXMLError(CorruptStoreError):
+    """A domain definition (libvirt's or a stored one) is not well-formed XML."""
 
 
 class RestorePointNotFoundError(StoreError):

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
-from fibackup.errors import CorruptStoreError, DomainStateError, StateDirError
+from fibackup.errors import DomainStateError, InstantRecordError, StateDirError
 from fibackup.fsutil import make_private_dirs, remove_quietly, write_file
 from fibackup.host.state import state_dir
 
@@ -114,8 +114,9 @@ class InstantRecord:
                 grants=[str(item) for item in document.get("grants", [])],
                 status=str(document["status"]), created=str(document.get("created", "")))
         except (AttributeError, KeyError, TypeError, ValueError) as error:
-            raise CorruptStoreError(f"the instant-recovery record {path} is malformed ({error}); "
-                                    "move it away after checking the domain by hand") from None
+            raise InstantRecordError(f"the instant-recovery record {path} is malformed ({error}); "
+                                     "move it away after checking the domain by hand",
+                                     path=path) from None
 
 
 def refuse_instant(domain_uuid: str, domain_name: str, command: str) -> None:
@@ -148,8 +149,9 @@ def _read(path: str) -> Optional[InstantRecord]:
     except FileNotFoundError:
         return None
     except (ValueError, UnicodeDecodeError) as error:
-        raise CorruptStoreError(f"the instant-recovery record {path} is damaged ({error}); "
-                                "move it away after checking the domain by hand") from None
+        raise InstantRecordError(f"the instant-recovery record {path} is damaged ({error}); "
+                                 "move it away after checking the domain by hand",
+                                 path=path) from None
     return InstantRecord.from_json(document, path)
 
 

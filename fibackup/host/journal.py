@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 from fibackup import faults
-from fibackup.errors import CorruptStoreError, StateDirError
+from fibackup.errors import JournalError, StateDirError
 from fibackup.fsutil import make_private_dirs, remove_quietly, write_file
 from fibackup.host.state import state_dir
 
@@ -169,10 +169,10 @@ def load(key: str) -> Optional[Journal]:
     except FileNotFoundError:
         return None
     except (ValueError, UnicodeDecodeError) as error:
-        raise CorruptStoreError(f"the journal {path} is damaged ({error}); fibackup cannot tell "
-                                "what the interrupted run did: check the domain's chain "
-                                "('virsh domblklist', 'qemu-img info --backing-chain'), then "
-                                "move the file away") from None
+        raise JournalError(f"the journal {path} is damaged ({error}); fibackup cannot tell "
+                           "what the interrupted run did: check the domain's chain "
+                           "('virsh domblklist', 'qemu-img info --backing-chain'), then "
+                           "move the file away", path=path) from None
     return _from_json(document, path)
 
 
@@ -188,8 +188,8 @@ def _from_json(document: Any, path: str) -> Journal:
                        started=str(document["started"]), pid=int(document["pid"]),
                        error=str(document["error"]) if document.get("error") else None)
     except (AttributeError, KeyError, TypeError, ValueError) as error:
-        raise CorruptStoreError(f"the journal {path} is malformed ({error}); move it away "
-                                "after checking the domain's chain by hand") from None
+        raise JournalError(f"the journal {path} is malformed ({error}); move it away "
+                           "after checking the domain's chain by hand", path=path) from None
 
 
 def restore_journals() -> Iterator[Journal]:

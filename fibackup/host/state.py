@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from fibackup.errors import CorruptStoreError
+from fibackup.errors import HostStateError
 from fibackup.fsutil import make_private_dirs, write_file
 from fibackup.model.chain import FileIdentity
 
@@ -158,10 +158,12 @@ def load(domain_uuid: str) -> HostState:
     except FileNotFoundError:
         return HostState(domain_uuid)
     except (ValueError, UnicodeDecodeError) as error:
-        raise CorruptStoreError(f"host state file {path} is damaged ({error}); move it away "
-                                "and run again (the next backup may then copy more)") from None
+        raise HostStateError(f"host state file {path} is damaged ({error}); move it away "
+                             "and run again (the next backup may then copy more)",
+                             path=path) from None
     if document.get("kind") != STATE_KIND or document.get("version") != STATE_VERSION:
-        raise CorruptStoreError(f"{path} is not a fibackup host state file of version {STATE_VERSION}")
+        raise HostStateError(f"{path} is not a fibackup host state file of version {STATE_VERSION}",
+                             path=path)
     try:
         restored = [RestoredFile(item["store_id"], item["layer_id"], FileIdentity(**item["identity"]))
                     for item in document.get("restored", [])]
@@ -171,7 +173,7 @@ def load(domain_uuid: str) -> HostState:
         overlays = [_string_map(item, "overlays") for item in _list(document.get("overlays", []))]
         definitions = [str(item) for item in _list(document.get("definitions", []))]
     except (KeyError, TypeError, ValueError) as error:
-        raise CorruptStoreError(f"{path} has a malformed entry ({error})") from None
+        raise HostStateError(f"{path} has a malformed entry ({error})", path=path) from None
     return HostState(domain_uuid, restored, overlays, stores, consolidations, definitions)
 
 

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
-from fibackup.errors import CorruptStoreError, UsageError
+from fibackup.errors import DomainXMLError, UsageError
 from fibackup.model.chain import LiveLayer
 
 
@@ -42,7 +42,7 @@ def parse(xml: str) -> ET.Element:
     try:
         return ET.fromstring(xml)
     except ET.ParseError as error:
-        raise CorruptStoreError(f"domain XML cannot be parsed ({error})") from None
+        raise DomainXMLError(f"domain XML cannot be parsed ({error})") from None
 
 
 def domain_name(root: ET.Element) -> str:
