@@ -18,4 +18,5 @@ done
 
 bash scripts/setup-host.sh
 bash scripts/build-guest.sh >/dev/null
+.venv/bin/python -m mypy          # the type check: configuration in pyproject.toml
 exec .venv/bin/python -m pytest -ra "${extra[@]}"
