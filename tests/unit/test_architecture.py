@@ -136,3 +136,42 @@ def test_few_functions_are_over_50_lines() -> None:
                     long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} "
                                 f"{node.name} ({lines} lines)")
     assert len(long) <= MAX_LONG_FUNCTIONS, "\n".join(long)
+
+
+def _documented_tree() -> dict[str, str]:
+    """Class name → parent name, read from the tree in fibackup/errors.py's docstring."""
+    from fibackup import errors
+    parents: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    for line in (errors.__doc__ or "").splitlines():
+        stripped = line.lstrip(" │├└─")
+        name = stripped.split(" ", 1)[0]
+        if not name.endswith("Error"):
+            continue
+        depth = len(line) - len(stripped)
+        while stack and stack[-1][0] >= depth:
+            stack.pop()
+        if stack:
+            parents[name] = stack[-1][1]
+        stack.append((depth, name))
+    return parents
+
+
+def test_errors_docstring_shows_every_error_class_under_its_base() -> None:
+    import importlib
+    import inspect
+
+    from fibackup.errors import FibackupError
+    classes = {}
+    for name in _modules():
+        if name.endswith("__main__"):
+            continue
+        module = importlib.import_module(name)
+        for value in vars(module).values():
+            if inspect.isclass(value) and issubclass(value, FibackupError) and \
+                    value is not FibackupError and value.__module__ == name:
+                classes[value.__name__] = value
+    documented = _documented_tree()
+    wrong = {name: (documented.get(name), cls.__bases__[0].__name__)
+             for name, cls in classes.items() if documented.get(name) != cls.__bases__[0].__name__}
+    assert not wrong, f"errors.py's tree disagrees (class: (documented, real parent)): {wrong}"
