@@ -13,8 +13,7 @@ from fibackup.report import Reporter
 from fibackup.store import format as fmt
 from fibackup.store.tidy import tidy_domain
 from fibackup.virt import domxml
-from tests.unit.test_format import ORIGIN, point_doc, sample_point, via_bytes
-from tests.unit.test_store import UUID, make_point, store, store_layer, source  # noqa: F401
+from tests.storelab import ORIGIN, UUID, make_point, point_doc, sample_point, store_layer, via_bytes
 
 UEFI_XML = """\
 <domain type='kvm'>

@@ -10,16 +10,9 @@ from fibackup.errors import CorruptStoreError
 from fibackup.host import journal as journals
 from fibackup.host.journal import ALL_STEPS, STEPS, Journal
 from fibackup.store.tidy import tidy_domain
-from tests.unit.test_store import (UUID, make_point, source, store, store_layer,  # noqa: F401
-                                   write_stray)
+from tests.storelab import UUID, make_point, store_layer, write_stray
 
-
-@pytest.fixture(autouse=True)
-def state_dir(tmp_path, monkeypatch):
-    path = tmp_path / "state"
-    monkeypatch.setenv("FIBACKUP_STATE_DIR", str(path))
-    monkeypatch.delenv(faults.ENV, raising=False)
-    return path
+pytestmark = pytest.mark.usefixtures("state_dir")     # tests/unit/conftest.py
 
 
 def test_journal_records_each_step_before_and_after():
