@@ -33,7 +33,7 @@ PREFIX = "fibtest-"
 
 
 def kvm_usable() -> bool:
-    return False  # a Linux guest kernel hangs under nested KVM here (see README, "Tests")
+    return False  # a Linux guest kernel hangs under nested KVM here (tests/README.md)
 
 
 @dataclass
