@@ -20,7 +20,7 @@ import time
 import libvirt
 import pytest
 
-from tests.lab import KILLED, DiskDef, History, MiB, assert_same, image_bytes, restore_and_read
+from tests.lab import KILLED, DiskDef, History, MiB, assert_same, image_bytes
 
 QUICK = pytest.param  # a step CI runs
 

@@ -7,7 +7,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from tests.lab import DiskDef, MiB, assert_same, instant_restore, restore_and_read, xml_backing_chains
+from tests.lab import (DiskDef, MiB, assert_same, instant_restore, restore_and_read,
+                       xml_backing_chains)
 
 
 def _history(dom, backup: str, rounds: int, first: int = 0) -> dict[str, dict[str, bytes]]:

@@ -11,7 +11,6 @@ from fibackup.model.points import PointDisk, PointLayer, RestorePoint
 from fibackup.store import format as fmt
 from fibackup.store.chunks import Chunk, ChunkList
 from tests.storelab import ORIGIN, sample_point, point_doc, via_bytes
-from tests.storelab import FORMAT_UUID as UUID
 
 CHUNK = 4 * 1024 * 1024
 

@@ -13,7 +13,7 @@ import pytest
 from fibackup.errors import CorruptStoreError, IntegrityError
 from fibackup.fsutil import file_identity
 from fibackup.store.repo import MARKER, BackupStore
-from tests.storelab import (BASE, OTHER_UUID, SOURCE_SIZE, TOP, UUID, foreign_layer,  # noqa: F401
+from tests.storelab import (BASE, OTHER_UUID, SOURCE_SIZE, TOP, UUID, foreign_layer,
                             make_point, make_source, manifest_path, record_path, store_layer,
                             with_entries, write_stray)
 

@@ -83,7 +83,7 @@ def test_fault_switch_is_inert_unless_named(monkeypatch):
     assert calls == [10]
 
 
-def test_tidy_removes_debris_and_keeps_every_listed_or_complete_layer(store, source):  # noqa: F811
+def test_tidy_removes_debris_and_keeps_every_listed_or_complete_layer(store, source):
     listed = store_layer(store, source, "20260101-000000-vda-000-aaaaaa")
     store.publish_point(make_point([listed]))
     spare = store_layer(store, source, "20260102-000000-vda-000-bbbbbb")
@@ -103,7 +103,7 @@ def test_tidy_removes_debris_and_keeps_every_listed_or_complete_layer(store, sou
     assert [point.seq for point in store.points(UUID)] == [1]
 
 
-def test_tidy_keeps_a_listed_layer_whose_image_is_missing(store, source):  # noqa: F811
+def test_tidy_keeps_a_listed_layer_whose_image_is_missing(store, source):
     layer = store_layer(store, source)
     store.publish_point(make_point([layer]))
     os.unlink(store.layer_path(UUID, layer.id, "raw"))
@@ -112,7 +112,7 @@ def test_tidy_keeps_a_listed_layer_whose_image_is_missing(store, source):  # noq
     assert os.path.exists(record), "damage is for verify to report, not for tidy to erase"
 
 
-def test_tidy_removes_only_partial_files_while_a_manifest_is_unreadable(store, source):  # noqa: F811
+def test_tidy_removes_only_partial_files_while_a_manifest_is_unreadable(store, source):
     layer = store_layer(store, source)
     store.publish_point(make_point([layer]))
     orphan = os.path.join(store.domain_dir(UUID), "layers", "20260103-000000-vda-000-dddddd.raw")

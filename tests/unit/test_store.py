@@ -11,7 +11,7 @@ from fibackup.fsutil import file_identity
 from fibackup.store import format as fmt
 from fibackup.store.chunks import CHUNK_SIZE, scan_file
 from fibackup.store.repo import MARKER, BackupStore
-from tests.storelab import (MiB, OTHER_UUID, SOURCE_SIZE, UUID, all_files, flip_byte,  # noqa: F401
+from tests.storelab import (MiB, OTHER_UUID, SOURCE_SIZE, UUID, all_files, flip_byte,
                             make_point, make_source, store_layer, write_stray)
 
 
