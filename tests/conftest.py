@@ -6,7 +6,13 @@ import pytest
 from tests.lab import Lab, GUEST_DIR
 
 
+@pytest.hookimpl(tryfirst=True)       # before -m deselects by marker
 def pytest_collection_modifyitems(config, items):
+    # Every test that uses the lab (directly or through guest_lab, backup_location, ...)
+    # needs libvirtd and QEMU: mark it, so that -m "not libvirt" runs the pure tests alone.
+    for item in items:
+        if "lab" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.libvirt)
     if os.environ.get("FIBACKUP_STRESS") == "1":
         return
     skip = pytest.mark.skip(reason="stress run: set FIBACKUP_STRESS=1 (scripts/test.sh --stress)")

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from typing import Optional, Sequence
 
 import libvirt
 
+KILLED = -signal.SIGKILL  # the exit "code" of a run that fibackup's fault switch killed
 MiB = 1024 * 1024
 URI = "qemu:///system"
 GUEST_DIR = os.environ.get("FIBACKUP_GUEST_DIR", "/var/cache/fibackup/guest")
@@ -31,7 +33,7 @@ PREFIX = "fibtest-"
 
 
 def kvm_usable() -> bool:
-    return False  # a Linux guest kernel hangs under nested KVM here (see README, "Tests")
+    return False  # a Linux guest kernel hangs under nested KVM here (tests/README.md)
 
 
 @dataclass
@@ -371,3 +373,127 @@ def assert_same(actual: dict[str, bytes], expected: dict[str, bytes], what: str)
                 if len(actual[target]) == len(expected[target]) else -1
             raise AssertionError(f"{what}: disk {target} differs from what the guest had "
                                  f"(first difference at byte {first})")
+
+
+# -- histories: restore points and what each must restore --------------------------------
+
+def backup_history(dom: "LabDomain", backup_dir: str, rounds: int, start_pattern: int = 0x40):
+    """Write, then snapshot -b, ``rounds`` times; return {point id: expected content}."""
+    points = {}
+    for round_number in range(rounds):
+        pattern = start_pattern + round_number
+        dom.write("vda", pattern, (1 + round_number) * MiB, MiB)
+        dom.write("vda", pattern + 0x10, 64 * 1024, 4096)          # overwrite earlier data
+        dom.write("vdb", pattern + 0x20, (3 + 2 * round_number) * MiB, 512 * 1024)
+        result = dom.snapshot(backup_dir).json()[0]
+        points[result["point"]] = dom.expected_now()
+    return points
+
+
+class History:
+    """A domain with restore points and what each must restore."""
+
+    def __init__(self, lab, disks=(DiskDef("vda", "qcow2", 16 * MiB), DiskDef("vdb", "raw")),
+                 guest_cmdline=None):
+        self.lab = lab
+        self.dom = lab.domain(disks=disks, guest_cmdline=guest_cmdline)
+        self.backup = lab.path("backup")
+        self.points: dict[str, dict[str, bytes]] = {}
+        self.round = 0
+        self.pending: dict[str, bytes] = {}
+
+    def write(self) -> None:
+        self.round += 1
+        self.dom.write("vda", 0x30 + self.round, self.round * MiB, MiB)
+        if "vdb" in self.dom.expected:
+            self.dom.write("vdb", 0x60 + self.round, (self.round + 2) * MiB, 256 * 1024)
+
+    def snapshot(self, *extra: str) -> dict:
+        result = self.dom.snapshot(self.backup, *extra).json()[0]
+        self.points[result["point"]] = self.dom.expected_now()
+        return result
+
+    def rounds(self, count: int) -> None:
+        for _ in range(count):
+            self.write()
+            self.snapshot()
+
+    def killed(self, fault: str, *args: str) -> None:
+        """Run fibackup with the fault; it must die by SIGKILL.  A point it publishes
+        before dying must restore what the guest had now."""
+        self.pending = self.dom.expected_now()
+        result = self.lab.cli(*args, expect=None, env={"FIBACKUP_FAULT": fault})
+        assert result.code == KILLED, (fault, result.code, result.stderr)
+
+    def repair(self) -> str:
+        result = self.lab.cli("repair", "-d", self.dom.name, "-b", self.backup)
+        return result.stderr
+
+    def adopt_points(self) -> None:
+        listed = self.lab.cli("list", "-b", self.backup, "-d", self.dom.name, "--json").json()
+        for point in listed:
+            self.points.setdefault(point["id"], self.pending)
+
+    def check(self) -> None:
+        """The invariants every fault must leave."""
+        assert self.dom.dom.isActive(), "the domain must keep running"
+        self.adopt_points()
+        assert "ok:" in self.lab.cli("verify", "-b", self.backup).stdout
+        for point_id, expected in self.points.items():
+            assert_same(restore_and_read(self.lab, self.dom.name, self.backup, point_id),
+                        expected, point_id)
+        assert_same(self.live_content(), self.dom.expected_now(), "live disks")
+        self.assert_no_debris()
+
+    def live_content(self) -> dict[str, bytes]:
+        return {target: image_bytes(self.dom.top(target)) for target in self.dom.expected}
+
+    def assert_no_debris(self) -> None:
+        journal = os.path.join(self.lab.state_dir, "journal")
+        assert not os.path.isdir(journal) or not os.listdir(journal), os.listdir(journal)
+        listed = set()
+        for directory, _dirs, files in os.walk(self.backup):
+            if directory.endswith("/points"):
+                for name in files:
+                    with open(os.path.join(directory, name)) as handle:
+                        document = json.load(handle)
+                    listed.update(layer["id"] for disk in document["disks"].values()
+                                  for layer in disk["layers"])
+        for directory, _dirs, files in os.walk(self.backup):
+            for name in files:
+                assert ".partial-" not in name, f"partial file {name} left in {directory}"
+                if directory.endswith("/layers"):
+                    assert name.rsplit(".", 1)[0] in listed, f"unlisted layer file {name}"
+        chain = set()
+        for target in self.dom.expected:
+            chain.update(self.lab_chain(target))
+        bases = {self.dom.image_path(disk) for disk in self.dom.disks}
+        for name in os.listdir(self.dom.directory):
+            if name.endswith(".log"):
+                continue
+            path = os.path.join(self.dom.directory, name)
+            assert path in chain or path in bases, f"stray image {name}"
+
+    def lab_chain(self, target: str) -> list[str]:
+        status = self.lab.cli("status", "-d", self.dom.name, "--json").json()
+        return [layer["path"] for layer in status[target]]
+
+
+# -- instant recovery ------------------------------------------------------------------------
+
+def instant_restore(lab: Lab, source: str, backup: str, name: str, to: str, *extra: str) -> dict:
+    lab.forget_name(name)
+    return lab.cli("restore", "-d", source, "-b", backup, "--instant", "--as", name,
+                   "--to", to, "--json", *extra).json()
+
+
+def xml_backing_chains(xml: str) -> dict[str, list[str]]:
+    """Each disk's explicit backing chain in domain XML (nearest first)."""
+    chains = {}
+    for disk in ET.fromstring(xml).findall("./devices/disk"):
+        files, node = [], disk.find("backingStore")
+        while node is not None and node.find("source") is not None:
+            files.append(node.find("source").get("file"))
+            node = node.find("backingStore")
+        chains[disk.find("target").get("dev")] = files
+    return chains

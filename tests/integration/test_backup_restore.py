@@ -8,27 +8,14 @@ import xml.etree.ElementTree as ET
 
 import libvirt
 
-from tests.lab import MiB, assert_same, image_bytes, restore_and_read
-
-
-def _history(dom, backup_dir: str, rounds: int, start_pattern: int = 0x40):
-    """Write, then snapshot -b, ``rounds`` times; return {point id: expected content}."""
-    points = {}
-    for round_number in range(rounds):
-        pattern = start_pattern + round_number
-        dom.write("vda", pattern, (1 + round_number) * MiB, MiB)
-        dom.write("vda", pattern + 0x10, 64 * 1024, 4096)          # overwrite earlier data
-        dom.write("vdb", pattern + 0x20, (3 + 2 * round_number) * MiB, 512 * 1024)
-        result = dom.snapshot(backup_dir).json()[0]
-        points[result["point"]] = dom.expected_now()
-    return points
+from tests.lab import MiB, assert_same, backup_history, image_bytes, restore_and_read
 
 
 def test_three_points_each_restore_exact(lab, backup_location):
     dom = lab.domain()
     assert " " in dom.directory
     backup = backup_location("backup one")
-    points = _history(dom, backup, 3)
+    points = backup_history(dom, backup, 3)
     listed = lab.cli("list", "-b", backup, "-d", dom.name, "--json").json()
     assert [row["seq"] for row in listed] == [1, 2, 3]
     assert [row["id"] for row in listed] == list(points)
@@ -48,7 +35,7 @@ def test_three_points_each_restore_exact(lab, backup_location):
 def test_catch_up_after_snapshot_without_backup_dir(lab, backup_location):
     dom = lab.domain()
     backup = backup_location("backup")
-    first = _history(dom, backup, 1)
+    first = backup_history(dom, backup, 1)
     dom.write("vda", 0x71, 5 * MiB, MiB)
     dom.snapshot(None)                                # freezes a layer nobody copies
     dom.write("vda", 0x72, 6 * MiB, MiB)
@@ -66,7 +53,7 @@ def test_catch_up_after_snapshot_without_backup_dir(lab, backup_location):
 def test_new_empty_backup_dir_gets_complete_first_point(lab, backup_location):
     dom = lab.domain()
     first_dir, second_dir = backup_location("first"), backup_location("second")
-    _history(dom, first_dir, 2)
+    backup_history(dom, first_dir, 2)
     dom.write("vdb", 0x55, 2 * MiB, MiB)
     second = dom.snapshot(second_dir).json()[0]
     expected_second = dom.expected_now()
@@ -114,7 +101,7 @@ def test_persistent_xml_has_no_stale_backing_store(lab):
 def test_restore_repoints_domain_and_backup_continues_from_restored_point(lab):
     dom = lab.domain()
     backup = lab.path("backup")
-    points = _history(dom, backup, 3)
+    points = backup_history(dom, backup, 3)
     first_id = list(points)[0]
     dom.destroy()
     to = lab.path("restored here")
@@ -138,7 +125,7 @@ def test_restore_repoints_domain_and_backup_continues_from_restored_point(lab):
 def test_flatten_gives_one_standalone_image_per_disk(lab):
     dom = lab.domain()
     backup = lab.path("backup")
-    points = _history(dom, backup, 2)
+    points = backup_history(dom, backup, 2)
     point_id = list(points)[-1]
     to = lab.path("flat")
     result = lab.cli("restore", "-d", dom.name, "-b", backup, "--to", to, "--at", point_id,
@@ -153,7 +140,7 @@ def test_flatten_gives_one_standalone_image_per_disk(lab):
 def test_flipped_byte_is_caught_by_verify_and_restore(lab):
     dom = lab.domain()
     backup = lab.path("backup")
-    points = _history(dom, backup, 2)
+    points = backup_history(dom, backup, 2)
     listed = lab.cli("list", "-b", backup, "--json").json()
     uuid = listed[0]["uuid"]
     layers_dir = os.path.join(backup, "domains", uuid, "layers")
@@ -183,7 +170,7 @@ def test_restore_as_copy_defines_independent_domain(lab):
                         "<model type='virtio'/></interface>")
     dom = lab.domain(extra_devices=[mac])
     backup = lab.path("backup")
-    points = _history(dom, backup, 1)
+    points = backup_history(dom, backup, 1)
     copy_name = dom.name + "-copy"
     lab.forget_name(copy_name)
     result = lab.cli("restore", "-d", dom.name, "-b", backup, "--to", lab.path("copy"),
@@ -203,7 +190,7 @@ def test_restore_as_copy_defines_independent_domain(lab):
 def test_restore_defines_a_domain_that_no_longer_exists(lab):
     dom = lab.domain()
     backup = lab.path("backup")
-    points = _history(dom, backup, 2)
+    points = backup_history(dom, backup, 2)
     dom.destroy()
     dom.dom.undefine()
     result = lab.cli("restore", "-d", dom.name, "-b", backup, "--to", lab.path("back"),
@@ -218,7 +205,7 @@ def test_restore_defines_a_domain_that_no_longer_exists(lab):
 def test_resized_disk_starts_a_new_full_copy(lab):
     dom = lab.domain()
     backup = lab.path("backup")
-    first = _history(dom, backup, 1)
+    first = backup_history(dom, backup, 1)
     dom.dom.blockResize("vda", 24 * MiB, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
     dom.expected["vda"].extend(bytes(8 * MiB))
     dom.write("vda", 0x5A, 20 * MiB, MiB)
@@ -286,7 +273,7 @@ def test_paused_and_transient_domains(lab):
 def test_restore_puts_back_a_disk_detached_since_the_point(lab):
     dom = lab.domain()
     backup = lab.path("backup")
-    points = _history(dom, backup, 1)
+    points = backup_history(dom, backup, 1)
     dom.destroy()
     dom.dom.detachDeviceFlags(
         ET.tostring(dom.live_xml_inactive_disk("vdb"), encoding="unicode"),

@@ -15,14 +15,13 @@ import os
 import re
 import subprocess
 import time
-import xml.etree.ElementTree as ET
 
 import libvirt
 import pytest
 
 from fibackup.qemu.img import explicit_chain
-from tests.integration.test_backup_restore import _history
-from tests.lab import MiB, DiskDef, LabDomain, image_bytes
+from tests.lab import (MiB, DiskDef, LabDomain, backup_history, image_bytes, instant_restore,
+                       xml_backing_chains)
 
 
 def _store_snapshot(backup: str) -> dict[str, tuple]:
@@ -41,18 +40,6 @@ def _store_snapshot(backup: str) -> dict[str, tuple]:
             seen[path] = (content, info.st_mtime_ns, info.st_uid, info.st_gid, info.st_mode,
                           sorted(os.listxattr(path, follow_symlinks=False)))
     return seen
-
-
-def _chains(xml: str) -> dict[str, list[str]]:
-    """Each disk's explicit backing chain in domain XML (nearest first)."""
-    chains = {}
-    for disk in ET.fromstring(xml).findall("./devices/disk"):
-        files, node = [], disk.find("backingStore")
-        while node is not None and node.find("source") is not None:
-            files.append(node.find("source").get("file"))
-            node = node.find("backingStore")
-        chains[disk.find("target").get("dev")] = files
-    return chains
 
 
 def _open_files(name: str) -> list[str]:
@@ -78,12 +65,6 @@ def _read_through(chain: list[tuple[str, str]], size: int) -> bytes:
     return image_bytes(explicit_chain(chain))[:size]
 
 
-def _instant(lab, source: str, backup: str, name: str, to: str, *extra: str) -> dict:
-    lab.forget_name(name)
-    return lab.cli("restore", "-d", source, "-b", backup, "--instant", "--as", name,
-                   "--to", to, "--json", *extra).json()
-
-
 def _lab_copy(lab, name: str, directory: str, disks, expected: dict[str, bytes]) -> LabDomain:
     """A LabDomain view of a domain fibackup defined (for guest-equivalent writes)."""
     return LabDomain(lab, name, directory, list(disks),
@@ -93,12 +74,12 @@ def _lab_copy(lab, name: str, directory: str, disks, expected: dict[str, bytes])
 def test_instant_recovery_boots_and_data_matches_then_finalize_while_running(lab):
     dom = lab.domain()                                  # vda qcow2, vdb raw base
     backup = lab.path("backup")
-    points = _history(dom, backup, 3)
+    points = backup_history(dom, backup, 3)
     second = list(points)[1]
     before = _store_snapshot(backup)
     name, to = dom.name + "-now", lab.path("instant to")
 
-    started = _instant(lab, dom.name, backup, name, to, "--at", "2")
+    started = instant_restore(lab, dom.name, backup, name, to, "--at", "2")
     assert started["point"] == second and started["verified"] is True
     copy = lab.conn.lookupByName(name)
     assert copy.isActive() and copy.UUIDString() == started["uuid"]
@@ -106,7 +87,7 @@ def test_instant_recovery_boots_and_data_matches_then_finalize_while_running(lab
                               dom.dom.UUIDString(), "layers")
     # live and persistent XML name the stored layers by their real paths (prune looks there)
     for flags in (0, libvirt.VIR_DOMAIN_XML_INACTIVE):
-        chains = _chains(copy.XMLDesc(flags))
+        chains = xml_backing_chains(copy.XMLDesc(flags))
         for target in ("vda", "vdb"):
             assert chains[target] == list(reversed(started["chains"][target]))
             assert all(os.path.dirname(path) == layers_dir for path in chains[target])
@@ -130,7 +111,7 @@ def test_instant_recovery_boots_and_data_matches_then_finalize_while_running(lab
     assert done["method"] == "pull" and done["kept"] == [] and done["revoked"], done
     assert copy.isActive()
     for flags in (0, libvirt.VIR_DOMAIN_XML_INACTIVE):
-        assert _chains(copy.XMLDesc(flags)) == {"vda": [], "vdb": []}
+        assert xml_backing_chains(copy.XMLDesc(flags)) == {"vda": [], "vdb": []}
     assert not [path for path in _open_files(name) if path.startswith(os.path.realpath(backup))]
     assert os.listdir(os.path.join(lab.state_dir, "instant")) == []
     instant.write("vda", 0x7C, 12 * MiB, MiB)           # it goes on, on its own images
@@ -154,8 +135,8 @@ def test_shared_grants_offline_finalize_and_a_vanished_domain(lab):
     points = _history_vda(dom, backup, 2)
     first = list(points)[0]
     before = _store_snapshot(backup)
-    a = _instant(lab, dom.name, backup, dom.name + "-a", lab.path("a"), "--at", "1")
-    b = _instant(lab, dom.name, backup, dom.name + "-b", lab.path("b"), "--at", "1",
+    a = instant_restore(lab, dom.name, backup, dom.name + "-a", lab.path("a"), "--at", "1")
+    b = instant_restore(lab, dom.name, backup, dom.name + "-b", lab.path("b"), "--at", "1",
                  "--no-verify")
     assert b["verified"] is False
     refused = lab.cli("snapshot", "-d", dom.name + "-b", expect=1)  # would drop its chain
@@ -167,7 +148,7 @@ def test_shared_grants_offline_finalize_and_a_vanished_domain(lab):
     done = lab.cli("restore", "--finalize", dom.name + "-a", "--json").json()
     assert done["method"] == "rebase" and done["revoked"] == []
     assert sorted(done["kept"]) == sorted(b["granted"])  # b still needs every entry
-    assert _chains(copy_a.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) == {"vda": []}
+    assert xml_backing_chains(copy_a.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) == {"vda": []}
     expected = bytearray(points[first]["vda"])
     expected[6 * MiB:7 * MiB] = bytes([0x5E]) * MiB
     assert image_bytes(done["disks"]["vda"], "qcow2") == bytes(expected)
@@ -229,7 +210,7 @@ def test_real_guest_boots_from_the_instant_chain(guest_lab):
     dom.write("vda", 0x25, 5 * MiB, MiB)                # after the point: not in the copy
     dom.snapshot(backup)
     name = dom.name + "-now"
-    _instant(lab, dom.name, backup, name, lab.path("now"), "--at", point)
+    instant_restore(lab, dom.name, backup, name, lab.path("now"), "--at", point)
     console_path = f"{dom.directory}/{name}.console.log"
     deadline, console = time.monotonic() + 90, ""
     while time.monotonic() < deadline and "FIBACKUP-DISKS-DONE" not in console:
@@ -247,7 +228,7 @@ def test_finalize_killed_during_the_pull_is_finished_after_repair(lab):
     backup = lab.path("backup")
     points = _history_vda(dom, backup, 1)
     name = dom.name + "-now"
-    started = _instant(lab, dom.name, backup, name, lab.path("now"))
+    started = instant_restore(lab, dom.name, backup, name, lab.path("now"))
     instant = _lab_copy(lab, name, lab.path("now"), dom.disks, points[started["point"]])
     instant.write("vda", 0x6D, 9 * MiB, MiB)
     killed = lab.cli("restore", "--finalize", name, expect=None,
@@ -257,7 +238,7 @@ def test_finalize_killed_during_the_pull_is_finished_after_repair(lab):
     assert any("--finalize" in action for action in repaired["actions"]), repaired
     done = lab.cli("restore", "--finalize", name, "--json").json()
     assert done["method"] == "none" and done["revoked"]       # the pull had finished
-    assert _chains(instant.dom.XMLDesc(0)) == {"vda": []}
+    assert xml_backing_chains(instant.dom.XMLDesc(0)) == {"vda": []}
     instant.destroy()
     assert image_bytes(done["disks"]["vda"], "qcow2") == instant.expected_now()["vda"]
     assert not os.path.exists(os.path.join(lab.state_dir, "journal", f"{started['uuid']}.json"))

@@ -7,7 +7,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from tests.lab import DiskDef, MiB, assert_same, restore_and_read
+from tests.lab import (DiskDef, MiB, assert_same, instant_restore, restore_and_read,
+                       xml_backing_chains)
 
 
 def _history(dom, backup: str, rounds: int, first: int = 0) -> dict[str, dict[str, bytes]]:
@@ -195,15 +196,14 @@ def test_prune_keeps_shared_boot_files_and_removes_the_ones_only_dropped_points_
 
 
 def test_prune_leaves_an_instant_recovery_domains_chain_alone_until_finalized(lab):
-    from tests.integration.test_instant import _chains, _instant
     dom = lab.domain()
     backup = lab.path("backup")
     points = _history(dom, backup, 4)
     ids = list(points)
     name = dom.name + "-now"
-    _instant(lab, dom.name, backup, name, lab.path("instant"), "--at", "2")
+    instant_restore(lab, dom.name, backup, name, lab.path("instant"), "--at", "2")
     copy = lab.conn.lookupByName(name)
-    used = {path for chain in _chains(copy.XMLDesc(0)).values() for path in chain}
+    used = {path for chain in xml_backing_chains(copy.XMLDesc(0)).values() for path in chain}
     assert used and all(os.path.exists(path) for path in used)
 
     result = lab.cli("prune", "-b", backup, "-d", dom.name, "--keep", "1", "--json").json()[0]
@@ -224,7 +224,7 @@ def test_prune_leaves_an_instant_recovery_domains_chain_alone_until_finalized(la
 
     # and a pruned point (one merged layer per disk) runs as an instant recovery too
     again = dom.name + "-again"
-    _instant(lab, dom.name, backup, again, lab.path("instant again"))
+    instant_restore(lab, dom.name, backup, again, lab.path("instant again"))
     lab.cli("restore", "--finalize", again)
     copy = lab.conn.lookupByName(again)
     copy.destroy()

@@ -15,8 +15,7 @@ import subprocess
 import sys
 import time
 
-from tests.integration.test_backup_restore import _history
-from tests.lab import MiB, DiskDef, assert_same, image_bytes, restore_and_read
+from tests.lab import MiB, DiskDef, assert_same, backup_history, image_bytes, restore_and_read
 
 
 def _objects(client, bucket: str, prefix: str = "") -> list[str]:
@@ -42,7 +41,7 @@ def _one_line_error(result) -> str:
 def test_damaged_object_caught_by_verify_and_restore(lab, rgw, s3_bucket):
     dom = lab.domain()
     backup = f"s3://{s3_bucket}/hv1"
-    points = _history(dom, backup, 2)
+    points = backup_history(dom, backup, 2)
     second = list(points)[1]
     client = rgw.client()
     # one byte of data in the newest vda layer flips (bit rot, a bad copy)
@@ -160,7 +159,7 @@ def test_clear_errors(lab, rgw, s3_bucket):
 def test_stored_definition_is_untrusted(lab, rgw, s3_bucket):
     dom = lab.domain()                      # its serial console logs to a file beside it
     backup = f"s3://{s3_bucket}/hv1"
-    point = next(iter(_history(dom, backup, 1)))
+    point = next(iter(backup_history(dom, backup, 1)))
     copy_name = dom.name + "-copy"
     lab.forget_name(copy_name)
     to = lab.path("copy")
@@ -200,7 +199,7 @@ def test_stored_definition_is_untrusted(lab, rgw, s3_bucket):
 def test_consolidate_catches_up_into_s3(lab, rgw, s3_bucket):
     dom = lab.domain()
     backup = f"s3://{s3_bucket}/hv1"
-    _history(dom, backup, 1)
+    backup_history(dom, backup, 1)
     dom.write("vda", 0x21, 3 * MiB, MiB)
     dom.snapshot(None)                              # a frozen layer the bucket lacks
     dom.write("vdb", 0x22, 6 * MiB, MiB)
@@ -222,7 +221,7 @@ def test_definition_written_on_another_host_is_untrusted(lab):
     storage, and editing the manifest's host name does not change that."""
     dom = lab.domain()                      # its serial console logs to a file beside it
     backup = lab.path("backup")
-    point = next(iter(_history(dom, backup, 1)))
+    point = next(iter(backup_history(dom, backup, 1)))
     copy_name = dom.name + "-copy"
     lab.forget_name(copy_name)
     args = ["restore", "-d", dom.name, "-b", backup, "--to", lab.path("copy"), "--as", copy_name]
@@ -247,7 +246,7 @@ def test_definition_written_on_another_host_is_untrusted(lab):
 def test_prune_on_object_storage_stages_merges_locally_and_stays_exact(lab, rgw, s3_bucket):
     dom = lab.domain()
     backup = f"s3://{s3_bucket}/hv1"
-    points = _history(dom, backup, 5)
+    points = backup_history(dom, backup, 5)
     ids = list(points)
     client = rgw.client()
     scratch = lab.path("scratch")
@@ -271,7 +270,7 @@ def test_prune_on_object_storage_stages_merges_locally_and_stays_exact(lab, rgw,
     assert len(layers) == 2                              # one merged layer per disk
     assert [key for key in keys if "/points/" in key] and \
         len([key for key in keys if "/points/" in key]) == 1
-    points.update(_history(dom, backup, 1, start_pattern=0x60))   # the next backup: incremental
+    points.update(backup_history(dom, backup, 1, start_pattern=0x60))   # the next backup: incremental
     newest = lab.cli("list", "-b", backup, "-d", dom.name, "--json").json()[-1]
     assert newest["bytes_new"] < 4 * MiB
     assert_same(restore_and_read(lab, dom.name, backup, newest["id"]), points[newest["id"]],

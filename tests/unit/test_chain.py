@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 
 from fibackup.model.chain import LayerIndex, chain_from_ids, plan_disk
-from tests.unit.chain_builders import GiB, frozen, stored_from
+from tests.chainlab import GiB, frozen, stored_from
 
 
 BASE = frozen("/img/disk.qcow2", ino=1)

@@ -1,7 +1,7 @@
 """Files a block commit produced map onto the stored layers of the files it merged
 (LayerIndex compositions, match, match_sequence, and plan_disk through them)."""
 from fibackup.model.chain import LayerIndex, plan_disk
-from tests.unit.chain_builders import GiB, frozen, stored_from
+from tests.chainlab import GiB, frozen, stored_from
 
 
 def ids(layers):
@@ -211,7 +211,7 @@ def test_plan_detects_resize_across_a_composition():
 def test_a_base_stored_twice_does_not_make_every_later_backup_full():
     """After a resize the unchanged base is re-copied in a new generation; the layers
     above rest on the newer copy, which must be the one matched."""
-    from tests.unit.chain_builders import frozen, stored_from
+    from tests.chainlab import frozen, stored_from
     from fibackup.model.chain import LayerIndex, plan_disk
     base, resized, later = frozen("/i/base", 1), frozen("/i/o1", 2), frozen("/i/o2", 3)
     old_base = stored_from(base, "20260101-000000-vda-000-aaaaaa", None)
@@ -224,7 +224,7 @@ def test_a_base_stored_twice_does_not_make_every_later_backup_full():
 
 
 def test_on_a_tie_the_newest_stored_copy_is_matched():
-    from tests.unit.chain_builders import frozen, stored_from
+    from tests.chainlab import frozen, stored_from
     from fibackup.model.chain import LayerIndex
     base = frozen("/i/base", 1)
     older = stored_from(base, "20260101-000000-vda-000-aaaaaa", None)

@@ -276,9 +276,9 @@ def test_vocabularies_match_the_commands():
     assert config.DEFAULT_JOBS == DEFAULT_JOBS
 
 
-def test_the_readme_example_is_a_valid_file():
-    readme = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
-    with open(readme, "rb") as handle:
+def test_the_documented_example_is_a_valid_file():
+    page = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "CONFIG.md")
+    with open(page, "rb") as handle:
         text = handle.read()
     example = text.split(b"```toml\n", 1)[1].split(b"```", 1)[0]
-    assert len(parse("README.md", example)) == sum(len(keys) for keys in config.SCHEMA.values())
+    assert len(parse("docs/CONFIG.md", example)) == sum(len(keys) for keys in config.SCHEMA.values())

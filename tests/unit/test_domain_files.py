@@ -13,8 +13,7 @@ from fibackup.report import Reporter
 from fibackup.store import format as fmt
 from fibackup.store.tidy import tidy_domain
 from fibackup.virt import domxml
-from tests.unit.test_format import ORIGIN, point_doc, sample_point, via_bytes
-from tests.unit.test_store import UUID, make_point, store, store_layer, source  # noqa: F401
+from tests.storelab import ORIGIN, UUID, make_point, point_doc, sample_point, store_layer, via_bytes
 
 UEFI_XML = """\
 <domain type='kvm'>
@@ -73,7 +72,7 @@ def test_file_listed_twice_is_corrupt():
         fmt.point_from_dict(document, ORIGIN)
 
 
-def test_file_record_must_be_named_by_its_digest(store, tmp_path):  # noqa: F811
+def test_file_record_must_be_named_by_its_digest(store, tmp_path):
     path = tmp_path / "VARS.fd"
     path.write_bytes(b"uefi" * 1000)
     record, _new = store.store_file(UUID, str(path))
@@ -86,13 +85,13 @@ def test_file_record_must_be_named_by_its_digest(store, tmp_path):  # noqa: F811
 
 # -- the store -----------------------------------------------------------------------
 
-def stored_entry(store, path, role="kernel"):  # noqa: F811
+def stored_entry(store, path, role="kernel"):
     record, new = store.store_file(UUID, str(path))
     return PointFile(role=role, path=str(path), id=record.id, digest=record.digest,
                      size=record.size, mode=0o644, new=new)
 
 
-def test_identical_content_is_stored_once(store, tmp_path):  # noqa: F811
+def test_identical_content_is_stored_once(store, tmp_path):
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(os.urandom(5 * 1024 * 1024))
     first = stored_entry(store, kernel)
@@ -102,7 +101,7 @@ def test_identical_content_is_stored_once(store, tmp_path):  # noqa: F811
     assert sorted(files) == [f"{first.id}.data", f"{first.id}.json"]
 
 
-def test_restore_file_is_exact_and_damage_is_caught(store, tmp_path):  # noqa: F811
+def test_restore_file_is_exact_and_damage_is_caught(store, tmp_path):
     nvram = tmp_path / "VARS.fd"
     nvram.write_bytes(b"\xff" * 4096 + os.urandom(8192) + b"\x00" * 4096)
     item = stored_entry(store, nvram, "nvram")
@@ -120,7 +119,7 @@ def test_restore_file_is_exact_and_damage_is_caught(store, tmp_path):  # noqa: F
     assert not (tmp_path / "again.fd").exists()
 
 
-def test_listing_that_disagrees_with_the_record_is_refused(store, tmp_path):  # noqa: F811
+def test_listing_that_disagrees_with_the_record_is_refused(store, tmp_path):
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"k" * 100)
     item = replace(stored_entry(store, kernel), size=99)
@@ -129,7 +128,7 @@ def test_listing_that_disagrees_with_the_record_is_refused(store, tmp_path):  # 
         store.restore_file(UUID, item, str(tmp_path / "out"))
 
 
-def test_tidy_removes_incomplete_unlisted_files_only(store, source, tmp_path):  # noqa: F811
+def test_tidy_removes_incomplete_unlisted_files_only(store, source, tmp_path):
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"k" * 100)
     listed = stored_entry(store, kernel)
@@ -145,7 +144,7 @@ def test_tidy_removes_incomplete_unlisted_files_only(store, source, tmp_path):  
     assert os.listdir(files_dir) == [f"{listed.id}.data"]
 
 
-def test_save_files_skips_missing_and_retries_a_file_that_changes(store, tmp_path,  # noqa: F811
+def test_save_files_skips_missing_and_retries_a_file_that_changes(store, tmp_path,
                                                                   monkeypatch):
     nvram = tmp_path / "VARS.fd"
     nvram.write_bytes(b"v" * 1000)

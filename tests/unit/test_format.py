@@ -10,10 +10,9 @@ from fibackup.model.chain import FileIdentity, StoredLayer
 from fibackup.model.points import PointDisk, PointLayer, RestorePoint
 from fibackup.store import format as fmt
 from fibackup.store.chunks import Chunk, ChunkList
+from tests.storelab import ORIGIN, sample_point, point_doc, via_bytes
 
-ORIGIN = "/backup/domains/x/layers/some-record.json"
 CHUNK = 4 * 1024 * 1024
-UUID = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 
 
 def hexof(data: bytes) -> str:
@@ -32,32 +31,8 @@ def sample_record() -> fmt.LayerRecord:
     return fmt.LayerRecord(layer=layer, chunks=chunks, stored_at="2026-01-01T00:00:00Z")
 
 
-def sample_point() -> RestorePoint:
-    layers = (
-        PointLayer(id="L1", image_format="raw", size=100, virtual_size=1 << 30, digest="1" * 32,
-                   new=False, data_bytes=50),
-        PointLayer(id="L2", image_format="qcow2", size=200, virtual_size=1 << 30, digest="2" * 32,
-                   new=True, data_bytes=70),
-    )
-    return RestorePoint(
-        id="20260101-000000", seq=3, time="2026-01-01T00:00:00Z", domain_name="web",
-        domain_uuid=UUID, host="h",
-        disks={"vda": PointDisk("vda", 1 << 30, layers, source_path="/img/web.qcow2"),
-               "vdb": PointDisk("vdb", 1 << 30, layers[:1])},
-        domain_xml="<domain><name>web & co</name></domain>", quiesced=True,
-        skipped_disks=("hdc",))
-
-
-def via_bytes(document):
-    return fmt.loads(fmt.dumps(document), ORIGIN)
-
-
 def layer_doc():
     return via_bytes(fmt.layer_record_to_dict(sample_record()))
-
-
-def point_doc():
-    return via_bytes(fmt.point_to_dict(sample_point()))
 
 
 def refuse_layer(document):

@@ -12,11 +12,7 @@ from fibackup.model.chain import FileIdentity
 
 UUID = "5a1e0000-0000-4000-8000-000000000001"
 
-
-@pytest.fixture(autouse=True)
-def state_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("FIBACKUP_STATE_DIR", str(tmp_path))
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("state_dir")     # tests/unit/conftest.py
 
 
 def identity(path, ino, mtime_ns=1_000, size=1_000_000):

@@ -13,16 +13,9 @@ import pytest
 from fibackup.errors import CorruptStoreError, IntegrityError
 from fibackup.fsutil import file_identity
 from fibackup.store.repo import MARKER, BackupStore
-from tests.unit import test_store
-from tests.unit.test_store import (OTHER_UUID, SOURCE_SIZE, UUID, make_point, make_source,
-                                   store_layer, write_stray)
-
-store = test_store.store            # the fixtures of the store tests
-source = test_store.source
-
-BASE = "20260101-000000-vda-000-aaaaaa"
-TOP = "20260102-000000-vda-001-bbbbbb"
-
+from tests.storelab import (BASE, OTHER_UUID, SOURCE_SIZE, TOP, UUID, foreign_layer,
+                            make_point, make_source, manifest_path, record_path, store_layer,
+                            with_entries, write_stray)
 
 def rewrite_json(path, change):
     """Edit a stored JSON document in place (what a hand edit or damage does)."""
@@ -32,14 +25,6 @@ def rewrite_json(path, change):
     os.chmod(path, 0o600)
     with open(path, "w") as handle:
         json.dump(document, handle)
-
-
-def record_path(store, layer_id):
-    return os.path.join(store.domain_dir(UUID), "layers", f"{layer_id}.json")
-
-
-def manifest_path(store, seq=1, uuid=UUID):
-    return os.path.join(store.domain_dir(uuid), "points", f"{seq:08d}.json")
 
 
 def move_out(path, outside):
@@ -65,19 +50,6 @@ def backed_up(store, source):
     top = store_layer(store, source, TOP, parent=base.id)
     store.publish_point(make_point([base, top]))
     return base, top
-
-
-def with_entries(point, *entries, target="vda"):
-    """``point`` with other manifest entries for one disk (the disk sized as its top)."""
-    disk = dataclasses.replace(point.disks[target], layers=entries,
-                               virtual_size=entries[-1].virtual_size)
-    return dataclasses.replace(point, disks={**point.disks, target: disk})
-
-
-def foreign_layer(store, source):
-    """A base layer stored for another domain (OTHER_UUID)."""
-    return store.store_layer(OTHER_UUID, BASE, source, "raw", virtual_size=SOURCE_SIZE,
-                             parent=None, disk="vda", identity=file_identity(source))
 
 
 def reopened(store):

@@ -10,16 +10,9 @@ from fibackup.errors import CorruptStoreError
 from fibackup.host import journal as journals
 from fibackup.host.journal import ALL_STEPS, STEPS, Journal
 from fibackup.store.tidy import tidy_domain
-from tests.unit.test_store import (UUID, make_point, source, store, store_layer,  # noqa: F401
-                                   write_stray)
+from tests.storelab import UUID, make_point, store_layer, write_stray
 
-
-@pytest.fixture(autouse=True)
-def state_dir(tmp_path, monkeypatch):
-    path = tmp_path / "state"
-    monkeypatch.setenv("FIBACKUP_STATE_DIR", str(path))
-    monkeypatch.delenv(faults.ENV, raising=False)
-    return path
+pytestmark = pytest.mark.usefixtures("state_dir")     # tests/unit/conftest.py
 
 
 def test_journal_records_each_step_before_and_after():
@@ -90,7 +83,7 @@ def test_fault_switch_is_inert_unless_named(monkeypatch):
     assert calls == [10]
 
 
-def test_tidy_removes_debris_and_keeps_every_listed_or_complete_layer(store, source):  # noqa: F811
+def test_tidy_removes_debris_and_keeps_every_listed_or_complete_layer(store, source):
     listed = store_layer(store, source, "20260101-000000-vda-000-aaaaaa")
     store.publish_point(make_point([listed]))
     spare = store_layer(store, source, "20260102-000000-vda-000-bbbbbb")
@@ -110,7 +103,7 @@ def test_tidy_removes_debris_and_keeps_every_listed_or_complete_layer(store, sou
     assert [point.seq for point in store.points(UUID)] == [1]
 
 
-def test_tidy_keeps_a_listed_layer_whose_image_is_missing(store, source):  # noqa: F811
+def test_tidy_keeps_a_listed_layer_whose_image_is_missing(store, source):
     layer = store_layer(store, source)
     store.publish_point(make_point([layer]))
     os.unlink(store.layer_path(UUID, layer.id, "raw"))
@@ -119,7 +112,7 @@ def test_tidy_keeps_a_listed_layer_whose_image_is_missing(store, source):  # noq
     assert os.path.exists(record), "damage is for verify to report, not for tidy to erase"
 
 
-def test_tidy_removes_only_partial_files_while_a_manifest_is_unreadable(store, source):  # noqa: F811
+def test_tidy_removes_only_partial_files_while_a_manifest_is_unreadable(store, source):
     layer = store_layer(store, source)
     store.publish_point(make_point([layer]))
     orphan = os.path.join(store.domain_dir(UUID), "layers", "20260103-000000-vda-000-dddddd.raw")

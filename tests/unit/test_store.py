@@ -8,15 +8,11 @@ import pytest
 from fibackup.errors import (CorruptStoreError, IntegrityError, StoreError,
                              StoreUnavailableError)
 from fibackup.fsutil import file_identity
-from fibackup.model.points import PointDisk, PointLayer, RestorePoint
 from fibackup.store import format as fmt
 from fibackup.store.chunks import CHUNK_SIZE, scan_file
 from fibackup.store.repo import MARKER, BackupStore
-
-MiB = 1024 * 1024
-UUID = "6f1c2a3b-4d5e-4f60-8172-93a4b5c6d7e8"
-OTHER_UUID = "00000000-1111-4222-8333-444455556666"
-SOURCE_SIZE = 12 * MiB
+from tests.storelab import (MiB, OTHER_UUID, SOURCE_SIZE, UUID, all_files, flip_byte,
+                            make_point, make_source, store_layer, write_stray)
 
 
 @pytest.fixture(autouse=True)
@@ -27,69 +23,6 @@ def usual_umask():
         yield
     finally:
         os.umask(old)
-
-
-@pytest.fixture
-def store(tmp_path):
-    return BackupStore.open(str(tmp_path / "backup"), create=True)
-
-
-def make_source(path, patches=((0, b"header"), (5 * MiB + 77, b"data" * 1000),
-                               (SOURCE_SIZE - 8, b"trailer!"))):
-    with open(path, "wb") as handle:
-        handle.truncate(SOURCE_SIZE)
-        for offset, data in patches:
-            handle.seek(offset)
-            handle.write(data)
-    return str(path)
-
-
-@pytest.fixture
-def source(tmp_path):
-    directory = tmp_path / "images"
-    directory.mkdir()
-    return make_source(directory / "disk.qcow2")
-
-
-def store_layer(store, source, layer_id="20260101-000000-vda-000-aaaaaa", parent=None,
-                image_format="raw"):
-    return store.store_layer(UUID, layer_id, source, image_format, virtual_size=SOURCE_SIZE,
-                             parent=parent, disk="vda", identity=file_identity(source))
-
-
-def make_point(layers, seq=1, point_id="20260101-000000"):
-    point_layers = tuple(
-        PointLayer(id=layer.id, image_format=layer.image_format, size=layer.size,
-                   virtual_size=layer.virtual_size, digest=layer.digest, new=True,
-                   data_bytes=layer.data_bytes)
-        for layer in layers)
-    return RestorePoint(id=point_id, seq=seq, time="2026-01-01T00:00:00Z", domain_name="web",
-                        domain_uuid=UUID, host="h",
-                        disks={"vda": PointDisk("vda", SOURCE_SIZE, point_layers, "/img/d")},
-                        domain_xml="<domain><name>web</name></domain>")
-
-
-def all_files(root):
-    for directory, dirs, files in os.walk(root):
-        for name in dirs:
-            yield os.path.join(directory, name), True
-        for name in files:
-            yield os.path.join(directory, name), False
-
-
-def write_stray(path, data):
-    """A file fibackup did not write (damaged, half-written or foreign)."""
-    with open(path, "wb") as handle:
-        handle.write(data)
-
-
-def flip_byte(path, offset):
-    os.chmod(path, 0o600)
-    with open(path, "r+b") as handle:
-        handle.seek(offset)
-        value = handle.read(1)
-        handle.seek(offset)
-        handle.write(bytes([value[0] ^ 0x01]))
 
 
 # -- opening ---------------------------------------------------------------------

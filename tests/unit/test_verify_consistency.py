@@ -7,14 +7,9 @@ import pytest
 
 from fibackup.commands.verify import verify
 from fibackup.report import Reporter
-from tests.unit.test_hostile_store import (BASE, TOP, foreign_layer, manifest_path,
-                                           record_path, with_entries)
-from tests.unit import test_store
-from tests.unit.test_store import (SOURCE_SIZE, UUID, flip_byte, make_point, store_layer,
-                                   write_stray)
-
-store = test_store.store            # the fixtures of the store tests
-source = test_store.source
+from tests.storelab import (BASE, SOURCE_SIZE, TOP, UUID, flip_byte, foreign_layer,
+                            make_point, manifest_path, record_path, store_layer, with_entries,
+                            write_stray)
 
 SECOND = "20260102-000000"
 
