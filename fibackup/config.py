@@ -44,6 +44,9 @@ class Key:
     default: Any = None
     unset: str = "-"
     """How ``config show`` prints the value None."""
+    off: Any = None
+    """A flag value that turns the setting off whatever the files say (``--consolidate
+    none``, ``--max-chain 0``): :meth:`Config.pick` gives None for it."""
 
 
 @dataclass(frozen=True)
@@ -144,8 +147,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
          "backup_dir": Key(_absolute_path, unset="none (pass -b)")},
     "snapshot": {"quiesce": Key(_choice(*QUIESCE_MODES), "no"),
                  "jobs": _JOBS, "bwlimit": _BWLIMIT,
-                 "max_chain": Key(_whole(2), unset="no limit"),
-                 "consolidate": Key(_choice(*CONSOLIDATION_METHODS), unset="no")},
+                 "max_chain": Key(_whole(2), unset="no limit", off=0),
+                 "consolidate": Key(_choice(*CONSOLIDATION_METHODS), unset="no", off="none")},
     "consolidate": {"method": Key(_choice(*CONSOLIDATION_METHODS), "commit"),
                     "timeout": Key(_seconds, unset="wait")},
     "restore": {"jobs": _JOBS, "bwlimit": _BWLIMIT},
@@ -316,8 +319,13 @@ class Config:
         return self.setting(name).value
 
     def pick(self, name: str, flag: Any) -> Any:
-        """The command-line value when it was given (not None), else the setting's."""
-        return flag if flag is not None else self.value(name)
+        """The one place of the precedence: the command-line value when it was given (not
+        None), else the files', else the environment's, else the default.  A flag value
+        that means off (the key's ``off``) gives None."""
+        if flag is None:
+            return self.value(name)
+        off = _schema_key(name).off
+        return None if off is not None and flag == off else flag
 
     def connect_uri(self, flag: Optional[str]) -> str:
         return self.pick("connect", flag)
@@ -334,6 +342,12 @@ class Config:
         return PruneSettings(keep=self.value("prune.keep"),
                              keep_daily=self.value("prune.keep_daily"),
                              keep_weekly=self.value("prune.keep_weekly"))
+
+    def prune_rules(self, flags: PruneSettings) -> PruneSettings:
+        """The rules given on the command line; when none is, all of the files' [prune]
+        rules (a rule on the command line replaces every rule of the files)."""
+        given = (flags.keep, flags.keep_daily, flags.keep_weekly)
+        return flags if any(rule is not None for rule in given) else self.prune()
 
     def effective(self) -> dict[str, Setting]:
         """Every setting, in the schema's order, by dotted key."""
