@@ -78,7 +78,8 @@ def _whole(low: int, high: Optional[int] = None) -> Check:
     def check(value: Any) -> int:
         if not _is_int(value) or value < low or (high is not None and value > high):
             raise ValueError(wanted)
-        return value
+        number: int = value
+        return number
     return check
 
 
@@ -88,7 +89,8 @@ def _choice(*choices: str) -> Check:
     def check(value: Any) -> str:
         if value not in choices:
             raise ValueError(wanted)
-        return value
+        choice: str = value
+        return choice
     return check
 
 
@@ -211,7 +213,7 @@ def _decode(path: str, data: bytes) -> dict[str, Any]:
     try:
         import tomllib
     except ModuleNotFoundError:  # pragma: no cover - Python < 3.11 (pyproject adds tomli)
-        import tomli as tomllib
+        import tomli as tomllib  # type: ignore[no-redef]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -328,11 +330,12 @@ class Config:
         return None if off is not None and flag == off else flag
 
     def connect_uri(self, flag: Optional[str]) -> str:
-        return self.pick("connect", flag)
+        uri: str = self.pick("connect", flag)
+        return uri
 
     def backup_dir(self, flag: Optional[str]) -> str:
         """-b, else the file's backup_dir; neither is a usage error."""
-        chosen = self.pick("backup_dir", flag)
+        chosen: Optional[str] = self.pick("backup_dir", flag)
         if chosen is None:
             raise UsageError("name the backup directory with -b DIR, or set backup_dir in the "
                              "configuration file ('fibackup config show' lists the files)")
