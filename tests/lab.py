@@ -24,6 +24,12 @@ from typing import Optional, Sequence
 
 import libvirt
 
+from fibackup.virt.libvirt_api import silence_library_errors
+
+# the lab looks up domains that may be gone (Lab.close); libvirt's default handler
+# would print each such error, which is raised as libvirtError anyway
+silence_library_errors()
+
 MiB = 1024 * 1024
 URI = "qemu:///system"
 GUEST_DIR = os.environ.get("FIBACKUP_GUEST_DIR", "/var/cache/fibackup/guest")
