@@ -7,8 +7,7 @@ import typer
 from fibackup.cli.options import DebugOpt, JsonOpt
 from fibackup.cli.render import emit_json, settings_table
 from fibackup.cli.root import app
-from fibackup.cli.running import run
-from fibackup.config import load_config
+from fibackup.cli.running import load_settings, run
 from fibackup.errors import EXIT_OK
 
 config_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -33,7 +32,7 @@ def config_show(as_json: bool = JsonOpt, debug: bool = DebugOpt) -> None:
       fibackup config show --json
     """
     def action() -> int:
-        settings = load_config()
+        settings = load_settings()
         if as_json:
             emit_json(settings.to_json())
             return EXIT_OK

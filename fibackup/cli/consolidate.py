@@ -9,8 +9,7 @@ from fibackup.cli.domains import run_domains, select_domains
 from fibackup.cli.options import (AllOpt, AllRunningOpt, ConnectOpt, DebugOpt, DomainsOpt,
                                   JsonOpt, QuietOpt)
 from fibackup.cli.root import app
-from fibackup.cli.running import connector, reporter, run
-from fibackup.config import load_config
+from fibackup.cli.running import connector, load_settings, reporter, run
 
 
 @app.command("consolidate")
@@ -48,7 +47,7 @@ def consolidate_command(
     report = reporter(quiet, as_json, backup_dir, "consolidate")
 
     def action() -> int:
-        settings = load_config()
+        settings = load_settings()
         options = ConsolidateOptions(method=settings.pick("consolidate.method", method),
                                      backup_dir=backup_dir, bandwidth_mib=bandwidth,
                                      timeout=settings.pick("consolidate.timeout", timeout),

@@ -8,8 +8,7 @@ import typer
 from fibackup.cli.options import BackupOpt, DebugOpt, JsonOpt
 from fibackup.cli.render import emit_json, points_table
 from fibackup.cli.root import app
-from fibackup.cli.running import reporter, run
-from fibackup.config import load_config
+from fibackup.cli.running import load_settings, reporter, run
 from fibackup.errors import EXIT_OK
 
 
@@ -33,7 +32,7 @@ def list_command(
     report = reporter(as_json=as_json)
 
     def action() -> int:
-        directory = load_config().backup_dir(backup_dir)
+        directory = load_settings().backup_dir(backup_dir)
         found = list_stores(directory, domain, report)
         several = len({store for store, _point in found}) > 1
         rows = [point_row(point, store if several else None) for store, point in found]

@@ -8,8 +8,7 @@ import typer
 from fibackup.cli.domains import run_domains
 from fibackup.cli.options import BackupOpt, ConnectOpt, DebugOpt, JsonOpt, QuietOpt
 from fibackup.cli.root import app
-from fibackup.cli.running import connector, log_to, reporter, run
-from fibackup.config import PruneSettings, load_config
+from fibackup.cli.running import connector, load_settings, log_to, reporter, run
 
 
 @app.command("prune")
@@ -46,11 +45,12 @@ def prune_command(
       fibackup prune -b /backup -d web --keep 3 --dry-run   # what would go
     """
     from fibackup.commands.prune import PruneOptions, PruneRun, libvirt_pins
+    from fibackup.config import PruneSettings
     from fibackup.model.retention import Retention
     report = reporter(quiet, as_json)
 
     def action() -> int:
-        settings = load_config()
+        settings = load_settings()
         rules = settings.prune_rules(PruneSettings(keep, keep_daily, keep_weekly))
         retention = Retention(rules.keep, rules.keep_daily, rules.keep_weekly)
         directory = settings.backup_dir(backup_dir)

@@ -8,8 +8,7 @@ import typer
 from fibackup.cli.options import ConnectOpt, DebugOpt, DomainOpt, JsonOpt, QuietOpt
 from fibackup.cli.render import emit_json
 from fibackup.cli.root import app
-from fibackup.cli.running import connector, reporter, run
-from fibackup.config import load_config
+from fibackup.cli.running import connector, load_settings, reporter, run
 from fibackup.errors import EXIT_OK
 
 
@@ -39,7 +38,7 @@ def repair(
     report = reporter(quiet, as_json)
 
     def action() -> int:
-        conn = connector(load_config().connect_uri(connect))()
+        conn = connector(load_settings().connect_uri(connect))()
         results = [repair_domain(conn, name, backup_dir, report, timeout).to_json()
                    for name in domain]
         if as_json:

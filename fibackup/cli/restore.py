@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from fibackup.cli.options import BackupOpt, BwlimitOpt, ConnectOpt, DebugOpt, JobsOpt, JsonOpt, QuietOpt
+from fibackup.cli.options import (BackupOpt, BwlimitOpt, ConnectOpt, DebugOpt, JobsOpt,
+                                  JsonOpt, QuietOpt)
 from fibackup.cli.render import emit_json, print_disks
 from fibackup.cli.root import app
-from fibackup.cli.running import connector, io_options, log_to, reporter, run
-from fibackup.config import load_config
+from fibackup.cli.running import (connector, io_options, load_settings, log_to, reporter,
+                                  run)
 from fibackup.errors import EXIT_OK
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def restore(
     report = reporter(quiet, as_json)
 
     def action() -> int:
-        settings = load_config()
+        settings = load_settings()
         uri = settings.connect_uri(connect)
         if args.finalize is not None:
             return _finalize(args, args.finalize, uri, as_json, report)

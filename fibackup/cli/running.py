@@ -19,11 +19,19 @@ from fibackup.errors import EXIT_FAILURE, EXIT_INTERRUPTED, FibackupError
 
 if TYPE_CHECKING:
     from fibackup.commands.parallel import IOOptions
+    from fibackup.config import Config
     from fibackup.report import Reporter
     from fibackup.virt.libvirt_api import Connection
 
 Action = Callable[[], int]
 """A command's work; returns the exit code."""
+
+
+def load_settings() -> "Config":
+    """The configuration files' settings (fibackup/config.py: flag > file > environment >
+    default), read when the command runs."""
+    from fibackup.config import load_config
+    return load_config()
 
 
 def reporter(quiet: bool = False, as_json: bool = False, backup_dir: Optional[str] = None,

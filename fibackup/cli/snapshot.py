@@ -9,8 +9,8 @@ from fibackup.cli.domains import run_domains, select_domains
 from fibackup.cli.options import (AllOpt, AllRunningOpt, BwlimitOpt, ConnectOpt, DebugOpt,
                                   DomainsOpt, JobsOpt, JsonOpt, QuietOpt)
 from fibackup.cli.root import app
-from fibackup.cli.running import connector, io_options, log_to, reporter, run
-from fibackup.config import load_config
+from fibackup.cli.running import (connector, io_options, load_settings, log_to, reporter,
+                                  run)
 
 
 def _quiesce_flag(require: bool, fallback: bool, off: bool) -> Optional[str]:
@@ -59,7 +59,7 @@ def snapshot(
     report = reporter(quiet, as_json)
 
     def action() -> int:
-        settings = load_config()
+        settings = load_settings()
         SnapshotOptions.check_flags(backup_dir=backup_dir, no_backup=no_backup,
                                     quiesce=quiesce, quiesce_fallback=quiesce_fallback,
                                     no_quiesce=no_quiesce)

@@ -8,8 +8,7 @@ import typer
 from fibackup.cli.options import BackupOpt, ConnectOpt, DebugOpt, JsonOpt
 from fibackup.cli.render import chain_table, emit_json
 from fibackup.cli.root import app
-from fibackup.cli.running import connector, run
-from fibackup.config import load_config
+from fibackup.cli.running import connector, load_settings, run
 from fibackup.errors import EXIT_OK
 
 
@@ -29,7 +28,7 @@ def status(
     from fibackup.commands.listing import domain_status
 
     def action() -> int:
-        settings = load_config()
+        settings = load_settings()
         directory = settings.pick("backup_dir", backup_dir)
         chains = domain_status(connector(settings.connect_uri(connect))(), domain, directory)
         if as_json:

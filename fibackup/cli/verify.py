@@ -8,8 +8,7 @@ import typer
 from fibackup.cli.options import BackupOpt, DebugOpt, JsonOpt, QuietOpt, VerifyBwlimitOpt
 from fibackup.cli.render import emit_json, verify_summary
 from fibackup.cli.root import app
-from fibackup.cli.running import io_options, log_to, reporter, run
-from fibackup.config import load_config
+from fibackup.cli.running import io_options, load_settings, log_to, reporter, run
 from fibackup.errors import EXIT_FAILURE, EXIT_OK
 
 
@@ -36,7 +35,7 @@ def verify(
 
     def action() -> int:
         check_selection(domain, at)
-        settings = load_config()
+        settings = load_settings()
         directory = settings.backup_dir(backup_dir)
         log_to(report, directory, "verify")
         throttle = io_options(None, settings.pick("verify.bwlimit", bwlimit)).throttle()
