@@ -44,6 +44,9 @@ class Key:
     default: Any = None
     unset: str = "-"
     """How ``config show`` prints the value None."""
+    off: Any = None
+    """A flag value that turns the setting off whatever the files say (``--consolidate
+    none``, ``--max-chain 0``): :meth:`Config.pick` gives None for it."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,8 @@ def _whole(low: int, high: Optional[int] = None) -> Check:
     def check(value: Any) -> int:
         if not _is_int(value) or value < low or (high is not None and value > high):
             raise ValueError(wanted)
-        return value
+        number: int = value
+        return number
     return check
 
 
@@ -85,7 +89,8 @@ def _choice(*choices: str) -> Check:
     def check(value: Any) -> str:
         if value not in choices:
             raise ValueError(wanted)
-        return value
+        choice: str = value
+        return choice
     return check
 
 
@@ -144,8 +149,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
          "backup_dir": Key(_absolute_path, unset="none (pass -b)")},
     "snapshot": {"quiesce": Key(_choice(*QUIESCE_MODES), "no"),
                  "jobs": _JOBS, "bwlimit": _BWLIMIT,
-                 "max_chain": Key(_whole(2), unset="no limit"),
-                 "consolidate": Key(_choice(*CONSOLIDATION_METHODS), unset="no")},
+                 "max_chain": Key(_whole(2), unset="no limit", off=0),
+                 "consolidate": Key(_choice(*CONSOLIDATION_METHODS), unset="no", off="none")},
     "consolidate": {"method": Key(_choice(*CONSOLIDATION_METHODS), "commit"),
                     "timeout": Key(_seconds, unset="wait")},
     "restore": {"jobs": _JOBS, "bwlimit": _BWLIMIT},
@@ -208,7 +213,7 @@ def _decode(path: str, data: bytes) -> dict[str, Any]:
     try:
         import tomllib
     except ModuleNotFoundError:  # pragma: no cover - Python < 3.11 (pyproject adds tomli)
-        import tomli as tomllib
+        import tomli as tomllib  # type: ignore[no-redef]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -316,15 +321,21 @@ class Config:
         return self.setting(name).value
 
     def pick(self, name: str, flag: Any) -> Any:
-        """The command-line value when it was given (not None), else the setting's."""
-        return flag if flag is not None else self.value(name)
+        """The one place of the precedence: the command-line value when it was given (not
+        None), else the files', else the environment's, else the default.  A flag value
+        that means off (the key's ``off``) gives None."""
+        if flag is None:
+            return self.value(name)
+        off = _schema_key(name).off
+        return None if off is not None and flag == off else flag
 
     def connect_uri(self, flag: Optional[str]) -> str:
-        return self.pick("connect", flag)
+        uri: str = self.pick("connect", flag)
+        return uri
 
     def backup_dir(self, flag: Optional[str]) -> str:
         """-b, else the file's backup_dir; neither is a usage error."""
-        chosen = self.pick("backup_dir", flag)
+        chosen: Optional[str] = self.pick("backup_dir", flag)
         if chosen is None:
             raise UsageError("name the backup directory with -b DIR, or set backup_dir in the "
                              "configuration file ('fibackup config show' lists the files)")
@@ -334,6 +345,12 @@ class Config:
         return PruneSettings(keep=self.value("prune.keep"),
                              keep_daily=self.value("prune.keep_daily"),
                              keep_weekly=self.value("prune.keep_weekly"))
+
+    def prune_rules(self, flags: PruneSettings) -> PruneSettings:
+        """The rules given on the command line; when none is, all of the files' [prune]
+        rules (a rule on the command line replaces every rule of the files)."""
+        given = (flags.keep, flags.keep_daily, flags.keep_weekly)
+        return flags if any(rule is not None for rule in given) else self.prune()
 
     def effective(self) -> dict[str, Setting]:
         """Every setting, in the schema's order, by dotted key."""

@@ -25,6 +25,12 @@ from typing import Optional, Sequence
 
 import libvirt
 
+from fibackup.virt.libvirt_api import silence_library_errors
+
+# the lab looks up domains that may be gone (Lab.close); libvirt's default handler
+# would print each such error, which is raised as libvirtError anyway
+silence_library_errors()
+
 KILLED = -signal.SIGKILL  # the exit "code" of a run that fibackup's fault switch killed
 MiB = 1024 * 1024
 URI = "qemu:///system"

@@ -70,6 +70,44 @@ class InstantOptions:
     throttle: Optional[Throttle] = None
     trust_xml: bool = False
 
+    @staticmethod
+    def check_flags(*, domain: Optional[str], backup_dir: Optional[str], to: Optional[str],
+                    as_name: Optional[str], flatten: bool = False, no_define: bool = False,
+                    force: bool = False) -> None:
+        """What ``restore --instant`` refuses (UsageError): the options of a copy, and a
+        missing -d, -b (the flag or the configuration file's), --as or --to."""
+        unsupported = [flag for flag, given in (("--flatten", flatten),
+                                                ("--no-define", no_define),
+                                                ("--force", force)) if given]
+        if unsupported:
+            raise UsageError(f"--instant runs the domain from the stored layers: "
+                             f"{', '.join(unsupported)} does not apply")
+        missing = [flag for flag, value in (("-d", domain), ("-b", backup_dir),
+                                            ("--as", as_name), ("--to", to)) if not value]
+        if missing:
+            raise UsageError(f"--instant needs {', '.join(missing)}: -d DOMAIN -b DIR --as "
+                             "NEWNAME (a new domain) --to DIR (for its overlays)")
+
+    @staticmethod
+    def check_finalize_flags(*, domain: Optional[str] = None,
+                             backup_dir: Optional[str] = None, to: Optional[str] = None,
+                             at: Optional[str] = None, disks: Sequence[str] = (),
+                             flatten: bool = False, no_define: bool = False,
+                             as_name: Optional[str] = None, force: bool = False,
+                             trust_xml: bool = False, instant: bool = False,
+                             no_verify: bool = False) -> None:
+        """``restore --finalize NAME`` takes none of these (UsageError): its backup
+        directory (the -b flag, not the configuration file's) and --to come from the
+        instant-recovery record."""
+        given = [flag for flag, value in (
+            ("-d", domain), ("-b", backup_dir), ("--to", to), ("--at", at),
+            ("--disk", disks), ("--flatten", flatten), ("--no-define", no_define),
+            ("--as", as_name), ("--force", force), ("--trust-xml", trust_xml),
+            ("--instant", instant), ("--no-verify", no_verify)) if value]
+        if given:
+            raise UsageError(f"--finalize NAME takes no {', '.join(given)}: the backup "
+                             "directory and --to come from its instant-recovery record")
+
 
 @dataclass
 class InstantResult:

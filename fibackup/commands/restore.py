@@ -62,6 +62,16 @@ class RestoreOptions:
     show_xml: bool = False
     """Only work out the definition restore would define (``RestoreResult.definition``)."""
 
+    @staticmethod
+    def check_flags(*, domain: Optional[str], to: Optional[str],
+                    no_verify: bool = False) -> None:
+        """What a restore (neither --instant nor --finalize) refuses, as UsageError."""
+        if no_verify:
+            raise UsageError("--no-verify applies only to --instant (a restore always checks "
+                             "every chunk it copies)")
+        if domain is None or to is None:
+            raise UsageError("restore needs -d DOMAIN and --to DIR (or --finalize NAME)")
+
 
 @dataclass
 class RestoreResult:

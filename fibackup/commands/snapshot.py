@@ -58,6 +58,18 @@ class SnapshotOptions:
     """Consolidate (commit) when a disk's chain has more layers than this."""
     io: IOOptions = field(default_factory=IOOptions)
 
+    @staticmethod
+    def check_flags(*, backup_dir: Optional[str] = None, no_backup: bool = False,
+                    quiesce: bool = False, quiesce_fallback: bool = False,
+                    no_quiesce: bool = False) -> None:
+        """The command line's contradictions (UsageError), checked before the
+        configuration file fills in what the flags leave open."""
+        if no_quiesce and (quiesce or quiesce_fallback):
+            raise UsageError("--no-quiesce contradicts --quiesce and --quiesce-fallback; "
+                             "pass one")
+        if no_backup and backup_dir is not None:
+            raise UsageError("--no-backup contradicts -b; pass one")
+
 
 @dataclass
 class SnapshotResult:

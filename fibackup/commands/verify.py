@@ -54,6 +54,13 @@ class _Seen:
     """The run's progress bar (None when none is drawn)."""
 
 
+def check_selection(domain: Optional[str], at: Optional[str]) -> None:
+    """``verify --at`` names a point of one domain: without -d it is a UsageError."""
+    from fibackup.errors import UsageError
+    if at is not None and domain is None:
+        raise UsageError("--at needs -d DOMAIN")
+
+
 def verify(backup_dir: str, domain: Optional[str], at: Optional[str],
            report: Reporter, throttle: Optional[Throttle] = None) -> VerifyResult:
     store = BackupStore.open(backup_dir)
