@@ -170,7 +170,7 @@ def _check_writer_host(store: BackupStore, name: str, points: Sequence[RestorePo
     """Object storage has no lock shared between hosts: only the host that backs a domain
     up into a prefix prunes it there (its own domain lock keeps the two apart)."""
     from fibackup.fsutil import host_name
-    if store.backend.local or not points or options.any_host or points[-1].host == host_name():
+    if store.backend.capabilities.shared_lock or not points or options.any_host or points[-1].host == host_name():
         return
     raise UsageError(f"{name}: its newest restore point in {store.root} was made on host "
                      f"{points[-1].host}; object storage has no lock shared between hosts, so "
@@ -337,7 +337,7 @@ def _merged_layer(store: BackupStore, uuid: str, name: str, merge: Merge, tag: s
     if any(layer.disk != merge.disk for layer in chain):
         raise IntegrityError(f"{name}: a layer listed for disk {merge.disk} belongs to another "
                              "disk; prune merges nothing from it (run 'fibackup verify')")
-    for layer in chain if store.backend.local else ():   # staging checks every chunk
+    for layer in chain if store.backend.capabilities.local_files else ():   # staging checks every chunk
         problems = store.check_layer(uuid, layer.id)
         if problems:
             raise IntegrityError(f"{name}: {problems[0]}; prune merges nothing from a damaged "
@@ -411,7 +411,7 @@ def libvirt_pins(connect: Callable[[], Any]) -> PinnedFn:
     names as a disk source or backing file: an instant-recovery domain runs on them."""
     def pinned(store: BackupStore) -> set[str]:
         from fibackup.virt import domxml
-        if not store.backend.local:
+        if not store.backend.capabilities.local_files:
             return set()                        # nothing runs from object storage
         conn = connect()
         found: set[str] = set()

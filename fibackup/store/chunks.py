@@ -162,7 +162,7 @@ def _write_exact(fd: int, view: memoryview, offset: int) -> None:
         done += os.pwrite(fd, view[done:], offset + done)
 
 
-class _Checker:
+class Checker:
     """Compares the chunks a pass finds with an expected chunk list."""
 
     def __init__(self, expected: ChunkList) -> None:
@@ -227,7 +227,7 @@ def scan_file(src_path: str, dst_path: Optional[str] = None, *,
             if not cloned:
                 os.ftruncate(dst, 0)          # a failed clone may have left blocks behind
                 os.ftruncate(dst, size)
-        checker = _Checker(expected) if expected is not None else None
+        checker = Checker(expected) if expected is not None else None
         result = ScanResult(chunks=ChunkList(size, chunk_size, ()))
         if expected is not None and expected.size != size:
             result.size_mismatch = True
@@ -346,7 +346,7 @@ class _BufferPool:
 _POOL = _BufferPool()
 
 
-def _scan(src: int, dst: int, size: int, chunk_size: int, checker: Optional[_Checker],
+def _scan(src: int, dst: int, size: int, chunk_size: int, checker: Optional[Checker],
           progress: Optional[ProgressFn], throttle: Optional[Throttle]) -> list[Chunk]:
     writer = _Writer(dst)
     cache = SourceCache(src)
@@ -360,7 +360,7 @@ def _scan(src: int, dst: int, size: int, chunk_size: int, checker: Optional[_Che
 
 
 def _scan_with(writer: _Writer, cache: SourceCache, src: int, size: int, chunk_size: int,
-               checker: Optional[_Checker], progress: Optional[ProgressFn],
+               checker: Optional[Checker], progress: Optional[ProgressFn],
                throttle: Optional[Throttle]) -> list[Chunk]:
     buffers = writer.buffers(chunk_size)
     zeros = bytes(chunk_size)
@@ -386,7 +386,7 @@ def _scan_with(writer: _Writer, cache: SourceCache, src: int, size: int, chunk_s
             throttle.consume(covered)
         digest = xxhash.xxh3_128(data).hexdigest()
         chunk = None
-        if not _all_zero(data, digest, zeros):
+        if not all_zero(data, digest, zeros):
             chunk = Chunk(offset, length, digest)
             listed.append(chunk)
         if checker is not None and not checker.check(chunk, offset) and writer.pool is not None:
@@ -437,7 +437,7 @@ def _zero_digest(length: int) -> str:
     return xxhash.xxh3_128(bytes(length)).hexdigest()
 
 
-def _all_zero(data: memoryview, digest: str, zeros: bytes) -> bool:
+def all_zero(data: memoryview, digest: str, zeros: bytes) -> bool:
     """Whether a chunk holds only zeros: its digest says so (confirmed byte by byte,
     as a digest alone could collide).  Comparing a memoryview with bytes directly
     runs at about 1 GB/s; the digest is computed anyway."""
