@@ -39,6 +39,7 @@ from fibackup.model.points import RestorePoint
 from fibackup.model.retention import (Merge, MergedLayer, Retention, adopted, adoptions,
                                       kept_points, plan_merges, referenced_layers)
 from fibackup.report import Reporter
+from fibackup.store.layout import manifest_key
 from fibackup.store.repo import BackupStore
 from fibackup.store.tidy import tidy_domain
 
@@ -306,7 +307,7 @@ def _drop_manifests(store: BackupStore, uuid: str, dropped: Sequence[RestorePoin
         store.remove_manifest(uuid, superseded)
     names = store.manifest_names(uuid)
     for point in dropped:
-        store.remove_manifest(uuid, names[f"{point.seq:08d}"])
+        store.remove_manifest(uuid, names[manifest_key(point.seq)])
 
 
 def _readable_points(store: BackupStore, uuid: str, name: str) -> list[RestorePoint]:
@@ -367,7 +368,7 @@ def _switch(store: BackupStore, uuid: str, kept: Sequence[RestorePoint],
                          points=[point.id for point in kept])
     revised = []
     for point in kept:
-        document = store.manifest_document(uuid, names[f"{point.seq:08d}"])
+        document = store.manifest_document(uuid, names[manifest_key(point.seq)])
         if _replace_layers(document, merged):
             document["version"] = 2
             document["revision"] = point.revision + 1
