@@ -41,10 +41,11 @@ class S3Backend(Bucket):
     def read(self, parts: Parts, name: str) -> bytes:
         path = self.path(parts, name)
         with self.errors(f"reading {path}", missing=path):
-            return self.client.get_object(Bucket=self.bucket, Key=self.key(parts, name))[
-                "Body"].read()
+            data: bytes = self.client.get_object(Bucket=self.bucket,
+                                                 Key=self.key(parts, name))["Body"].read()
+            return data
 
-    def write_new(self, parts: Parts, name: str, data: bytes) -> None:
+    def write_new(self, parts: Parts, name: str, data: bytes | bytearray) -> None:
         path = self.path(parts, name)
         with self.errors(f"writing {path}"):
             if self.exists(parts, name):
@@ -59,7 +60,7 @@ class S3Backend(Bucket):
                     return
                 raise FileExistsError(errno.EEXIST, "object exists", path) from None
 
-    def _holds(self, parts: Parts, name: str, data: bytes) -> bool:
+    def _holds(self, parts: Parts, name: str, data: bytes | bytearray) -> bool:
         try:
             return self.read(parts, name) == data
         except (OSError, StoreUnavailableError, CorruptStoreError):
@@ -98,9 +99,10 @@ class S3Backend(Bucket):
     def _range(self, parts: Parts, name: str, start: int, length: int) -> bytes:
         path = self.path(parts, name)
         with self.errors(f"reading {path}", missing=path):
-            return self.client.get_object(Bucket=self.bucket, Key=self.key(parts, name),
-                                          Range=f"bytes={start}-{start + length - 1}")[
-                "Body"].read()
+            data: bytes = self.client.get_object(
+                Bucket=self.bucket, Key=self.key(parts, name),
+                Range=f"bytes={start}-{start + length - 1}")["Body"].read()
+            return data
 
     def ensure_dir(self, parts: Parts) -> None:
         """Object storage has no directories."""
