@@ -17,13 +17,13 @@ from fibackup.store.backend import Backend, DirectoryBackend
 from fibackup.store.documents import read_document
 from fibackup.store.layout import MARKER
 from fibackup.store.location import is_url
+from fibackup.store.s3.backend import S3Backend
 
 
 def open_backend(path: str, create: bool = False) -> tuple[Backend, str]:
     """The backend of the store at ``path`` and the store's id; with ``create``,
     an empty directory or prefix is initialised first."""
     if is_url(path):
-        from fibackup.store.s3.backend import S3Backend     # needs boto3: only for s3://
         backend = S3Backend.from_url(path)
         return backend, _marked(backend, backend.is_empty, create)
     root = os.path.abspath(path)

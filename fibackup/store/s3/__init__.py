@@ -24,8 +24,13 @@ boto3's own chain (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``~/.aws/``...).  Transient errors
 are retried with backoff (botocore's standard mode, and here for a body that is
 cut while being read).
+
+The modules: client.py (the boto3 client and its settings), errors.py
+(botocore's exceptions as fibackup's), objects.py (keys, and the requests the
+others share), upload.py (puts and multipart uploads), download.py (ranged,
+checked reads), backend.py (``S3Backend``, the store's operations).  Whether a
+location is S3 at all is decided in ``fibackup.store.location``.
 """
-from __future__ import annotations
 from __future__ import annotations
 
 from fibackup.store.location import SCHEME, is_url, split_url
