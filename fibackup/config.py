@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
 from fibackup.errors import ConfigError, UsageError
+from fibackup.store.location import SCHEME, is_url
 
 SYSTEM_FILE = "/etc/fibackup.toml"
 CONFIG_ENV = "FIBACKUP_CONFIG"
@@ -101,8 +102,8 @@ def _uri(value: Any) -> str:
 
 
 def _absolute_path(value: Any) -> str:
-    if isinstance(value, str) and value.startswith("s3://") and len(value) > len("s3://"):
-        return value                        # object storage (fibackup/store/s3.py)
+    if isinstance(value, str) and is_url(value) and len(value) > len(SCHEME):
+        return value                        # object storage (fibackup/store/s3/)
     if not isinstance(value, str) or not os.path.isabs(value):
         raise ValueError('an absolute path such as "/backup" (or "s3://BUCKET/PREFIX")')
     return os.path.normpath(value)

@@ -26,7 +26,8 @@ from typing import Optional, Sequence
 
 from fibackup import __version__
 from fibackup.fsutil import host_name, write_all
-from fibackup.store.repo import MARKER, utc_now
+from fibackup.store.format import utc_now
+from fibackup.store.layout import MARKER
 
 LOG_DIR = "logs"
 KEEP_LOGS = 100

@@ -39,6 +39,7 @@ from fibackup.model.points import RestorePoint
 from fibackup.model.retention import (Merge, MergedLayer, Retention, adopted, adoptions,
                                       kept_points, plan_merges, referenced_layers)
 from fibackup.report import Reporter
+from fibackup.store.layout import manifest_key
 from fibackup.store.repo import BackupStore
 from fibackup.store.tidy import tidy_domain
 
@@ -170,7 +171,7 @@ def _check_writer_host(store: BackupStore, name: str, points: Sequence[RestorePo
     """Object storage has no lock shared between hosts: only the host that backs a domain
     up into a prefix prunes it there (its own domain lock keeps the two apart)."""
     from fibackup.fsutil import host_name
-    if store.backend.local or not points or options.any_host or points[-1].host == host_name():
+    if store.backend.capabilities.shared_lock or not points or options.any_host or points[-1].host == host_name():
         return
     raise UsageError(f"{name}: its newest restore point in {store.root} was made on host "
                      f"{points[-1].host}; object storage has no lock shared between hosts, so "
@@ -306,7 +307,7 @@ def _drop_manifests(store: BackupStore, uuid: str, dropped: Sequence[RestorePoin
         store.remove_manifest(uuid, superseded)
     names = store.manifest_names(uuid)
     for point in dropped:
-        store.remove_manifest(uuid, names[f"{point.seq:08d}"])
+        store.remove_manifest(uuid, names[manifest_key(point.seq)])
 
 
 def _readable_points(store: BackupStore, uuid: str, name: str) -> list[RestorePoint]:
@@ -337,7 +338,7 @@ def _merged_layer(store: BackupStore, uuid: str, name: str, merge: Merge, tag: s
     if any(layer.disk != merge.disk for layer in chain):
         raise IntegrityError(f"{name}: a layer listed for disk {merge.disk} belongs to another "
                              "disk; prune merges nothing from it (run 'fibackup verify')")
-    for layer in chain if store.backend.local else ():   # staging checks every chunk
+    for layer in chain if store.backend.capabilities.local_files else ():   # staging checks every chunk
         problems = store.check_layer(uuid, layer.id)
         if problems:
             raise IntegrityError(f"{name}: {problems[0]}; prune merges nothing from a damaged "
@@ -367,7 +368,7 @@ def _switch(store: BackupStore, uuid: str, kept: Sequence[RestorePoint],
                          points=[point.id for point in kept])
     revised = []
     for point in kept:
-        document = store.manifest_document(uuid, names[f"{point.seq:08d}"])
+        document = store.manifest_document(uuid, names[manifest_key(point.seq)])
         if _replace_layers(document, merged):
             document["version"] = 2
             document["revision"] = point.revision + 1
@@ -411,7 +412,7 @@ def libvirt_pins(connect: Callable[[], Any]) -> PinnedFn:
     names as a disk source or backing file: an instant-recovery domain runs on them."""
     def pinned(store: BackupStore) -> set[str]:
         from fibackup.virt import domxml
-        if not store.backend.local:
+        if not store.backend.capabilities.local_files:
             return set()                        # nothing runs from object storage
         conn = connect()
         found: set[str] = set()

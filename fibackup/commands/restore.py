@@ -555,7 +555,7 @@ def _checked_definition(store: BackupStore, point: RestorePoint, domain: Optiona
     problems = definition_problems(point, preview, destination,
                                    same_domain=options.as_name is None)
     if problems:
-        where = "read from object storage" if not store.backend.local else \
+        where = "read from object storage" if not store.backend.capabilities.local_files else \
             f"written on host {point.host}" if point.host != host_name() else \
             "not one this host recorded storing"
         raise UntrustedDefinitionError(

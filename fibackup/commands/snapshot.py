@@ -249,7 +249,7 @@ def _prepare_backup(store: BackupStore, domain: Domain, disks: Sequence[LiveDisk
     """Check, before any snapshot, that the backup into ``store`` can be made."""
     index = layer_index(store, domain.uuid)
     needed = _preflight(domain.name, disks, index) + domfiles.planned_bytes(extra_files)
-    if options.space_check and store.backend.local:
+    if options.space_check and store.backend.capabilities.space_check:
         ensure_space(store.root, needed, f"the backup of domain '{domain.name}'")
     return store, index
 

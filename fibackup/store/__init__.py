@@ -1,1 +1,1 @@
-"""The backup store: on-disk format (docs/FORMAT.md), copy engine, manifests."""
+"""The backup store: on-disk format (docs/FORMAT.md), copy engine, manifests; start at repo.py."""

@@ -6,7 +6,7 @@ components and a name: ``domains/<uuid>/layers/<id>.qcow2``.  ``BackupStore``
 
 - :class:`DirectoryBackend`: a local directory, every file opened relative to a
   descriptor of its checked directory and never through a link (below);
-- ``S3Backend`` (s3.py): a bucket and prefix on S3-compatible object storage.
+- ``S3Backend`` (s3/backend.py): a bucket and prefix on S3-compatible object storage.
 
 Both write each object once, only when it is complete (a directory through a
 hidden temporary name published with ``link()``, S3 through a multipart upload
@@ -19,11 +19,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence
 
 from fibackup.errors import CorruptStoreError, NotEnoughSpaceError, StoreUnavailableError
 from fibackup.fsutil import publish, remove_quietly, temp_name, write_file
 from fibackup.store.chunks import ChunkList, ProgressFn, ScanResult, Throttle, scan_file
+from fibackup.store.location import location, require_local  # noqa: F401  (importers' names)
 
 Parts = Sequence[str]
 CheckFn = Optional[Callable[[], None]]
@@ -32,13 +34,34 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do beyond the primitive operations; commands and the store
+    ask these instead of which kind of backend it is."""
+
+    local_files: bool
+    """Objects are files on this host: QEMU can run from them (instant recovery, what
+    libvirt domains pin), prune merges them in place after checking them, and a copy
+    may share their blocks (reflinks).  Otherwise every read goes through the backend
+    and is checked on the way (prune stages a merge in a local scratch directory)."""
+    space_check: bool
+    """The free space left can be measured before a backup (``statvfs``)."""
+    shared_lock: bool
+    """The store holds each domain's lock itself (``flock`` on ``domains/<uuid>/.lock``),
+    so runs on every host sharing it see it.  Otherwise only one host may write a
+    domain there (its host lock keeps its own runs apart)."""
+
+
+DIRECTORY = Capabilities(local_files=True, space_check=True, shared_lock=True)
+OBJECT_STORAGE = Capabilities(local_files=False, space_check=False, shared_lock=False)
+
+
 class Backend(Protocol):
     """The operations a store needs from where it keeps its objects."""
 
     root: str
     """The location as users name it: an absolute path or ``s3://BUCKET/PREFIX``."""
-    local: bool
-    """Objects are files on this host (reflinks, instant recovery, prune's merges, run logs)."""
+    capabilities: Capabilities
 
     def path(self, parts: Parts, name: str = "") -> str:
         """How an object (or a "directory") is named in messages."""
@@ -89,6 +112,10 @@ class Backend(Protocol):
         """Re-read an object against its chunk list; with ``destination``, also copy it
         there (a new local file, holes kept) and stop at the first mismatch."""
 
+    def abort_uploads(self, parts: Parts) -> list[str]:
+        """Abort the unfinished uploads an interrupted run left below ``parts`` (only
+        called under the domain's lock); their paths."""
+
 
 class DirectoryBackend:
     """A backup directory on this host, confined: every file is opened relative to a
@@ -96,7 +123,7 @@ class DirectoryBackend:
     (never a symbolic link) and each file a regular file opened with ``O_NOFOLLOW``, so
     a link planted in a backup directory never makes fibackup read or write outside it."""
 
-    local = True
+    capabilities = DIRECTORY
 
     def __init__(self, root: str) -> None:
         self.root = root
@@ -216,21 +243,10 @@ class DirectoryBackend:
                          progress=progress, throttle=throttle, clone=clone,
                          opener=lambda _path, _flags: open_file(self.root, parts, name))
 
-
-def location(path: str) -> str:
-    """A backup location as stored in journals and host state: an absolute path, or an
-    ``s3://`` URL unchanged."""
-    from fibackup.store.s3 import is_url
-    return path if is_url(path) else os.path.abspath(path)
-
-
-def require_local(path: str, what: str) -> None:
-    """UsageError when ``path`` is object storage and ``what`` needs local files."""
-    from fibackup.store.s3 import is_url
-    if is_url(path):
-        from fibackup.errors import UsageError
-        raise UsageError(f"{what} needs a backup directory on this host; {path} is object "
-                         "storage: restore without --instant, or prune a directory store")
+    def abort_uploads(self, parts: Parts) -> list[str]:
+        """A directory has no uploads: an interrupted copy is a hidden partial file,
+        which tidy_domain removes."""
+        return []
 
 
 def write_new_file(path: str, data: bytes) -> None:

@@ -162,7 +162,7 @@ def _write_exact(fd: int, view: memoryview, offset: int) -> None:
         done += os.pwrite(fd, view[done:], offset + done)
 
 
-class _Checker:
+class Checker:
     """Compares the chunks a pass finds with an expected chunk list."""
 
     def __init__(self, expected: ChunkList) -> None:
@@ -213,32 +213,23 @@ def scan_file(src_path: str, dst_path: Optional[str] = None, *,
     describe exactly what was written.  Where cloning is not possible the copy
     is made as usual.
     """
-    if expected is not None:
-        chunk_size = expected.chunk_size
+    chunk_size = expected.chunk_size if expected is not None else chunk_size
     flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
     src = opener(src_path, flags) if opener is not None else os.open(src_path, flags)
-    dst = -1
+    dst, cloned = -1, False
     try:
         size = os.fstat(src).st_size
-        cloned = False
         if dst_path is not None:
-            dst = os.open(dst_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            cloned = clone and _reflink(src, dst, size)
-            if not cloned:
-                os.ftruncate(dst, 0)          # a failed clone may have left blocks behind
-                os.ftruncate(dst, size)
-        checker = _Checker(expected) if expected is not None else None
+            dst, cloned = _open_copy(dst_path, src, size, clone)
         result = ScanResult(chunks=ChunkList(size, chunk_size, ()))
         if expected is not None and expected.size != size:
             result.size_mismatch = True
             if dst >= 0:
                 return result
-        # a clone is already written: read (and hash) the clone itself
-        source, target = (dst, -1) if cloned else (src, dst)
-        listed = _scan(source, target, size, chunk_size, checker, progress, throttle)
+        source, target = (dst, -1) if cloned else (src, dst)    # a clone: hash the clone
+        listed, result.mismatches = _scan(source, target, size, chunk_size, expected, progress,
+                                          throttle)
         result.chunks = ChunkList(size, chunk_size, tuple(listed))
-        if checker is not None:
-            result.mismatches = checker.finish()
         if dst >= 0 and result.ok:
             os.fsync(dst)
             drop(dst, 0, 0)
@@ -247,6 +238,21 @@ def scan_file(src_path: str, dst_path: Optional[str] = None, *,
         os.close(src)
         if dst >= 0:
             os.close(dst)
+
+
+def _open_copy(path: str, src: int, size: int, clone: bool) -> tuple[int, bool]:
+    """A new file ``path`` for the copy of ``src`` (a descriptor) and whether it is
+    already a reflink of it; otherwise it is ``size`` bytes of hole."""
+    dst = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        cloned = clone and _reflink(src, dst, size)
+        if not cloned:
+            os.ftruncate(dst, 0)          # a failed clone may have left blocks behind
+            os.ftruncate(dst, size)
+    except BaseException:
+        os.close(dst)
+        raise
+    return dst, cloned
 
 
 FICLONE = 0x40049409
@@ -346,21 +352,25 @@ class _BufferPool:
 _POOL = _BufferPool()
 
 
-def _scan(src: int, dst: int, size: int, chunk_size: int, checker: Optional[_Checker],
-          progress: Optional[ProgressFn], throttle: Optional[Throttle]) -> list[Chunk]:
+def _scan(src: int, dst: int, size: int, chunk_size: int, expected: Optional[ChunkList],
+          progress: Optional[ProgressFn],
+          throttle: Optional[Throttle]) -> tuple[list[Chunk], list[int]]:
+    """The listed chunks of ``src`` (copied to ``dst`` unless it is -1) and, against
+    ``expected``, the offsets of the chunks that differ."""
+    checker = Checker(expected) if expected is not None else None
     writer = _Writer(dst)
     cache = SourceCache(src)
     try:
         listed = _scan_with(writer, cache, src, size, chunk_size, checker, progress, throttle)
         writer.finish()
-        return listed
+        return listed, checker.finish() if checker is not None else []
     finally:
         writer.close()
         cache.close()
 
 
 def _scan_with(writer: _Writer, cache: SourceCache, src: int, size: int, chunk_size: int,
-               checker: Optional[_Checker], progress: Optional[ProgressFn],
+               checker: Optional[Checker], progress: Optional[ProgressFn],
                throttle: Optional[Throttle]) -> list[Chunk]:
     buffers = writer.buffers(chunk_size)
     zeros = bytes(chunk_size)
@@ -386,7 +396,7 @@ def _scan_with(writer: _Writer, cache: SourceCache, src: int, size: int, chunk_s
             throttle.consume(covered)
         digest = xxhash.xxh3_128(data).hexdigest()
         chunk = None
-        if not _all_zero(data, digest, zeros):
+        if not all_zero(data, digest, zeros):
             chunk = Chunk(offset, length, digest)
             listed.append(chunk)
         if checker is not None and not checker.check(chunk, offset) and writer.pool is not None:
@@ -437,7 +447,7 @@ def _zero_digest(length: int) -> str:
     return xxhash.xxh3_128(bytes(length)).hexdigest()
 
 
-def _all_zero(data: memoryview, digest: str, zeros: bytes) -> bool:
+def all_zero(data: memoryview, digest: str, zeros: bytes) -> bool:
     """Whether a chunk holds only zeros: its digest says so (confirmed byte by byte,
     as a digest alone could collide).  Comparing a memoryview with bytes directly
     runs at about 1 GB/s; the digest is computed anyway."""

@@ -27,10 +27,7 @@ def tidy_domain(store: BackupStore, domain_uuid: str) -> list[str]:
     points = store.points(domain_uuid, unreadable)
     listed = {layer_id for point in points for _target, layer_id in store.iter_point_layers(point)}
     listed_files = {item.id for point in points for item in point.files}
-    removed = []
-    abort = getattr(backend, "abort_uploads", None)
-    if abort is not None:                       # object storage: unfinished multipart uploads
-        removed += abort(("domains", domain_uuid))
+    removed = backend.abort_uploads(("domains", domain_uuid))    # object storage's uploads
     for sub in ("layers", "files", "points"):
         parts = ("domains", domain_uuid, sub)
         try:

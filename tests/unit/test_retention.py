@@ -131,7 +131,7 @@ def test_daily_rules_refuse_a_point_without_a_utc_time():
 
 
 def test_manifest_names_are_ascii_digits_with_an_optional_revision():
-    from fibackup.store.repo import _parse_point_name
+    from fibackup.store.layout import parse_point_name as _parse_point_name
     assert _parse_point_name("00000003.json") == ("00000003", 0)
     assert _parse_point_name("00000003.r12.json") == ("00000003", 12)
     for name in ("00000003.r0.json", "00000003.r\u00b2.json", "0000000\u0663.json",

@@ -1,0 +1,109 @@
+"""Opening a store: the backend for a location, and the store's marker.
+
+A directory is opened (or, with ``create``, made) on this host; an
+``s3://BUCKET/PREFIX`` location (location.is_url) on object storage.  A store
+is recognised by its marker (layout.MARKER), which ``create`` writes into an
+empty location only.
+"""
+from __future__ import annotations
+
+import os
+import uuid as _uuid
+from typing import Callable
+
+from fibackup.errors import CorruptStoreError, StoreUnavailableError
+from fibackup.store import format as fmt
+from fibackup.store.backend import Backend, DirectoryBackend
+from fibackup.store.documents import read_document
+from fibackup.store.layout import MARKER
+from fibackup.store.location import is_url
+from fibackup.store.s3.backend import S3Backend
+
+
+def open_backend(path: str, create: bool = False) -> tuple[Backend, str]:
+    """The backend of the store at ``path`` and the store's id; with ``create``,
+    an empty directory or prefix is initialised first."""
+    if is_url(path):
+        backend = S3Backend.from_url(path)
+        return backend, _marked(backend, backend.is_empty, create)
+    root = os.path.abspath(path)
+    if not os.path.exists(root):
+        if not create:
+            raise StoreUnavailableError(
+                f"backup directory {root} does not exist; check the path (is the backup "
+                "disk mounted?)")
+        parent = os.path.dirname(root)
+        if not os.path.isdir(parent):
+            raise StoreUnavailableError(
+                f"cannot create backup directory {root}: its parent {parent} does not "
+                "exist (is the backup disk mounted?)")
+        _mkdir(root)
+    if not os.path.isdir(root):
+        raise StoreUnavailableError(f"backup directory {root} is not a directory; "
+                                    "give a directory with -b")
+    directory = DirectoryBackend(root)
+    if os.path.lexists(os.path.join(root, MARKER)):
+        return directory, read_marker(directory)
+
+    def empty() -> bool:
+        return all(name.startswith(f".{MARKER}.partial-") for name in os.listdir(root))
+    return directory, _marked(directory, empty, create)
+
+
+def _marked(backend: Backend, empty: Callable[[], bool], create: bool) -> str:
+    """The store's id from its marker, or with ``create`` a new marker written into
+    an empty location."""
+    try:
+        return read_marker(backend)
+    except FileNotFoundError:
+        pass
+    root = backend.root
+    if not create:
+        raise StoreUnavailableError(
+            f"{root} is not a fibackup backup directory (no {MARKER}); "
+            "check the path given with -b")
+    if not empty():
+        raise StoreUnavailableError(
+            f"{root} is not empty and is not a fibackup backup directory; "
+            "choose an empty or new directory for -b")
+    store_id = str(_uuid.uuid4())
+    document = {"kind": fmt.STORE_KIND, "version": fmt.FORMAT_VERSION,
+                "store_id": store_id, "created": fmt.utc_now()}
+    try:
+        backend.write_new((), MARKER, fmt.dumps(document))
+    except FileExistsError:            # another run initialised it at the same moment
+        return read_marker(backend)
+    return store_id
+
+
+def read_marker(backend: Backend) -> str:
+    """The store's id from its marker (FileNotFoundError when there is none)."""
+    path = backend.path((), MARKER)
+    try:
+        document = read_document(backend, (), MARKER)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise StoreUnavailableError(f"cannot read {path} ({error.strerror})") from None
+    fmt.check_header(document, fmt.STORE_KIND, path)
+    store_id = document.get("store_id")
+    if not isinstance(store_id, str) or not fmt.is_valid_uuid(store_id):
+        raise CorruptStoreError(f"{path} has no valid store_id")
+    return store_id
+
+
+def has_marker(backend: Backend) -> bool:
+    """Whether the store is still there (a run checks it after an I/O error)."""
+    try:
+        backend.size((), MARKER)
+    except (OSError, StoreUnavailableError, CorruptStoreError):
+        return False
+    return True
+
+
+def _mkdir(path: str) -> None:
+    try:
+        os.mkdir(path, 0o700)
+    except OSError as error:
+        raise StoreUnavailableError(f"cannot create backup directory {path} "
+                                    f"({error.strerror})") from None
