@@ -49,7 +49,7 @@ def log_to(report: "Reporter", backup_dir: Optional[str], command: str) -> None:
     configuration file); object storage keeps no log."""
     if backup_dir is None:
         return
-    from fibackup.store.s3 import is_url
+    from fibackup.store.location import is_url
     if not is_url(backup_dir):
         report.open_log(backup_dir, command, ["fibackup", *sys.argv[1:]])
 
