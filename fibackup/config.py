@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
@@ -211,10 +212,10 @@ def _read(path: str, must_exist: bool) -> Optional[bytes]:
 
 
 def _decode(path: str, data: bytes) -> dict[str, Any]:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # pragma: no cover - Python < 3.11 (pyproject adds tomli)
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:  # pragma: no cover - Python < 3.11 (pyproject adds tomli)
+        import tomli as tomllib
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:

@@ -175,7 +175,7 @@ class WriteBehind:
         if self.libc is None or length <= 0:
             return
         self._sync(offset, length, SYNC_FILE_RANGE_WRITE)
-        if self.libc is None:
+        if not self._active():
             return
         self.flushing.append((offset, length))
         self.in_flight += length
@@ -184,9 +184,13 @@ class WriteBehind:
             self.in_flight -= old_length
             self._sync(old_offset, old_length, SYNC_FILE_RANGE_WAIT_BEFORE
                        | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER)
-            if self.libc is None:
+            if not self._active():
                 return
             drop(self.fd, old_offset, old_length)          # written out: its pages can go
+
+    def _active(self) -> bool:
+        """False once _sync gave up on sync_file_range (libc dropped)."""
+        return self.libc is not None
 
     def _sync(self, offset: int, length: int, flags: int) -> None:
         """Raises the write error the kernel reports: it reports it once per descriptor,
