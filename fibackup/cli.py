@@ -253,7 +253,8 @@ def snapshot(
 
     Exit codes: 0 every domain succeeded, 3 some failed, 1 all failed, 4 locked.
     """
-    from fibackup.commands.snapshot import SnapshotOptions, snapshot_domain
+    from fibackup.commands.compose import snapshot_domain
+    from fibackup.commands.snapshot import SnapshotOptions
     report = _reporter(quiet, as_json)
 
     def action() -> int:
@@ -315,7 +316,8 @@ def consolidate_command(
 
     Exit codes: 0 done, 1 failed or a job was aborted, 3 some domains failed, 4 locked.
     """
-    from fibackup.commands.consolidate import ConsolidateOptions, consolidate_domain
+    from fibackup.commands.compose import consolidate_domain
+    from fibackup.commands.consolidate import ConsolidateOptions
     report = _reporter(quiet, as_json, backup_dir, "consolidate")
 
     def action() -> int:

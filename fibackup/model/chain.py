@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Mapping, NamedTuple, Optional, Sequence
 
+from fibackup.model.states import Method
+
 if TYPE_CHECKING:
     import os
 
@@ -350,3 +352,23 @@ def chain_from_ids(layer_ids: Sequence[str], index: Mapping[str, StoredLayer]) -
                 f"but the chain puts it on {chain[-1].id if chain else 'nothing'}")
         chain.append(stored)
     return chain
+
+
+# -- what a consolidation method does to a chain -----------------------------------------------
+
+def moved_layers(disk: LiveDisk, method: str) -> list[LiveLayer]:
+    """The layers whose data a consolidation job with ``method`` moves."""
+    if method == Method.COMMIT:
+        return list(disk.layers[1:-1])
+    if method == Method.ACTIVE:
+        return list(disk.layers[1:])
+    return list(disk.layers[:-1])
+
+
+def expected_chain(disk: LiveDisk, method: str) -> list[str]:
+    """The chain (paths, base first) a completed job with ``method`` leaves."""
+    if method == Method.COMMIT:
+        return [disk.base.path, disk.active.path]
+    if method == Method.ACTIVE:
+        return [disk.base.path]
+    return [disk.active.path]
