@@ -8,6 +8,7 @@ by fibackup/commands/snapshot.py, which holds the domain's and the store's lock.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
@@ -226,8 +227,8 @@ def _back_up_disk(store: BackupStore, domain: Domain, disk: LiveDisk, plan: Disk
             stored = store.store_layer(domain.uuid, layer_id, item.layer.path, item.layer.format,
                                        item.virtual_size, parent, disk.target, item.identity,
                                        progress=guard(faults.counting(bar)), throttle=throttle,
-                                       clone=clone, check_source=lambda path=item.layer.path,
-                                       want=item.identity: _unchanged(path, want))
+                                       clone=clone, check_source=functools.partial(
+                                           _unchanged, item.layer.path, item.identity))
         journal.done(step)
         layers.append(_point_layer(stored, new=True))
         copied += stored.data_bytes

@@ -100,6 +100,7 @@ def restore(options: RestoreOptions, connect: Callable[[], Connection],
         disks = chosen_disks(point, options.disks)
         target_domain = _target_domain(conn, point, options) if conn else None
         if target_domain is not None:
+            assert conn is not None
             with DomainLock(target_domain.uuid, target_domain.name):
                 if journals.load(target_domain.uuid) is not None:
                     reconcile(conn, target_domain, report, wait=False)

@@ -38,7 +38,7 @@ def images_of_other_domains(conn: Connection, uuid: str) -> Users:
             if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 continue                # undefined while we looked: it uses nothing now
             raise
-        for key, who in _files_in(xmls, lambda _spec, name=other.name: f"domain '{name}'").items():
+        for key, who in _files_in(xmls, _other_domain(other.name)).items():
             users.setdefault(key, who)
     return users
 
@@ -57,6 +57,10 @@ def own_other_disks(domain: Domain, disks: Sequence[LiveDisk]) -> Users:
 def own_chain_files(domain: Domain) -> Users:
     """Every image in the chains of this domain's disks now (live and persistent)."""
     return _files_in({domain.current_xml(), domain.inactive_xml()}, _same_domain)
+
+
+def _other_domain(name: str) -> Callable[[domxml.DiskSpec], str]:
+    return lambda _spec: f"domain '{name}'"
 
 
 def _same_domain(spec: domxml.DiskSpec) -> str:

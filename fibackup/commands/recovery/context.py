@@ -7,6 +7,7 @@ from typing import Callable, Optional
 
 from fibackup.errors import RepairNeededError
 from fibackup.host.journal import Journal, Step
+from fibackup.model.states import Method
 from fibackup.report import Reporter
 from fibackup.virt import blockjobs
 from fibackup.virt.libvirt_api import Connection, Domain
@@ -60,7 +61,7 @@ class Replay:
         """End the block job the dead run left on ``target``: wait for it (repair), pivot
         a mirror in READY (active commit) or abort it; refuse while it still runs."""
         deadline = self.deadline if self.wait else time.monotonic()
-        status = blockjobs.settle(self.domain, target, pivot=method == "active",
+        status = blockjobs.settle(self.domain, target, pivot=method == Method.ACTIVE,
                                   deadline=deadline)
         if status == "running":
             raise RepairNeededError(
