@@ -123,9 +123,13 @@ def consolidate_locked(conn: Connection, domain: Domain, options: ConsolidateOpt
         still = _unbacked(domain, work, options, report)
         if still:
             raise UnbackedLayerError(f"domain '{domain.name}': after the catch-up backup, "
-                                     f"{_describe(still)}; nothing was merged")
+                                     f"{_describe(still)}; nothing was merged",
+                                     domain=domain.name, disk=still[0].target,
+                                     path=still[0].path)
     elif missing and not options.force:
-        raise UnbackedLayerError(_refusal(domain.name, missing, options.method))
+        raise UnbackedLayerError(_refusal(domain.name, missing, options.method),
+                                 domain=domain.name, disk=missing[0].target,
+                                 path=missing[0].path)
     elif missing:
         report.warn(f"{domain.name}: {_describe(missing)}; going on because of --force: that "
                     "restore point is lost and the next backup to that directory starts a new "
@@ -235,5 +239,6 @@ def _refuse_shared(domain: Domain, work: Sequence[LiveDisk], method: str,
                 f"domain '{domain.name}': the base image {disk.base.path} of disk {disk.target} "
                 f"is also used by {users[key]}; a {method} would write into it and change "
                 "that disk's data. Use --method pull (which never writes the base), or "
-                "give the domain a base of its own")
+                "give the domain a base of its own", domain=domain.name, disk=disk.target,
+                path=disk.base.path)
 

@@ -95,7 +95,8 @@ def restore(options: RestoreOptions, connect: Callable[[], Connection],
         points = [item for item in store.points(point.domain_uuid, []) if item.seq == point.seq]
         if not points:
             raise RestorePointNotFoundError(f"restore point {point.id} was removed from "
-                                            f"{store.root} meanwhile (a prune?)")
+                                            f"{store.root} meanwhile (a prune?)",
+                                            point=point.id, domain=point.domain_name)
         point = points[0]
         disks = chosen_disks(point, options.disks)
         target_domain = _target_domain(conn, point, options) if conn else None
@@ -149,7 +150,7 @@ def _require_shut_off(domain: Domain) -> None:
         raise DomainStateError(
             f"domain '{domain.name}' is {domain.state_name()}; restore repoints its disks and "
             f"needs it shut off: 'virsh {stop} {domain.name}' (or restore a copy with "
-            "--as NEWNAME, or only the images with --no-define)")
+            "--as NEWNAME, or only the images with --no-define)", domain=domain.name)
 
 
 def _restore(store: BackupStore, point: RestorePoint, disks: list[PointDisk],
@@ -299,7 +300,8 @@ def _checked_definition(store: BackupStore, point: RestorePoint, domain: Optiona
             f"the domain definition of restore point {point.domain_name}/{point.id} ({where}) "
             f"holds {'; '.join(problems)}; fibackup does not define it from a "
             "shared backup: look at it with --show-xml, then restore with --trust-xml, or "
-            "with --no-define and define the domain yourself")
+            "with --no-define and define the domain yourself", domain=point.domain_name,
+            point=point.id)
     return preview
 
 

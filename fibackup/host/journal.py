@@ -7,8 +7,10 @@ it before its work begins, and marked ``done`` after; the file is removed when
 the run ends, also on an error between steps.  On an error inside a step it is
 kept with ``error`` set, as the step may be half done.  A journal found by the
 next run therefore means the run before it died (SIGKILL, power loss, OOM) or
-stopped inside a step: ``fibackup repair`` (fibackup/commands/repair.py) reads
-it and reconciles.
+stopped inside a step: ``fibackup repair`` (fibackup/commands/repair.py), and
+every other command before its own run (fibackup/commands/journalled.py), reads
+it and reconciles through each command's recovery handlers
+(fibackup/commands/recovery/).
 
 Restores are journalled under ``restore-<token>.json``, as they need no domain.
 """
