@@ -111,6 +111,32 @@ def consolidate_locked(conn: Connection, domain: Domain, options: ConsolidateOpt
     disks = _disks(domain, options)
     users = images_of_other_domains(conn, domain.uuid)
     users.update(own_other_disks(domain, disks))
+    disks, work = _backed_up(domain, disks, options, users, report, journal, catch_up, result)
+    for disk in disks:
+        if disk not in work:
+            result.disks.append(DiskOutcome(disk.target, paths(disk), paths(disk),
+                                            Outcome.NOTHING, next_backup="unchanged"))
+    if not work:
+        report.info(f"{domain.name}: nothing to consolidate (every chain is already short)")
+        return result
+    for disk in work:
+        outcome = consolidate_disk(domain, disk, options, live, report, users, journal)
+        result.disks.append(outcome)
+        if outcome.outcome == Outcome.ABORTED:
+            report.warn(f"{domain.name}: the {Method(options.method).job_name} of disk {disk.target} "
+                        f"was aborted: {outcome.reason}; the domain keeps its previous chain"
+                        + (" and the next backup of that disk starts a new full generation"
+                           if options.method == Method.COMMIT else ""))
+    result.disks.sort(key=lambda disk: disk.target)
+    return result
+
+
+def _backed_up(domain: Domain, disks: list[LiveDisk], options: ConsolidateOptions,
+               users: Users, report: Reporter, journal: Journal, catch_up: CatchUp,
+               result: ConsolidateResult) -> tuple[list[LiveDisk], list[LiveDisk]]:
+    """The disks and those with work to do, once every layer about to be merged is in
+    every backup directory of the domain (after a catch-up snapshot with ``-b``); refused
+    otherwise, unless ``--force``."""
     work = _work(disks, options.method)
     _refuse_shared(domain, work, options.method, users)
     missing = _unbacked(domain, work, options, report)
@@ -134,23 +160,7 @@ def consolidate_locked(conn: Connection, domain: Domain, options: ConsolidateOpt
         report.warn(f"{domain.name}: {_describe(missing)}; going on because of --force: that "
                     "restore point is lost and the next backup to that directory starts a new "
                     "full generation")
-    for disk in disks:
-        if disk not in work:
-            result.disks.append(DiskOutcome(disk.target, paths(disk), paths(disk),
-                                            Outcome.NOTHING, next_backup="unchanged"))
-    if not work:
-        report.info(f"{domain.name}: nothing to consolidate (every chain is already short)")
-        return result
-    for disk in work:
-        outcome = consolidate_disk(domain, disk, options, live, report, users, journal)
-        result.disks.append(outcome)
-        if outcome.outcome == Outcome.ABORTED:
-            report.warn(f"{domain.name}: the {Method(options.method).job_name} of disk {disk.target} "
-                        f"was aborted: {outcome.reason}; the domain keeps its previous chain"
-                        + (" and the next backup of that disk starts a new full generation"
-                           if options.method == Method.COMMIT else ""))
-    result.disks.sort(key=lambda disk: disk.target)
-    return result
+    return disks, work
 
 
 def _disks(domain: Domain, options: ConsolidateOptions) -> list[LiveDisk]:

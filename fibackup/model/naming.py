@@ -15,13 +15,14 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 """How every time fibackup writes is spelled: UTC, to the second (``2026-11-23T10:00:00Z``)."""
 
 
-def utc_now() -> _dt.datetime:
+def utc_moment() -> _dt.datetime:
+    """Now, in UTC (timezone-aware)."""
     return _dt.datetime.now(_dt.timezone.utc)
 
 
 def utc_time(when: _dt.datetime | None = None) -> str:
     """``when`` (default: now) as fibackup writes times: :data:`TIME_FORMAT`, in UTC."""
-    when = utc_now() if when is None else when
+    when = utc_moment() if when is None else when
     if when.tzinfo is not None:
         when = when.astimezone(_dt.timezone.utc)
     return when.strftime(TIME_FORMAT)
