@@ -203,11 +203,8 @@ def _check_standalone(path: str, is_base: bool) -> None:
 def remember_restored(store: BackupStore, point: RestorePoint, names: Sequence[DiskFiles],
                        destination: str) -> None:
     """Record which restored files equal which stored layers (next backup: incremental)."""
-    state = host_state.load(point.domain_uuid)
-    for files in names:
-        for layer, name in zip(files.disk.layers, files.layers):
-            identity = file_identity(os.path.join(destination, name))
-            state.restored = [item for item in state.restored if item.identity.path != identity.path]
-            state.restored.append(host_state.RestoredFile(store.store_id, layer.id, identity))
-    state.save()
+    host_state.remember_restored(point.domain_uuid, [
+        host_state.RestoredFile(store.store_id, layer.id,
+                                file_identity(os.path.join(destination, name)))
+        for files in names for layer, name in zip(files.disk.layers, files.layers)])
 

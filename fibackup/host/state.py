@@ -201,6 +201,16 @@ def remember_store(domain_uuid: str, store_id: str, root: str) -> None:
         state.save()
 
 
+def remember_restored(domain_uuid: str, restored: list[RestoredFile]) -> None:
+    """Note restored files that are byte-identical copies of stored layers (each replaces
+    what was noted for its path before)."""
+    state = load(domain_uuid)
+    for item in restored:
+        state.restored = [old for old in state.restored if old.identity.path != item.identity.path]
+        state.restored.append(item)
+    state.save()
+
+
 def record_consolidation(domain_uuid: str, consolidation: Consolidation) -> None:
     """Record a consolidation; the same run's record for the disk is replaced, not doubled
     (repair may record what an interrupted run already had)."""
