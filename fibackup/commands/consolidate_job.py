@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Protocol
+from typing import Literal, Optional, Protocol
 
 from fibackup.commands.recovery.consolidate import finish_merge
 from fibackup.errors import FibackupError, InconsistentChainError
@@ -25,6 +25,8 @@ from fibackup.virt.libvirt_api import Domain
 from fibackup.virt.sharing import Users
 
 MIB = 1024 * 1024
+NextBackup = Literal["incremental", "new generation", "unchanged"]
+"""What the next backup of a consolidated disk is (``--json``'s ``next_backup``)."""
 
 
 class JobOptions(Protocol):
@@ -47,7 +49,7 @@ class DiskOutcome:
     seconds: float = 0.0
     removed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
-    next_backup: str = "incremental"
+    next_backup: NextBackup = "incremental"
     reason: str = ""
 
     def to_json(self) -> dict[str, object]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Literal
 
 from fibackup.commands.grants import grants_lock, release, release_gone
 from fibackup.commands.journalled import journalled
@@ -29,12 +29,15 @@ from fibackup.report import Reporter
 from fibackup.virt import blockjobs, domxml
 from fibackup.virt.libvirt_api import Connection, Domain
 
+FinalizeMethod = Literal["pull", "rebase", "none", "gone"]
+
+
 @dataclass
 class FinalizeResult:
     domain: str
     disks: dict[str, str] = field(default_factory=dict)
     """Target -> its overlay, which now stands alone."""
-    method: str = "none"
+    method: FinalizeMethod = "none"
     """``pull`` (live), ``rebase`` (shut off), ``none`` (already detached) or ``gone``."""
     seconds: float = 0.0
     revoked: list[str] = field(default_factory=list)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from typing import Collection, Sequence
+from typing import Collection, Optional, Sequence
 
 from fibackup.host import state as host_state
 from fibackup.model.points import RestorePoint
@@ -104,8 +104,9 @@ def _device_problems(tag: str, element: ET.Element) -> list[str]:
 
 def _path_problems(tag: str, element: ET.Element, inside: str,
                    allowed: Collection[str]) -> list[str]:
-    found = [(name, value.strip()) for name, value in element.attrib.items()
-             if value.strip().startswith("/")]
+    found: list[tuple[Optional[str], str]] = [
+        (name, value.strip()) for name, value in element.attrib.items()
+        if value.strip().startswith("/")]
     text = (element.text or "").strip()
     if text.startswith("/"):
         found.append((None, text))
