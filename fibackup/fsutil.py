@@ -10,7 +10,7 @@ import xxhash
 from typing import Optional
 
 from fibackup.errors import NotEnoughSpaceError
-from fibackup.model.chain import FileIdentity
+from fibackup.model.chain import FileIdentity, FileStamp
 
 
 def fsync_dir(path: str) -> None:
@@ -134,6 +134,14 @@ def host_name() -> str:
 HEAD_BYTES = 64 * 1024
 
 
+def file_stamp(path: str, follow_symlinks: bool = True) -> Optional[FileStamp]:
+    """Which file ``path`` names now (model/chain.py, FileStamp); None if there is none."""
+    try:
+        return FileStamp.of(os.stat(path, follow_symlinks=follow_symlinks))
+    except OSError:
+        return None
+
+
 def file_identity(path: str) -> FileIdentity:
     """The identity fibackup records for a frozen image file (reads its first 64 KiB)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -142,6 +150,7 @@ def file_identity(path: str) -> FileIdentity:
         head = os.pread(fd, HEAD_BYTES, 0)
     finally:
         os.close(fd)
-    return FileIdentity(host=host_name(), path=os.path.abspath(path), dev=stats.st_dev,
-                        ino=stats.st_ino, size=stats.st_size, mtime_ns=stats.st_mtime_ns,
+    stamp = FileStamp.of(stats)
+    return FileIdentity(host=host_name(), path=os.path.abspath(path), dev=stamp.dev,
+                        ino=stamp.ino, size=stamp.size, mtime_ns=stamp.mtime_ns,
                         head_digest=xxhash.xxh3_128(head).hexdigest())

@@ -16,10 +16,10 @@ from tests.lab import MiB, DiskDef, Lab, image_bytes  # noqa: E402
 def show(lab: Lab, *args: str) -> str:
     print(f"\n$ fibackup {' '.join(repr(a) if ' ' in a else a for a in args)}", flush=True)
     env = {**os.environ, "FIBACKUP_STATE_DIR": lab.state_dir}
+    # one stream, as a terminal shows it: the messages (stderr) in order with the result
     completed = subprocess.run([sys.executable, "-m", "fibackup", *args], env=env,
-                               capture_output=True, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sys.stdout.write(completed.stdout)
-    sys.stdout.write(completed.stderr)
     if completed.returncode != 0:
         raise SystemExit(f"demo step failed with exit code {completed.returncode}")
     return completed.stdout

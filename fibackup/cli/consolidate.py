@@ -43,7 +43,8 @@ def consolidate_command(
 
     Exit codes: 0 done, 1 failed or a job was aborted, 3 some domains failed, 4 locked.
     """
-    from fibackup.commands.consolidate import ConsolidateOptions, consolidate_domain
+    from fibackup.commands.compose import consolidate_domain
+    from fibackup.commands.consolidate import ConsolidateOptions
     report = reporter(quiet, as_json, backup_dir, "consolidate")
 
     def action() -> int:

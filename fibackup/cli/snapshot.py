@@ -55,7 +55,8 @@ def snapshot(
 
     Exit codes: 0 every domain succeeded, 3 some failed, 1 all failed, 4 locked.
     """
-    from fibackup.commands.snapshot import SnapshotOptions, snapshot_domain
+    from fibackup.commands.compose import snapshot_domain
+    from fibackup.commands.snapshot import SnapshotOptions
     report = reporter(quiet, as_json)
 
     def action() -> int:

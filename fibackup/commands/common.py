@@ -1,14 +1,28 @@
-"""Helpers several commands share: disk selection, chain checks, the layer index."""
+"""Helpers several commands share: domain state, disk selection, chain checks, the
+layer index."""
 from __future__ import annotations
 
 import os
 from typing import Sequence
 
-from fibackup.errors import UnsupportedDiskError, UsageError
+from fibackup.errors import DomainStateError, UnsupportedDiskError, UsageError
 from fibackup.host import state as host_state
 from fibackup.model.chain import LayerIndex, LiveDisk
 from fibackup.store.repo import BackupStore
 from fibackup.virt import domxml
+from fibackup.virt.libvirt_api import Domain
+
+
+def require_state(domain: Domain, what: str) -> bool:
+    """Refuse unless the domain is running, paused or shut off (``what`` needs it so);
+    whether it is live (running or paused)."""
+    state = domain.state_name()
+    if state in ("running", "paused"):
+        return True
+    if state == "shut off":
+        return False
+    raise DomainStateError(f"domain '{domain.name}' is {state}; {what} needs it running, "
+                           "paused or shut off", domain=domain.name)
 
 
 def layer_index(store: BackupStore, domain_uuid: str,

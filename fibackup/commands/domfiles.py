@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from fibackup.errors import DestinationError
 from fibackup.fsutil import fsync_dir, remove_quietly, temp_name, write_file
+from fibackup.model.chain import FileStamp
 from fibackup.model.naming import safe_component
 from fibackup.model.points import FILE_ROLES, PointFile, RestorePoint
 from fibackup.report import Reporter
@@ -120,9 +121,7 @@ def _save_one(store: BackupStore, domain_uuid: str, name: str, item: SourceFile,
 
 def _unchanged(path: str, before: os.stat_result) -> Callable[[], None]:
     def check() -> None:
-        after = os.stat(path)
-        if (after.st_ino, after.st_size, after.st_mtime_ns) != \
-                (before.st_ino, before.st_size, before.st_mtime_ns):
+        if FileStamp.of(os.stat(path)) != FileStamp.of(before):
             raise _Changed(path)
     return check
 

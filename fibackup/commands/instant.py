@@ -13,48 +13,44 @@ the chain is checked against its checksums first (``--no-verify`` skips that,
 unsafely).
 
 ``--finalize NAME`` later makes that domain independent of the backup
-directory: a live block pull copies the backing data into each overlay (or,
-shut off, ``qemu-img rebase`` through the explicit chain does), the persistent
-definition loses the chain, and the ACL entries no other instant-recovery
-domain needs are removed.  The record in ``<state dir>/instant/`` says what to
-undo if a run dies; the block job step is journalled like a consolidation's.
+directory (fibackup/commands/finalize.py).  The record in
+``<state dir>/instant/`` says what to undo if a run dies; the ACL entries are
+shared between records (fibackup/commands/grants.py).
 """
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import os
-import time
 import uuid as _uuid
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
-from fibackup.commands.repair import journalled
-from fibackup.commands.restore import (_chosen_disks, _prepare_destination,
-                                       definition_problems, find_points)
-from fibackup.errors import (AccessGrantError, BlockJobError, DestinationError,
-                             DomainLockedError, DomainNotFoundError, FibackupError,
-                             InconsistentChainError, IntegrityError, LibvirtError, UsageError)
+from fibackup.commands.finalize import FinalizeResult, finalize
+from fibackup.commands.grants import grants_lock, plan_grants, release, release_gone
+from fibackup.commands.restore_common import (chosen_disks, find_points, prepare_destination,
+                                              stored_bytes)
+from fibackup.errors import (AccessGrantError, DestinationError, FibackupError, IntegrityError,
+                             LibvirtError, UntrustedDefinitionError, UsageError)
 from fibackup.fsutil import ensure_space, remove_quietly
 from fibackup.host import acl
 from fibackup.host import instant as records
 from fibackup.host.instant import InstantDisk, InstantLayer, InstantRecord
-from fibackup.host.journal import Journal
 from fibackup.host.lock import DomainLock
+from fibackup.model import naming
 from fibackup.model.chain import StoredLayer
 from fibackup.model.naming import safe_component
 from fibackup.model.points import PointDisk, RestorePoint, select_point
 from fibackup.qemu import img
 from fibackup.report import Reporter
-from fibackup.store.chunks import Throttle
 from fibackup.store.backend import require_local
+from fibackup.store.chunks import Throttle
 from fibackup.store.repo import BackupStore, layer_disagreement
-from fibackup.virt import blockjobs, domxml
 from fibackup.virt.libvirt_api import Connection, Domain, libvirt, libvirt_message
+from fibackup.virt import domxml
+from fibackup.virt.trust import definition_problems
 
-GRANTS_LOCK = "instant-recovery-grants"
-"""Lock name (``locks/<name>.lock``) held while ACL entries are granted or revoked."""
-GRANTS_LOCK_WAIT = 30.0
+__all__ = ["FinalizeResult", "InstantOptions", "InstantResult", "finalize", "instant_restore",
+           "release_gone"]
 
 
 @dataclass
@@ -127,25 +123,6 @@ class InstantResult:
                 "granted": sorted(record.grants)}
 
 
-@dataclass
-class FinalizeResult:
-    domain: str
-    disks: dict[str, str] = field(default_factory=dict)
-    """Target -> its overlay, which now stands alone."""
-    method: str = "none"
-    """``pull`` (live), ``rebase`` (shut off), ``none`` (already detached) or ``gone``."""
-    seconds: float = 0.0
-    revoked: list[str] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)
-    """ACL entries left because another instant-recovery domain still needs them."""
-
-    def to_json(self) -> dict[str, object]:
-        return {"domain": self.domain, "disks": self.disks, "method": self.method,
-                "seconds": round(self.seconds, 3), "revoked": self.revoked, "kept": self.kept}
-
-
-# -- restore --instant ----------------------------------------------------------------------
-
 def instant_restore(options: InstantOptions, connect: Callable[[], Connection],
                     report: Reporter) -> InstantResult:
     if not options.as_name.strip():
@@ -162,19 +139,19 @@ def instant_restore(options: InstantOptions, connect: Callable[[], Connection],
     for problem in problems:
         report.warn(f"{problem} (that restore point is not offered)")
     point = select_point(points, options.at, f"domain '{options.domain}'")
-    disks = _chosen_disks(point, options.disks)
+    disks = chosen_disks(point, options.disks)
     # the source domain's lock: no backup run of it tidies or changes its stored layers
     # while they are checked and handed to the new domain
     with DomainLock(point.domain_uuid, point.domain_name):
         root = os.path.realpath(store.root)
         _check_reachable(root, account)
-        destination = _prepare_destination(options.to, True, report)
+        destination = prepare_destination(options.to, True, report)
         chains = {disk.target: _checked_chain(store, root, point, disk, options, report)
                   for disk in disks}
         record = _new_record(store, root, point, disks, chains, destination, options, account)
         _check_overlays_free(record)
         if options.space_check:
-            ensure_space(destination, _data_bytes(store, point, disks),
+            ensure_space(destination, stored_bytes(store, point, disks),
                          f"'restore --finalize {options.as_name}' later (it copies the "
                          "stored data of the chain there)")
         xml = _definition(point, disks, record)
@@ -224,11 +201,6 @@ def _checked_chain(store: BackupStore, root: str, point: RestorePoint, disk: Poi
     return tuple(layers)
 
 
-def _store_dirs(root: str, domain_uuid: str) -> list[str]:
-    return [root, os.path.join(root, "domains"), os.path.join(root, "domains", domain_uuid),
-            os.path.join(root, "domains", domain_uuid, "layers")]
-
-
 def _check_reachable(root: str, account: Optional[acl.Account]) -> None:
     """QEMU must be able to search every directory above the backup directory."""
     if account is None:
@@ -253,7 +225,7 @@ def _new_record(store: BackupStore, root: str, point: RestorePoint, disks: Seque
         point=point.id, to=destination, qemu_user=account.name if account else "root",
         disks={target: InstantDisk(target, overlays[target], chains[target])
                for target in chains},
-        created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        created=naming.utc_time())
 
 
 def _check_overlays_free(record: InstantRecord) -> None:
@@ -261,11 +233,6 @@ def _check_overlays_free(record: InstantRecord) -> None:
     if taken:
         raise DestinationError(f"{', '.join(taken)} already exist(s); choose an empty --to "
                                "directory (instant recovery never overwrites a file)")
-
-
-def _data_bytes(store: BackupStore, point: RestorePoint, disks: Sequence[PointDisk]) -> int:
-    return sum(store.layer_record(point.domain_uuid, layer.id).chunks.data_bytes
-               for disk in disks for layer in disk.layers)
 
 
 def _definition(point: RestorePoint, disks: Sequence[PointDisk], record: InstantRecord) -> str:
@@ -288,7 +255,6 @@ def _check_trust(point: RestorePoint, xml: str, destination: str,
                  record: InstantRecord) -> None:
     """A definition this host did not store is untrusted input (virt/trust.py): refused
     when it reaches outside --to (the stored chain aside) unless --trust-xml."""
-    from fibackup.errors import UntrustedDefinitionError
     chain = [layer.path for disk in record.disks.values() for layer in disk.layers]
     problems = definition_problems(point, xml, destination, allowed=chain)
     if problems:
@@ -303,9 +269,9 @@ def _set_up(conn: Connection, record: InstantRecord, xml: str, disks: Sequence[P
     """Record, grant, create the overlays, define and start; on any failure undo it all."""
     sizes = {disk.target: disk.virtual_size for disk in disks}
     try:
-        with _grants_lock():
+        with grants_lock():
             release_gone(conn, report)
-            plan = _plan_grants(record, account)
+            plan = plan_grants(record, account)
             record.grants = [path for path, _perm in plan]
             record.save()                                   # before anything changes
             for path, perm in plan:
@@ -343,219 +309,11 @@ def _undo_set_up(conn: Connection, record: InstantRecord, report: Reporter) -> N
     for disk in record.disks.values():
         remove_quietly(disk.overlay)
     try:
-        with _grants_lock():
-            _release(record)
+        with grants_lock():
+            release(record)
     except FibackupError as error:
         report.warn(f"the access grants of the failed instant recovery stay: {error}; "
                     f"they are in {record.path}")
         return
     record.remove()
-
-
-@contextlib.contextmanager
-def _grants_lock() -> Iterator[None]:
-    """Granting and revoking take milliseconds: wait for another run's turn."""
-    lock = DomainLock(GRANTS_LOCK, "instant recovery grants")
-    deadline = time.monotonic() + GRANTS_LOCK_WAIT
-    while True:
-        try:
-            lock.acquire()
-            break
-        except DomainLockedError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.1)
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def _access_paths(record: InstantRecord) -> list[tuple[str, str]]:
-    """Every path QEMU needs, with the permission: the store's directories, the layers."""
-    dirs = _store_dirs(record.store_root, record.source_uuid)
-    return [*((path, "x") for path in dirs), *((path, "r") for path in sorted(record.store_files()))]
-
-
-def _plan_grants(record: InstantRecord,
-                 account: Optional[acl.Account]) -> list[tuple[str, str]]:
-    """The ACL entries this domain needs: not given by the modes, nor set by hand (those
-    are never touched); entries other records granted are shared."""
-    if account is None:
-        return []
-    others = _others_grants(record)
-    plan = []
-    for path, perm in _access_paths(record):
-        if not acl.needs_grant(path, account, perm):
-            continue
-        if acl.entry_allows(path, account, perm) and path not in others:
-            continue                                        # set by someone else: not ours
-        plan.append((path, perm))
-    return plan
-
-
-def _others_grants(record: InstantRecord) -> set[str]:
-    return {path for other in records.all_records()
-            if other.domain_uuid != record.domain_uuid for path in other.grants}
-
-
-def _release(record: InstantRecord) -> tuple[list[str], list[str]]:
-    """Remove this record's ACL entries that no other record needs (grants lock held)."""
-    if not record.grants:
-        return [], []
-    account = acl.account_named(record.qemu_user)
-    others = _others_grants(record)
-    revoked, kept = [], []
-    for path in sorted(record.grants, key=len, reverse=True):     # files before directories
-        if path in others:
-            kept.append(path)
-            continue
-        acl.revoke(path, account)
-        revoked.append(path)
-    return revoked, kept
-
-
-def release_gone(conn: Connection, report: Reporter,
-                 name: Optional[str] = None) -> list[str]:
-    """Release what instant-recovery domains that no longer exist held (grants lock held):
-    their ACL entries and records; the overlays of a set-up that never completed."""
-    revoked: list[str] = []
-    for record in list(records.all_records()):
-        if name is not None and record.domain_name != name:
-            continue
-        if conn.domain_by_uuid(record.domain_uuid) is not None:
-            continue
-        try:
-            lock = DomainLock(record.domain_uuid, record.domain_name)
-            lock.acquire()
-        except FibackupError:
-            continue                        # being set up right now
-        try:
-            if records.load(record.domain_uuid) is None:
-                continue
-            if record.status == records.STARTING:
-                for disk in record.disks.values():
-                    remove_quietly(disk.overlay)
-            else:
-                overlays = ", ".join(disk.overlay for disk in record.disks.values())
-                report.warn(f"instant-recovery domain '{record.domain_name}' no longer exists; "
-                            f"its overlays ({overlays}) rest on stored layers of "
-                            f"{record.store_root} and are kept")
-            revoked.extend(_release(record)[0])
-            record.remove()
-            report.info(f"released the backup files instant-recovery domain "
-                        f"'{record.domain_name}' used (it no longer exists)")
-        finally:
-            lock.release()
-    return revoked
-
-
-# -- restore --finalize ---------------------------------------------------------------------
-
-def finalize(name: str, connect: Callable[[], Connection], report: Reporter,
-             space_check: bool = True) -> FinalizeResult:
-    conn = connect()
-    domain = conn.find_domain(name)
-    if domain is None:
-        return _finalize_gone(conn, name, report)
-    record = records.load(domain.uuid)
-    if record is None:
-        raise UsageError(f"domain '{name}' does not run from a backup directory (no "
-                         f"instant-recovery record {records.record_path(domain.uuid)}); "
-                         "there is nothing to finalize")
-    result = FinalizeResult(domain.name)
-    with journalled(conn, domain, "finalize", {"record": record.path}, report) as journal:
-        pending = [disk for disk in record.disks.values() if _attached(domain, record, disk)]
-        if pending and space_check:
-            ensure_space(record.to, sum(_layer_bytes(disk) for disk in pending),
-                         f"the data of {domain.name}'s stored layers")
-        for disk in pending:
-            result.seconds += _detach(domain, disk, journal, report)
-            result.method = "pull" if domain.is_active() else "rebase"
-        step = journal.start("finalize.release", disks=sorted(record.disks))
-        _sync_definition(domain, record)
-        for disk in record.disks.values():
-            if _attached(domain, record, disk):
-                raise InconsistentChainError(
-                    f"disk {disk.target} of '{domain.name}' still rests on the backup "
-                    f"directory after the job; check 'virsh domblklist {domain.name}' and "
-                    f"'qemu-img info {disk.overlay}', then run --finalize again")
-            result.disks[disk.target] = disk.overlay
-        with _grants_lock():
-            result.revoked, result.kept = _release(record)
-        record.remove()
-        journal.done(step)
-    report.info(f"domain '{domain.name}' no longer uses {record.store_root}; its disks are "
-                f"{', '.join(sorted(result.disks.values()))}")
-    return result
-
-
-def _finalize_gone(conn: Connection, name: str, report: Reporter) -> FinalizeResult:
-    if not any(record.domain_name == name for record in records.all_records()):
-        raise DomainNotFoundError(f"domain '{name}' is not defined and no instant recovery of "
-                                  "that name is recorded; 'virsh list --all' shows the domains")
-    with _grants_lock():
-        revoked = release_gone(conn, report, name)
-    return FinalizeResult(name, method="gone", revoked=revoked)
-
-
-def _attached(domain: Domain, record: InstantRecord, disk: InstantDisk) -> bool:
-    """Whether the disk still reads from the backup directory (definition or header)."""
-    xml = domain.live_xml() if domain.is_active() else domain.inactive_xml()
-    chain = domxml.backing_files(xml, [disk.target]).get(disk.target)
-    if chain is None:
-        raise InconsistentChainError(f"domain '{domain.name}' has no disk {disk.target} any "
-                                     "more; its instant-recovery record cannot be finalized: "
-                                     f"check the domain, then move {record.path} away")
-    return bool(chain) or not _standalone(domain, disk)
-
-
-def _layer_bytes(disk: InstantDisk) -> int:
-    return sum(os.stat(layer.path).st_blocks * 512 for layer in disk.layers)
-
-
-def _detach(domain: Domain, disk: InstantDisk, journal: Journal, report: Reporter) -> float:
-    """Copy the disk's backing data into its overlay: a live pull, or offline a rebase
-    through the explicit chain.  Returns the seconds it took."""
-    live = domain.is_active()
-    step = journal.start("finalize.job", disk=disk.target, live=live, overlay=disk.overlay,
-                         layers=[layer.path for layer in disk.layers])
-    if not live:
-        began = time.monotonic()
-        report.info(f"{disk.target}: copying the stored data into {disk.overlay} (offline)")
-        img.make_standalone_explicit(disk.chain)
-        journal.done(step, outcome="merged")
-        return time.monotonic() - began
-    report.info(f"{disk.target}: pulling the stored data into {disk.overlay} while "
-                f"'{domain.name}' runs")
-    try:
-        job = blockjobs.pull(domain, disk.target, 0, None,
-                             report.progress(f"{disk.target} pull", _layer_bytes(disk)))
-    except blockjobs.JobNotStartedError:
-        journal.done(step, outcome="not started")
-        raise
-    if not job.completed:
-        journal.done(step, outcome="aborted")
-        raise BlockJobError(f"the pull of disk {disk.target} of '{domain.name}' was cancelled "
-                            f"from outside; the domain keeps running from the backup directory: "
-                            f"run 'fibackup restore --finalize {domain.name}' again")
-    journal.done(step, outcome="merged")
-    return job.seconds
-
-
-def _sync_definition(domain: Domain, record: InstantRecord) -> None:
-    """Drop the stored layers from the persistent definition of each disk whose overlay
-    stands alone now (libvirt then reads its header, which names no backing file)."""
-    if not domain.is_persistent():
-        return
-    xml = domain.inactive_xml()
-    stored = record.store_files()
-    targets = [target for target, chain in domxml.backing_files(xml, sorted(record.disks)).items()
-               if set(chain) & stored and _standalone(domain, record.disks[target])]
-    if targets:
-        domain.redefine(domxml.strip_backing_stores(xml, targets)[0])
-
-
-def _standalone(domain: Domain, disk: InstantDisk) -> bool:
-    return img.info(disk.overlay, "qcow2", force_share=domain.is_active()).backing_file is None
 

@@ -40,6 +40,7 @@ from fibackup.model.retention import (Merge, MergedLayer, Retention, adopted, ad
                                       kept_points, plan_merges, referenced_layers)
 from fibackup.report import Reporter
 from fibackup.store.layout import manifest_key
+from fibackup.store.format import point_from_dict
 from fibackup.store.repo import BackupStore
 from fibackup.store.tidy import tidy_domain
 
@@ -390,14 +391,9 @@ def _replace_layers(document: dict[str, Any], merged: dict[Merge, StoredLayer]) 
                 disk["layers"] = [_entry(layer, any(e.get("new") is True for e in entries[:count])),
                                   *entries[count:]]
                 changed = True
-    if changed:
-        layers = [entry for disk in document["disks"].values() for entry in disk["layers"]]
-        files = document.get("files") or []
-        document["bytes_new"] = sum(entry["data_bytes"] for entry in layers
-                                    if entry.get("new") is True) + \
-            sum(entry["size"] for entry in files if entry.get("new") is True)
-        document["bytes_total"] = sum(entry["data_bytes"] for entry in layers) + \
-            sum(entry["size"] for entry in files)
+    if changed:                                         # the model's totals of the new list
+        revised = point_from_dict(document, "the revised manifest")
+        document["bytes_new"], document["bytes_total"] = revised.bytes_new, revised.bytes_total
     return changed
 
 

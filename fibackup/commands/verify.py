@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from fibackup.commands.restore import find_points
+from fibackup.commands.restore_common import find_points
 from fibackup.errors import CorruptStoreError
 from fibackup.model.chain import StoredLayer
 from fibackup.model.points import PointDisk, PointFile, PointLayer, RestorePoint, select_point

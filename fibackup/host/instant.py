@@ -17,10 +17,11 @@ from typing import Any, Iterator, Optional
 from fibackup.errors import DomainStateError, InstantRecordError, StateDirError
 from fibackup.fsutil import make_private_dirs, remove_quietly, write_file
 from fibackup.host.state import state_dir
+from fibackup.model.states import InstantStatus
 
 RECORD_KIND = "fibackup-instant"
 RECORD_VERSION = 1
-STARTING, READY = "starting", "ready"
+STARTING, READY = InstantStatus.STARTING, InstantStatus.READY
 """``starting`` until the domain is defined and started, then ``ready``."""
 
 
@@ -59,6 +60,7 @@ class InstantRecord:
     grants: list[str] = field(default_factory=list)
     """Paths fibackup gave the QEMU user an ACL entry on (shared with other records)."""
     status: str = STARTING
+    """An :class:`~fibackup.model.states.InstantStatus` (as read: the file's string)."""
     created: str = ""
 
     @property

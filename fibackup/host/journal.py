@@ -7,15 +7,16 @@ it before its work begins, and marked ``done`` after; the file is removed when
 the run ends, also on an error between steps.  On an error inside a step it is
 kept with ``error`` set, as the step may be half done.  A journal found by the
 next run therefore means the run before it died (SIGKILL, power loss, OOM) or
-stopped inside a step: ``fibackup repair`` (fibackup/commands/repair.py) reads
-it and reconciles.
+stopped inside a step: ``fibackup repair`` (fibackup/commands/repair.py), and
+every other command before its own run (fibackup/commands/journalled.py), reads
+it and reconciles through each command's recovery handlers
+(fibackup/commands/recovery/).
 
 Restores are journalled under ``restore-<token>.json``, as they need no domain.
 """
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import json
 import os
 import secrets
@@ -27,6 +28,8 @@ from fibackup import faults
 from fibackup.errors import JournalError, StateDirError
 from fibackup.fsutil import make_private_dirs, remove_quietly, write_file
 from fibackup.host.state import state_dir
+from fibackup.model.naming import utc_time
+from fibackup.model.states import StepStatus
 
 JOURNAL_KIND = "fibackup-journal"
 JOURNAL_VERSION = 1
@@ -49,14 +52,14 @@ def journal_dir() -> str:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_time()
 
 
 @dataclass
 class Step:
     name: str
     status: str
-    """``started`` or ``done``."""
+    """A :class:`~fibackup.model.states.StepStatus`: ``started``, then ``done``."""
     time: str
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -112,7 +115,7 @@ class Journal:
     def start(self, name: str, **data: Any) -> Step:
         """Record that step ``name`` begins, with what repair needs to finish or undo it."""
         assert name in ALL_STEPS, name
-        step = Step(name, "started", _now(), dict(data))
+        step = Step(name, StepStatus.STARTED, _now(), dict(data))
         with self.lock:
             self.steps.append(step)
             self._save()
@@ -122,7 +125,7 @@ class Journal:
     def done(self, step: Step, **data: Any) -> None:
         faults.point(f"{step.name}.after")
         with self.lock:
-            step.status = "done"
+            step.status = StepStatus.DONE
             step.data.update(data)
             self._save()
 
@@ -139,7 +142,7 @@ class Journal:
                 f"during step {', '.join(step.name for step in self.open_steps()) or '-'}")
 
     def open_steps(self) -> list[Step]:
-        return [step for step in self.steps if step.status == "started"]
+        return [step for step in self.steps if step.status == StepStatus.STARTED]
 
     def last(self, name: str) -> Optional[Step]:
         return next((step for step in reversed(self.steps) if step.name == name), None)

@@ -18,6 +18,7 @@ from typing import Any, Optional
 from fibackup.errors import HostStateError
 from fibackup.fsutil import make_private_dirs, write_file
 from fibackup.model.chain import FileIdentity
+from fibackup.model.states import Outcome
 
 STATE_KIND = "fibackup-host-state"
 STATE_VERSION = 1
@@ -47,8 +48,10 @@ class RestoredFile:
 class Consolidation:
     """One consolidation of one disk.
 
-    ``outcome`` is ``merged`` (the job completed), ``aborted`` (timeout or
-    abort: the base may be partly written) or ``failed``.  For a completed
+    ``method`` is a :class:`~fibackup.model.states.Method`, ``outcome`` an
+    :class:`~fibackup.model.states.Outcome`: ``merged`` (the job completed),
+    ``aborted`` (timeout or abort: the base may be partly written) or ``failed``
+    (both kept as read: the file's strings).  For a completed
     commit, ``result`` is the identity of the base afterwards and ``parts`` the
     identities of the files merged into it, base first: the base then has the
     content of their stacking.
@@ -114,7 +117,7 @@ class HostState:
     def compositions(self) -> dict[FileIdentity, tuple[FileIdentity, ...]]:
         """Files a completed commit produced -> the files it merged, base first."""
         return {item.result: item.parts for item in self.consolidations
-                if item.outcome == "merged" and item.result is not None and item.parts}
+                if item.outcome == Outcome.MERGED and item.result is not None and item.parts}
 
     def created_overlay(self, path: str) -> bool:
         return any(item.get("path") == path for item in self.overlays)
@@ -175,6 +178,49 @@ def load(domain_uuid: str) -> HostState:
     except (KeyError, TypeError, ValueError) as error:
         raise HostStateError(f"{path} has a malformed entry ({error})", path=path) from None
     return HostState(domain_uuid, restored, overlays, stores, consolidations, definitions)
+
+
+# -- what the commands record (each loads, changes and saves the file) -----------------------
+
+def remember_overlays(domain_uuid: str, overlays: dict[str, str], tag: str) -> None:
+    """Note the overlays snapshot ``tag`` created (only those are ever deleted)."""
+    state = load(domain_uuid)
+    new = [{"disk": target, "path": path, "tag": tag} for target, path in overlays.items()
+           if not state.created_overlay(path)]
+    if new:
+        state.overlays.extend(new)
+        state.save()
+
+
+def remember_store(domain_uuid: str, store_id: str, root: str) -> None:
+    """Note a backup directory the domain was backed up to: consolidation checks that
+    every one holds what it would merge away."""
+    state = load(domain_uuid)
+    if state.stores.get(store_id) != root:
+        state.stores[store_id] = root
+        state.save()
+
+
+def remember_restored(domain_uuid: str, restored: list[RestoredFile]) -> None:
+    """Note restored files that are byte-identical copies of stored layers (each replaces
+    what was noted for its path before)."""
+    state = load(domain_uuid)
+    for item in restored:
+        state.restored = [old for old in state.restored if old.identity.path != item.identity.path]
+        state.restored.append(item)
+    state.save()
+
+
+def record_consolidation(domain_uuid: str, consolidation: Consolidation) -> None:
+    """Record a consolidation; the same run's record for the disk is replaced, not doubled
+    (repair may record what an interrupted run already had)."""
+    state = load(domain_uuid)
+    last = state.last_consolidation(consolidation.disk)
+    if last is not None and (last.time, last.method) == (consolidation.time,
+                                                         consolidation.method):
+        state.consolidations.remove(last)
+    state.record(consolidation)
+    state.save()
 
 
 def _list(value: Any) -> list[Any]:

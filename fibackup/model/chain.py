@@ -19,7 +19,12 @@ What a backup must copy is decided here, from facts the adapters gathered:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, NamedTuple, Optional, Sequence
+
+from fibackup.model.states import Method
+
+if TYPE_CHECKING:
+    import os
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,33 @@ class FileIdentity:
     size: int
     mtime_ns: int
     head_digest: str = ""
+
+    @property
+    def stamp(self) -> FileStamp:
+        return FileStamp(self.dev, self.ino, self.size, self.mtime_ns)
+
+
+class FileStamp(NamedTuple):
+    """Which file a name holds, from its ``stat``: device, inode, size, mtime.
+
+    The one way fibackup asks "is this the same file": :attr:`inode` for "the same
+    file" (another domain uses this image), the whole stamp for "the same file,
+    unchanged since" (inodes are reused; a JSON list of four numbers in a journal).
+    A :class:`FileIdentity` adds where it is and a checksum of its head."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, status: "os.stat_result") -> "FileStamp":
+        return cls(status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+    @property
+    def inode(self) -> tuple[int, int]:
+        """(device, inode): the file, whatever it holds now."""
+        return self.dev, self.ino
 
 
 @dataclass(frozen=True)
@@ -320,3 +352,23 @@ def chain_from_ids(layer_ids: Sequence[str], index: Mapping[str, StoredLayer]) -
                 f"but the chain puts it on {chain[-1].id if chain else 'nothing'}")
         chain.append(stored)
     return chain
+
+
+# -- what a consolidation method does to a chain -----------------------------------------------
+
+def moved_layers(disk: LiveDisk, method: str) -> list[LiveLayer]:
+    """The layers whose data a consolidation job with ``method`` moves."""
+    if method == Method.COMMIT:
+        return list(disk.layers[1:-1])
+    if method == Method.ACTIVE:
+        return list(disk.layers[1:])
+    return list(disk.layers[:-1])
+
+
+def expected_chain(disk: LiveDisk, method: str) -> list[str]:
+    """The chain (paths, base first) a completed job with ``method`` leaves."""
+    if method == Method.COMMIT:
+        return [disk.base.path, disk.active.path]
+    if method == Method.ACTIVE:
+        return [disk.base.path]
+    return [disk.active.path]

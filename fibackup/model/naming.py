@@ -11,6 +11,26 @@ from typing import Callable, Mapping
 OVERLAY_MARK = ".bimg-"
 TAG_FORMAT = "%Y%m%d-%H%M%S"
 _TAG_RE = re.compile(r"^\d{8}-\d{6}(-\d+)?$")
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+"""How every time fibackup writes is spelled: UTC, to the second (``2026-11-23T10:00:00Z``)."""
+
+
+def utc_moment() -> _dt.datetime:
+    """Now, in UTC (timezone-aware)."""
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def utc_time(when: _dt.datetime | None = None) -> str:
+    """``when`` (default: now) as fibackup writes times: :data:`TIME_FORMAT`, in UTC."""
+    when = utc_moment() if when is None else when
+    if when.tzinfo is not None:
+        when = when.astimezone(_dt.timezone.utc)
+    return when.strftime(TIME_FORMAT)
+
+
+def parse_utc_time(text: str) -> _dt.datetime:
+    """A time written by :func:`utc_time` (naive, in UTC); ValueError if it is not one."""
+    return _dt.datetime.strptime(text, TIME_FORMAT)
 
 
 def timestamp_tag(when: _dt.datetime) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 from fibackup.errors import CorruptStoreError
+from fibackup.model.naming import parse_utc_time
 from fibackup.model.points import PointLayer, RestorePoint
 
 
@@ -83,7 +84,7 @@ def _newest_per_period(newest_first: Sequence[RestorePoint], count: int,
 
 def _moment(point: RestorePoint) -> _dt.datetime:
     try:
-        return _dt.datetime.strptime(point.time, "%Y-%m-%dT%H:%M:%SZ")
+        return parse_utc_time(point.time)
     except ValueError:
         raise CorruptStoreError(f"restore point {point.domain_name}/{point.id} has the time "
                                 f"{point.time!r}, which is not a UTC time; --keep-daily and "

@@ -12,7 +12,7 @@ import queue
 import re
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 from fibackup import faults
 from fibackup.errors import BlockJobError
@@ -32,11 +32,17 @@ class JobNotStartedError(BlockJobError):
     """libvirt refused to start the job: nothing was written."""
 
 
+JobOutcome = Literal["completed", "aborted"]
+"""How a job ended: ``completed`` (pivoted, for an active commit) or ``aborted``."""
+Settled = Literal["none", "ended", "pivoted", "aborted", "running"]
+"""What :func:`settle` found and did."""
+
+
 @dataclass
 class JobResult:
     """How a job ended: ``completed`` (pivoted, for an active commit) or ``aborted``."""
 
-    outcome: str
+    outcome: JobOutcome
     seconds: float
     bytes_done: int
     reason: str = ""
@@ -285,7 +291,7 @@ def _start_message(name: str, target: str, what: str, text: str, base: Optional[
 
 # -- jobs an interrupted run left behind (fibackup repair) ---------------------------------------
 
-def settle(domain: Domain, target: str, pivot: bool, deadline: Optional[float]) -> str:
+def settle(domain: Domain, target: str, pivot: bool, deadline: Optional[float]) -> Settled:
     """Bring a block job a dead run left on ``target`` to an end.
 
     A job still copying is waited for (until ``deadline``: then ``running``);

@@ -62,8 +62,9 @@ def _disk_spec(element: ET.Element) -> DiskSpec:
         path = (source.get("file") or source.get("dev") or source.get("name")
                 or source.get("volume"))
     backing, terminated = _backing(element)
+    target = element.find("target")
     return DiskSpec(
-        target=(element.find("target").get("dev", "") if element.find("target") is not None else ""),
+        target=target.get("dev", "") if target is not None else "",
         device=element.get("device", "disk"), source_type=source_type, source=path,
         format=(driver.get("type", "raw") if driver is not None else "raw"),
         readonly=element.find("readonly") is not None,

@@ -6,13 +6,20 @@ serial "log" that QEMU writes into ``/etc``, a host directory shared with the
 guest.  Before restore defines such a definition, :func:`untrusted_parts` names
 everything in it that reaches beyond ``--to`` (what restore wrote) and a few
 read-only system files; restore refuses unless ``--trust-xml``.
+
+:func:`definition_problems` is the one trust decision restore and instant
+recovery share: a definition this host recorded storing (host state) is trusted
+as it is; any other is checked part by part, and, when it is to redefine the
+point's own domain, must be of that domain.
 """
 from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from typing import Collection
+from typing import Collection, Optional, Sequence
 
+from fibackup.host import state as host_state
+from fibackup.model.points import RestorePoint
 from fibackup.virt.domxml import parse
 
 QEMU_NAMESPACE = "{http://libvirt.org/schemas/domain/qemu/1.0}"
@@ -34,6 +41,28 @@ REFUSED_TYPES = {
     "memory": ("nvdimm", "virtio-pmem"),
 }
 """Devices refused when their ``type`` (``model`` for memory) is one of these."""
+
+
+def definition_problems(point: RestorePoint, xml: str, inside: str,
+                        allowed: Sequence[str] = (), same_domain: bool = False) -> list[str]:
+    """Why ``xml``, made from ``point``'s stored definition, is unsafe to define:
+    nothing when this host recorded storing exactly that definition.  With
+    ``same_domain`` (not a copy) the definition must also be of the point's domain."""
+    if host_state.load(point.domain_uuid).stored_definition(point.domain_xml):
+        return []
+    problems = untrusted_parts(xml, inside, allowed)
+    return problems + _identity_problems(point) if same_domain else problems
+
+
+def _identity_problems(point: RestorePoint) -> list[str]:
+    """A stored definition must be of the point's own domain (name and UUID), or it
+    would redefine another domain of this host."""
+    root = parse(point.domain_xml)
+    name, uuid = root.findtext("name", ""), root.findtext("uuid", "")
+    if name == point.domain_name and uuid in ("", point.domain_uuid):
+        return []
+    return [f"a definition of domain '{name}' ({uuid or 'no UUID'}), not of "
+            f"'{point.domain_name}' ({point.domain_uuid})"]
 
 
 def untrusted_parts(xml: str, inside: str, allowed: Collection[str] = ()) -> list[str]:
@@ -75,8 +104,9 @@ def _device_problems(tag: str, element: ET.Element) -> list[str]:
 
 def _path_problems(tag: str, element: ET.Element, inside: str,
                    allowed: Collection[str]) -> list[str]:
-    found = [(name, value.strip()) for name, value in element.attrib.items()
-             if value.strip().startswith("/")]
+    found: list[tuple[Optional[str], str]] = [
+        (name, value.strip()) for name, value in element.attrib.items()
+        if value.strip().startswith("/")]
     text = (element.text or "").strip()
     if text.startswith("/"):
         found.append((None, text))

@@ -125,7 +125,7 @@ def test_tidy_removes_only_partial_files_while_a_manifest_is_unreadable(store, s
 
 def _published(tmp_path, names, existed=()):
     """A restore journal that published ``names`` into tmp_path/to (no define step)."""
-    from fibackup.commands.restore import file_key
+    from fibackup.fsutil import file_stamp as file_key
     destination = tmp_path / "to"
     staging = destination / ".fibackup-restore-1"
     staging.mkdir(parents=True)
@@ -144,7 +144,7 @@ def _published(tmp_path, names, existed=()):
 
 
 def test_undo_restore_removes_what_it_published_and_its_staging(tmp_path):
-    from fibackup.commands.repair import undo_restore
+    from fibackup.commands.recovery.restore import undo_restore
     from fibackup.report import Reporter
     journal, destination, staging = _published(tmp_path, ["vda.qcow2", "vda-00.qcow2"])
     actions = undo_restore(None, journal, Reporter(quiet=True))
@@ -153,7 +153,7 @@ def test_undo_restore_removes_what_it_published_and_its_staging(tmp_path):
 
 
 def test_undo_restore_never_removes_a_name_that_existed_or_a_file_since_replaced(tmp_path):
-    from fibackup.commands.repair import undo_restore
+    from fibackup.commands.recovery.restore import undo_restore
     from fibackup.report import Reporter
     journal, destination, _staging = _published(tmp_path, ["vda.qcow2", "vdb.qcow2"],
                                                 existed=["vda.qcow2"])
@@ -164,7 +164,7 @@ def test_undo_restore_never_removes_a_name_that_existed_or_a_file_since_replaced
 
 
 def test_undo_restore_needs_libvirt_when_the_define_step_began(tmp_path):
-    from fibackup.commands.repair import undo_restore
+    from fibackup.commands.recovery.restore import undo_restore
     from fibackup.report import Reporter
     journal, destination, _staging = _published(tmp_path, ["vda.qcow2"])
     journal.done(journal.steps[-1])
