@@ -25,7 +25,9 @@ Hierarchy::
     │   ├── SnapshotError                    libvirt/QEMU refused the snapshot
     │   │   └── NothingTakenError            ... before any disk moved to its overlay
     │   └── BlockJobError                    a block job (commit, pull) failed or was refused
+    │       └── JobNotStartedError           libvirt refused to start it: nothing was written
     ├── ImageToolError                       qemu-img failed
+    │   └── ImageToolTimeoutError            qemu-img ran out of its time and was stopped
     ├── StoreError                           the backup directory
     │   ├── StoreUnavailableError            missing, not a directory, not writable
     │   ├── NotEnoughSpaceError
@@ -148,6 +150,11 @@ class ImageToolError(FibackupError):
     """qemu-img failed."""
 
 
+class ImageToolTimeoutError(ImageToolError):
+    """qemu-img ran out of its time (``--timeout``) and was killed.  (Before 0.2 its JSON
+    ``kind`` was ``Timeout``.)"""
+
+
 class StoreError(FibackupError):
     """Something is wrong with the backup directory."""
 
@@ -204,6 +211,10 @@ class StateDirError(FibackupError):
 
 class BlockJobError(LibvirtError):
     """A block job (commit, active commit, pull) could not start, failed or did not end."""
+
+
+class JobNotStartedError(BlockJobError):
+    """libvirt refused to start the block job: nothing was written."""
 
 
 class ImageInUseError(FibackupError):

@@ -13,7 +13,6 @@ from fibackup.cli.root import app
 # each command module registers its command on app; --help lists them in this order
 from fibackup.cli import snapshot, consolidate, repair, listing, status, verify  # noqa: F401
 from fibackup.cli import restore, prune, config  # noqa: F401
-from fibackup.rates import parse_rate  # noqa: F401 - once cli.py's; tests import it here
 
 __all__ = ["app", "main"]
 

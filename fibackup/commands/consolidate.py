@@ -39,7 +39,7 @@ from fibackup.host.journal import Journal
 from fibackup.model.chain import LiveDisk
 from fibackup.model.states import METHODS, Method, Outcome
 from fibackup.report import Reporter
-from fibackup.store.backend import location
+from fibackup.store.location import location
 from fibackup.store.repo import BackupStore
 from fibackup.virt import domxml
 from fibackup.virt.chains import live_chain

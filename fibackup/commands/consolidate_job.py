@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Protocol
 
 from fibackup.commands.recovery.consolidate import finish_merge
-from fibackup.errors import FibackupError, InconsistentChainError
+from fibackup.errors import (FibackupError, ImageToolTimeoutError, InconsistentChainError,
+                             JobNotStartedError)
 from fibackup.fsutil import allocated_bytes, file_identity, human
 from fibackup.host import state as host_state
 from fibackup.host.journal import Journal, Step
@@ -139,7 +140,7 @@ def _run(domain: Domain, job: _Job, options: JobOptions, live: bool, report: Rep
     try:
         ran = (_run_live(domain, disk, options, report, job.merged_bytes) if live
                else _run_offline(domain, disk, options, journal))
-    except blockjobs.JobNotStartedError:
+    except JobNotStartedError:
         journal.done(step, outcome=Outcome.NOT_STARTED)       # nothing was written
         raise
     except FibackupError:
@@ -203,7 +204,7 @@ def _run_offline(domain: Domain, disk: LiveDisk, options: JobOptions,
                 step = journal.start("consolidate.rebase", disk=disk.target)
                 img.rebase_unsafe(disk.active.path, disk.base.path, disk.base.format)
                 journal.done(step)
-    except img.Timeout as error:
+    except ImageToolTimeoutError as error:
         return blockjobs.JobResult("aborted", time.monotonic() - began, 0, str(error))
     step = journal.start("consolidate.redefine", disk=disk.target)
     redefine_offline(domain, disk.target, options.method, disk.base)

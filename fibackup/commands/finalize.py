@@ -18,7 +18,8 @@ from typing import Callable, Literal
 
 from fibackup.commands.grants import grants_lock, release, release_gone
 from fibackup.commands.journalled import journalled
-from fibackup.errors import BlockJobError, DomainNotFoundError, InconsistentChainError, UsageError
+from fibackup.errors import (BlockJobError, DomainNotFoundError, InconsistentChainError,
+                             JobNotStartedError, UsageError)
 from fibackup.fsutil import ensure_space
 from fibackup.host import instant as records
 from fibackup.host.instant import InstantDisk, InstantRecord
@@ -126,9 +127,9 @@ def _detach(domain: Domain, disk: InstantDisk, journal: Journal, report: Reporte
     report.info(f"{disk.target}: pulling the stored data into {disk.overlay} while "
                 f"'{domain.name}' runs")
     try:
-        job = blockjobs.pull(domain, disk.target, 0, None,
-                             report.progress(f"{disk.target} pull", _layer_bytes(disk)))
-    except blockjobs.JobNotStartedError:
+        with report.progress(f"{disk.target} pull", _layer_bytes(disk)) as bar:
+            job = blockjobs.pull(domain, disk.target, 0, None, bar)
+    except JobNotStartedError:
         journal.done(step, outcome=Outcome.NOT_STARTED)
         raise
     if not job.completed:

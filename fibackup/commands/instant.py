@@ -42,9 +42,10 @@ from fibackup.model.naming import safe_component
 from fibackup.model.points import PointDisk, RestorePoint, select_point
 from fibackup.qemu import img
 from fibackup.report import Reporter
-from fibackup.store.backend import require_local
+from fibackup.store.location import require_local
 from fibackup.store.chunks import Throttle
-from fibackup.store.repo import BackupStore, layer_disagreement
+from fibackup.store.checking import layer_disagreement
+from fibackup.store.repo import BackupStore
 from fibackup.virt.libvirt_api import Connection, Domain, libvirt, libvirt_message
 from fibackup.virt import domxml
 from fibackup.virt.trust import definition_problems
@@ -185,9 +186,9 @@ def _checked_chain(store: BackupStore, root: str, point: RestorePoint, disk: Poi
         path = os.path.join(root, os.path.relpath(
             store.layer_path(point.domain_uuid, entry.id, entry.image_format), store.root))
         if options.verify:
-            progress = report.progress(f"checking {disk.target} {entry.id}", entry.data_bytes)
-            problems = store.check_layer(point.domain_uuid, entry.id, progress=progress,
-                                         throttle=options.throttle)
+            with report.progress(f"checking {disk.target} {entry.id}", entry.data_bytes) as bar:
+                problems = store.check_layer(point.domain_uuid, entry.id, progress=bar,
+                                             throttle=options.throttle)
             if problems:
                 raise IntegrityError("; ".join(problems) + "; nothing was started from this "
                                      "restore point (run 'fibackup verify', choose another "

@@ -23,7 +23,7 @@ from fibackup.host import state as host_state
 from fibackup.host.journal import Journal
 from fibackup.host.lock import DomainLock
 from fibackup.report import Reporter
-from fibackup.store.backend import location
+from fibackup.store.location import location
 from fibackup.store.repo import BackupStore
 from fibackup.store.tidy import tidy_domain
 from fibackup.virt.libvirt_api import Connection, Domain

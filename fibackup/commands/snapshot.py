@@ -35,7 +35,7 @@ from fibackup.model.chain import LayerIndex, LiveDisk
 from fibackup.model.points import PointFile, RestorePoint
 from fibackup.model.states import METHODS
 from fibackup.report import Reporter
-from fibackup.store.backend import location
+from fibackup.store.location import location
 from fibackup.store.repo import BackupStore
 from fibackup.virt import domxml
 from fibackup.virt.chains import live_chain

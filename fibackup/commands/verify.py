@@ -19,7 +19,8 @@ from fibackup.model.points import PointDisk, PointFile, PointLayer, RestorePoint
 from fibackup.progress import Bar
 from fibackup.report import Reporter
 from fibackup.store.chunks import Throttle
-from fibackup.store.repo import BackupStore, layer_disagreement
+from fibackup.store.checking import layer_disagreement
+from fibackup.store.repo import BackupStore
 
 
 @dataclass

@@ -6,7 +6,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from fibackup.errors import ImageToolError
+from fibackup.errors import ImageToolError, ImageToolTimeoutError
 
 QEMU_IMG = "qemu-img"
 
@@ -22,16 +22,12 @@ class ImageInfo:
     """An external data file (qcow2 ``data_file``): the data is not in this file."""
 
 
-class Timeout(ImageToolError):
-    """qemu-img ran out of its time and was killed."""
-
-
 def _run(args: Sequence[str], what: str, timeout: Optional[float] = None) -> str:
     try:
         completed = subprocess.run([QEMU_IMG, *args], capture_output=True, text=True, check=False,
                                    timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise Timeout(f"{what} did not finish within {timeout:g} s and was stopped") from None
+        raise ImageToolTimeoutError(f"{what} did not finish within {timeout:g} s and was stopped") from None
     except FileNotFoundError:
         raise ImageToolError("qemu-img is not installed (Debian package qemu-utils); "
                              "run scripts/setup-host.sh") from None

@@ -25,7 +25,6 @@ from typing import Callable, Optional, Protocol, Sequence
 from fibackup.errors import CorruptStoreError, NotEnoughSpaceError, StoreUnavailableError
 from fibackup.fsutil import publish, remove_quietly, temp_name, write_file
 from fibackup.store.chunks import ChunkList, ProgressFn, ScanResult, Throttle, scan_file
-from fibackup.store.location import location, require_local  # noqa: F401  (importers' names)
 
 Parts = Sequence[str]
 CheckFn = Optional[Callable[[], None]]

@@ -31,10 +31,8 @@ from fibackup.model.points import PointFile, PointLayer, RestorePoint
 from fibackup.store import format as fmt
 from fibackup.store import layout
 from fibackup.store.backend import Backend
-from fibackup.store.checking import layer_disagreement  # noqa: F401  (importers' name)
 from fibackup.store.chunks import ProgressFn, Throttle
 from fibackup.store.documents import Documents
-from fibackup.store.layout import MARKER  # noqa: F401  (importers' name)
 from fibackup.store.locking import domain_lock
 from fibackup.store.merging import Merger
 from fibackup.store.opening import has_marker, open_backend

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
 from fibackup import faults
-from fibackup.errors import BlockJobError
+from fibackup.errors import BlockJobError, JobNotStartedError
 from fibackup.progress import JobProgress
 from fibackup.virt.libvirt_api import Domain, libvirt, libvirt_message
 
@@ -26,10 +26,6 @@ PIVOT_RETRY = 600.0
 COMPLETED, FAILED, CANCELED, READY = 0, 1, 2, 3
 Progress = Optional[JobProgress]
 """Gets libvirt's cur/end of the job at every poll (a progress bar, or None)."""
-
-
-class JobNotStartedError(BlockJobError):
-    """libvirt refused to start the job: nothing was written."""
 
 
 JobOutcome = Literal["completed", "aborted"]

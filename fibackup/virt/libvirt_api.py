@@ -10,7 +10,7 @@ from fibackup.errors import (ConnectionFailedError, DomainNotFoundError, Libvirt
                              SnapshotError)
 
 try:
-    import libvirt
+    import libvirt as libvirt  # (re-exported: "from fibackup.virt.libvirt_api import libvirt")
 except ImportError:  # pragma: no cover - reported when a command needs libvirt
     libvirt = None
 
@@ -141,11 +141,11 @@ class Domain:
 
     @property
     def name(self) -> str:
-        return self.handle.name()
+        return str(self.handle.name())
 
     @property
     def uuid(self) -> str:
-        return self.handle.UUIDString()
+        return str(self.handle.UUIDString())
 
     def is_active(self) -> bool:
         return bool(self.handle.isActive())
@@ -161,13 +161,13 @@ class Domain:
         return names.get(state, "in an unknown state")
 
     def live_xml(self) -> str:
-        return self.handle.XMLDesc(0)
+        return str(self.handle.XMLDesc(0))
 
     def inactive_xml(self) -> str:
         """The persistent definition (the live one for a transient domain)."""
         if not self.is_persistent():
             return self.live_xml()
-        return self.handle.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        return str(self.handle.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
 
     def current_xml(self) -> str:
         """What describes the disks now: live XML if running, else persistent."""

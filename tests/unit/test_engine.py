@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fibackup.cli import parse_rate
+from fibackup.rates import parse_rate
 from fibackup.commands.parallel import Cancelled, run_each
 from fibackup.errors import UsageError
 from fibackup.store import pagecache

@@ -12,7 +12,8 @@ import pytest
 
 from fibackup.errors import CorruptStoreError, IntegrityError
 from fibackup.fsutil import file_identity
-from fibackup.store.repo import MARKER, BackupStore
+from fibackup.store.layout import MARKER
+from fibackup.store.repo import BackupStore
 from tests.storelab import (BASE, OTHER_UUID, SOURCE_SIZE, TOP, UUID, foreign_layer,
                             make_point, make_source, manifest_path, record_path, store_layer,
                             with_entries, write_stray)

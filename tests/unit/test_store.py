@@ -10,7 +10,8 @@ from fibackup.errors import (CorruptStoreError, IntegrityError, StoreError,
 from fibackup.fsutil import file_identity
 from fibackup.store import format as fmt
 from fibackup.store.chunks import CHUNK_SIZE, scan_file
-from fibackup.store.repo import MARKER, BackupStore
+from fibackup.store.layout import MARKER
+from fibackup.store.repo import BackupStore
 from tests.storelab import (MiB, OTHER_UUID, SOURCE_SIZE, UUID, all_files, flip_byte,
                             make_point, make_source, store_layer, write_stray)
 
