@@ -225,8 +225,8 @@ def _decode(path: str, data: bytes) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}; fix that line (README.md, "
-                          "\"Configuration\", has an example)") from None
+        raise ConfigError(f"{path}: not valid TOML: {error}; fix that line (docs/CONFIG.md has an "
+                          "example)") from None
 
 
 def _shown(value: Any) -> str:
@@ -259,7 +259,7 @@ def parse(path: str, data: bytes) -> dict[str, Setting]:
         else:
             raise ConfigError(f"{path}: unknown key '{name}'; the top-level keys are "
                               f"{_names(SCHEMA[''])} and the sections "
-                              f"{_names(f'[{s}]' for s in sections)} (README.md, \"Configuration\")")
+                              f"{_names(f'[{s}]' for s in sections)} (docs/CONFIG.md)")
     return settings
 
 
@@ -269,7 +269,7 @@ def _parse_section(path: str, section: str, table: dict[str, Any]) -> dict[str, 
     for key, value in table.items():
         if key not in known:
             raise ConfigError(f"{path}: unknown key '{key}' in [{section}]; the keys there are "
-                              f"{_names(known)} (README.md, \"Configuration\")")
+                              f"{_names(known)} (docs/CONFIG.md)")
         settings[_dotted(section, key)] = _checked(path, section, key, value)
     return settings
 

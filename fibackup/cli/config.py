@@ -11,8 +11,8 @@ from fibackup.cli.running import load_settings, run
 from fibackup.errors import EXIT_OK
 
 config_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                         help="Show the settings of the configuration files (README.md, "
-                              "\"Configuration\").\n\n"
+                         help="Show the settings of the configuration files (docs/CONFIG.md)."
+                              "\n\n"
                               "\b\nExamples:\n"
                               "  fibackup config show              # value and source of each\n"
                               "  FIBACKUP_CONFIG=/etc/other.toml fibackup config show --json")

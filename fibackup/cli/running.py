@@ -37,7 +37,7 @@ def load_settings() -> "Config":
 def reporter(quiet: bool = False, as_json: bool = False, backup_dir: Optional[str] = None,
              command: str = "") -> "Reporter":
     """The run's stderr (bars only on a terminal, never with --quiet or --json) and, with
-    a backup directory, its log in DIR/logs (README.md, "Progress, logs and journald")."""
+    a backup directory, its log in DIR/logs (docs/OPERATIONS.md)."""
     from fibackup.report import Reporter
     report = Reporter(quiet=quiet, bars=not as_json)
     log_to(report, backup_dir, command)

@@ -1,6 +1,6 @@
 """``fibackup consolidate``: shorten each disk's backing chain without breaking a backup.
 
-Methods (README, "Consolidation"):
+Methods (docs/CONSOLIDATION.md):
 
 * ``commit`` (default): merge every frozen layer into the base; the chain
   becomes base <- active.  The host state records that the new base *is* the

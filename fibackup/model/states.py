@@ -22,7 +22,7 @@ class State(str, Enum):
 
 
 class Method(State):
-    """How ``consolidate`` shortens a chain (README, "Consolidation")."""
+    """How ``consolidate`` shortens a chain (docs/CONSOLIDATION.md)."""
 
     COMMIT = "commit"
     """Merge the frozen layers into the base: base <- active."""

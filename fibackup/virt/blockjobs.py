@@ -278,7 +278,7 @@ def _start_message(name: str, target: str, what: str, text: str, base: Optional[
                 f"({'permission denied' if 'Permission' in text else 'operation not permitted'}): "
                 "check the file's permissions and attributes ('lsattr'), and on Debian/Ubuntu "
                 "hosts AppArmor, which often denies writing a base image that was read-only when "
-                "the domain started (see README, 'Consolidation'). Nothing was changed")
+                "the domain started (see docs/CONSOLIDATION.md). Nothing was changed")
     if "already in active block job" in text or "block copy still active" in text:
         return (f"disk {target} of '{name}' already runs a block job ('virsh blockjob {name} "
                 f"{target}' shows it); wait for it or abort it, then run again. Nothing was changed")
