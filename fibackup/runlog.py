@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 
 from fibackup import __version__
 from fibackup.fsutil import host_name, write_all
-from fibackup.store.format import utc_now
+from fibackup.model.naming import utc_time
 from fibackup.store.layout import MARKER
 
 LOG_DIR = "logs"
@@ -64,7 +64,7 @@ class RunLog:
 
     def write(self, level: str, text: str) -> Optional[str]:
         """Append ``<UTC time> <LEVEL> <text>``; the reason, once, when the log failed."""
-        line = f"{utc_now()} {level.upper():<7} {text}\n".encode("utf-8", "backslashreplace")
+        line = f"{utc_time()} {level.upper():<7} {text}\n".encode("utf-8", "backslashreplace")
         with self._lock:
             if self._ended:
                 return None

@@ -7,7 +7,6 @@ documents; they are derived from validated ids.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import re
 from dataclasses import dataclass
@@ -60,11 +59,6 @@ class LayerRecord:
     layer: StoredLayer
     chunks: ChunkList
     stored_at: str
-
-
-def utc_now() -> str:
-    """The current time as documents record it (``created``, ``stored_at``)."""
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def is_valid_id(text: str) -> bool:

@@ -12,6 +12,7 @@ import uuid as _uuid
 from typing import Callable
 
 from fibackup.errors import CorruptStoreError, StoreUnavailableError
+from fibackup.model.naming import utc_time
 from fibackup.store import format as fmt
 from fibackup.store.backend import Backend, DirectoryBackend
 from fibackup.store.documents import read_document
@@ -68,7 +69,7 @@ def _marked(backend: Backend, empty: Callable[[], bool], create: bool) -> str:
             "choose an empty or new directory for -b")
     store_id = str(_uuid.uuid4())
     document = {"kind": fmt.STORE_KIND, "version": fmt.FORMAT_VERSION,
-                "store_id": store_id, "created": fmt.utc_now()}
+                "store_id": store_id, "created": utc_time()}
     try:
         backend.write_new((), MARKER, fmt.dumps(document))
     except FileExistsError:            # another run initialised it at the same moment

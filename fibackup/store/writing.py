@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Optional
 from fibackup import faults
 from fibackup.errors import CorruptStoreError, NotEnoughSpaceError
 from fibackup.model.chain import FileIdentity, StoredLayer
+from fibackup.model.naming import utc_time
 from fibackup.model.points import RestorePoint
 from fibackup.store import format as fmt
 from fibackup.store import layout
@@ -56,7 +57,7 @@ class Writer:
     def write_layer_record(self, domain_uuid: str, layer: StoredLayer,
                            chunks: ChunkList) -> fmt.LayerRecord:
         """Publish a layer's record (its image is already published)."""
-        record = fmt.LayerRecord(layer=layer, chunks=chunks, stored_at=fmt.utc_now())
+        record = fmt.LayerRecord(layer=layer, chunks=chunks, stored_at=utc_time())
         self.write_document(layout.layers_parts(domain_uuid), layout.record_name(layer.id),
                             fmt.dumps(fmt.layer_record_to_dict(record)))
         return record
@@ -89,7 +90,7 @@ class Writer:
         with disk_full(_copy_full_message(source, self.backend.root)):
             chunks, new = self.backend.copy_in_addressed(
                 parts, lambda listed: layout.data_name(listed.digest), source, check_source)
-        record = fmt.FileRecord(id=chunks.digest, chunks=chunks, stored_at=fmt.utc_now())
+        record = fmt.FileRecord(id=chunks.digest, chunks=chunks, stored_at=utc_time())
         try:
             self.write_document(parts, layout.record_name(record.id),
                                 fmt.dumps(fmt.file_record_to_dict(record)))
