@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
 from fibackup.errors import ConfigError, UsageError
+from fibackup.model.states import METHODS
 from fibackup.store.location import SCHEME, is_url
 
 SYSTEM_FILE = "/etc/fibackup.toml"
@@ -29,8 +30,8 @@ DEFAULT_URI = "qemu:///system"
 DEFAULT_JOBS = 2
 """fibackup.commands.parallel.DEFAULT_JOBS (a unit test keeps them equal)."""
 MAX_JOBS = 64
-CONSOLIDATION_METHODS = ("commit", "active", "pull")
-"""fibackup.commands.consolidate.METHODS (a unit test keeps them equal)."""
+CONSOLIDATION_METHODS = METHODS
+"""The consolidation methods the configuration file accepts: model.states.METHODS."""
 QUIESCE_MODES = ("no", "require", "fallback")
 
 SOURCE_DEFAULT = "default"

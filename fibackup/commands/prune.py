@@ -40,7 +40,7 @@ from fibackup.model.retention import (Merge, MergedLayer, Retention, adopted, ad
                                       kept_points, plan_merges, referenced_layers)
 from fibackup.report import Reporter
 from fibackup.store.layout import manifest_key
-from fibackup.store.format import point_from_dict
+from fibackup.store.format import PRUNED_VERSION, point_from_dict
 from fibackup.store.repo import BackupStore
 from fibackup.store.tidy import tidy_domain
 
@@ -371,7 +371,7 @@ def _switch(store: BackupStore, uuid: str, kept: Sequence[RestorePoint],
     for point in kept:
         document = store.manifest_document(uuid, names[manifest_key(point.seq)])
         if _replace_layers(document, merged):
-            document["version"] = 2
+            document["version"] = PRUNED_VERSION
             document["revision"] = point.revision + 1
             point = store.publish_revision(uuid, document)
         revised.append(point)
