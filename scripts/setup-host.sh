@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
           pkg-config gcc busybox-static cpio xxhash procps xfsprogs acl ovmf swtpm swtpm-tools
-          ceph-mon ceph-osd radosgw ceph-common curl)
+          ceph-mon ceph-osd radosgw ceph-common curl fuse3 zstd)
 
 need_root() {
   if [ "$(id -u)" -ne 0 ]; then
