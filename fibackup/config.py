@@ -143,6 +143,52 @@ def _seconds(value: Any) -> float:
     return value
 
 
+def _store_format(value: Any) -> int:
+    if _is_int(value) and value in (1, 3):
+        return int(value)
+    raise ValueError("1 (layer copies, readable by fibackup before 0.3) or 3 (chunks: "
+                     "compressed, deduplicated, optionally encrypted)")
+
+
+def _compression(value: Any) -> str:
+    from fibackup.store.v3.codec import Compression
+    if isinstance(value, str):
+        try:
+            return Compression.parse(value).spec
+        except UsageError:
+            pass
+    raise ValueError('"zstd", "zstd:LEVEL" (1-19) or "none"')
+
+
+def _chunk_size(value: Any) -> str:
+    from fibackup.store.v3.settings import parse_size
+    if isinstance(value, str):
+        try:
+            parse_size(value)
+            return value
+        except UsageError:
+            pass
+    raise ValueError('a power of two from "64K" to "64M", such as "4M"')
+
+
+def _local_file(value: Any) -> str:
+    if isinstance(value, str) and os.path.isabs(value):
+        return os.path.normpath(value)
+    raise ValueError('an absolute path such as "/etc/fibackup/passphrase"')
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError("true or false")
+
+
+def _command(value: Any) -> str:
+    if isinstance(value, str) and value.strip():
+        return value
+    raise ValueError('a command line such as "pass show fibackup"')
+
+
 _JOBS = Key(_whole(1, MAX_JOBS), DEFAULT_JOBS)
 _BWLIMIT = Key(_rate, unset="unlimited")
 _KEEP = Key(_whole(1), unset="no rule")
@@ -159,6 +205,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "restore": {"jobs": _JOBS, "bwlimit": _BWLIMIT},
     "verify": {"bwlimit": _BWLIMIT},
     "prune": {"keep": _KEEP, "keep_daily": _KEEP, "keep_weekly": _KEEP},
+    "store": {"format": Key(_store_format, 3),
+              "compression": Key(_compression, "zstd:3"),
+              "encrypt": Key(_flag, False),
+              "chunk_size": Key(_chunk_size, "4M"),
+              "password_file": Key(_local_file, unset="none"),
+              "password_command": Key(_command, unset="none")},
     "s3": {"endpoint_url": Key(_url, unset="boto3's (AWS_ENDPOINT_URL, else AWS)"),
            "profile": Key(_name, unset="boto3's (AWS_PROFILE, else default)"),
            "region": Key(_name, unset="boto3's (AWS_DEFAULT_REGION...)")},

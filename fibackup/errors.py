@@ -37,7 +37,9 @@ Hierarchy::
     │   │   │   └── InstantRecordError       an instant-recovery record is damaged
     │   │   └── DomainXMLError               a domain definition cannot be parsed
     │   ├── RestorePointNotFoundError
-    │   └── IntegrityError                   stored bytes differ from their checksums
+    │   ├── IntegrityError                   stored bytes differ from their checksums
+    │   ├── StoreKeyError                    an encrypted store and no key, or the wrong one
+    │   └── StoreLockedError         exit 4  another run holds the store's lock (garbage collection)
     ├── DestinationError                     restore target unusable or in the way
     ├── InconsistentChainError               live chain differs from what fibackup expects
     ├── ImageInUseError                      another domain uses an image fibackup would change
@@ -195,6 +197,18 @@ class RestorePointNotFoundError(StoreError):
 
 class IntegrityError(StoreError):
     """Stored bytes do not match their recorded checksums."""
+
+
+class StoreKeyError(StoreError):
+    """The store is encrypted (format 3) and no passphrase was given, or none of its
+    wrapped keys opens with the one given; nothing was read or written."""
+
+
+class StoreLockedError(StoreError):
+    """Another run, on this host or another, holds a lock in the store that this run
+    needs (a garbage collection, or the backups it waits for); ``path`` names the lock."""
+
+    exit_code = EXIT_LOCKED
 
 
 class DestinationError(FibackupError):

@@ -29,3 +29,7 @@ VerifyBwlimitOpt = typer.Option(None, "--bwlimit", metavar="RATE", help="Limit r
                                 "bytes/s: 200M (MiB/s), 1G, 500K; a plain number is MiB/s "
                                 "[default: bwlimit of the configuration file, else "
                                 "unlimited].")
+PasswordFileOpt = typer.Option(None, "--password-file", metavar="FILE", help="The passphrase of "
+                               "an encrypted store, its first line [default: "
+                               "$FIBACKUP_PASSWORD_FILE, else password_file or "
+                               "password_command of [store], else a prompt].")

@@ -5,6 +5,8 @@ fibackup/cli/__init__.py imports them in the order ``--help`` lists them.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 from fibackup import __version__
@@ -39,5 +41,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                      help="Show the version and exit.")) -> None:
-    pass
+                                      help="Show the version and exit."),
+         password_file: Optional[str] = typer.Option(
+             None, "--password-file", metavar="FILE",
+             help="The passphrase of an encrypted store (its first line), for any command "
+             "[default: $FIBACKUP_PASSWORD_FILE, else [store] password_file or "
+             "password_command, else a prompt].")) -> None:
+    if password_file is not None:
+        from fibackup.cli.running import use_password_file
+        use_password_file(password_file)

@@ -27,11 +27,26 @@ Action = Callable[[], int]
 """A command's work; returns the exit code."""
 
 
+_password_file: Optional[str] = None
+
+
+def use_password_file(path: Optional[str]) -> None:
+    """--password-file of this run (before :func:`load_settings`)."""
+    global _password_file
+    _password_file = path
+
+
 def load_settings() -> "Config":
     """The configuration files' settings (fibackup/config.py: flag > file > environment >
-    default), read when the command runs."""
+    default), read when the command runs; they also say where an encrypted store's
+    passphrase comes from (fibackup/store/v3/passwords.py)."""
     from fibackup.config import load_config
-    return load_config()
+    from fibackup.store.v3 import passwords
+    config = load_config()
+    passwords.use(passwords.Sources(password_file=_password_file,
+                                    config_file=config.value("store.password_file"),
+                                    config_command=config.value("store.password_command")))
+    return config
 
 
 def reporter(quiet: bool = False, as_json: bool = False, backup_dir: Optional[str] = None,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 from fibackup import faults
-from fibackup.commands import domfiles
+from fibackup.commands import chunked, domfiles
 from fibackup.commands.common import layer_index
 from fibackup.commands.parallel import Guard, IOOptions, run_each
 from fibackup.errors import (ImageToolError, InconsistentChainError, StoreUnavailableError,
@@ -83,12 +83,16 @@ def back_up(store: BackupStore, index: LayerIndex, domain: Domain, disks: Sequen
 
     def copy_disk(item: tuple[LiveDisk, DiskPlan], guard: Guard) -> tuple[PointDisk, int]:
         disk, plan = item
+        if store.chunks is not None:
+            return chunked.back_up_disk(store, domain.uuid, domain.name, disk, plan, draft.id,
+                                        report, journal, throttle, guard)
         return _back_up_disk(store, domain, disk, plan, draft.id, report, journal,
                              throttle, guard, io.reflink)
 
     copied = run_each(list(zip(disks, plans)), copy_disk, io.jobs, throttle)
     point_disks = {disk.target: point_disk for disk, (point_disk, _) in zip(disks, copied)}
-    point = replace(draft, seq=store.next_seq(domain.uuid), disks=point_disks)
+    point = replace(draft, seq=store.next_seq(domain.uuid), disks=point_disks,
+                    format=store.version)
     step = journal.start("backup.publish", store=store.root, point=point.id)
     host_state_before = host_state.load(domain.uuid)
     if host_state_before.remember_definition(point.domain_xml):

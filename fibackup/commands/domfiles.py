@@ -24,6 +24,7 @@ from fibackup.model.naming import safe_component
 from fibackup.model.points import FILE_ROLES, PointFile, RestorePoint
 from fibackup.report import Reporter
 from fibackup.store.repo import BackupStore
+from fibackup.store.v3 import files as v3files
 from fibackup.virt import domxml
 
 SWTPM_DIR = "/var/lib/libvirt/swtpm"
@@ -105,17 +106,24 @@ def _save_one(store: BackupStore, domain_uuid: str, name: str, item: SourceFile,
             report.info(f"{name}: {what} does not exist (yet); not saved")
             return None
         last = attempt == COPY_ATTEMPTS
+        check = None if last else _unchanged(item.path, before)
         try:
-            record, new = store.store_file(domain_uuid, item.path,
-                                           check_source=None if last else _unchanged(item.path, before))
+            if store.chunks is not None:
+                ref, new = v3files.save_file(store.chunks, item.path, check)
+                saved = PointFile(role=item.role, path=item.path, id=ref.id, digest=ref.id,
+                                  size=before.st_size, mode=stat.S_IMODE(before.st_mode),
+                                  name=item.name, new=new, index=ref)
+            else:
+                record, new = store.store_file(domain_uuid, item.path, check_source=check)
+                saved = PointFile(role=item.role, path=item.path, id=record.id,
+                                  digest=record.digest, size=record.size,
+                                  mode=stat.S_IMODE(before.st_mode), name=item.name, new=new)
         except _Changed:
             continue
         if last and COPY_ATTEMPTS > 1:
             report.warn(f"{name}: {what} changed during each of {COPY_ATTEMPTS - 1} copies; "
                         "the last copy was kept and may mix two states")
-        return PointFile(role=item.role, path=item.path, id=record.id, digest=record.digest,
-                         size=record.size, mode=stat.S_IMODE(before.st_mode), name=item.name,
-                         new=new)
+        return saved
     return None
 
 

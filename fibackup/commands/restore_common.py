@@ -96,6 +96,8 @@ def _groups_of(user: str) -> list[grp.struct_group]:
 def stored_bytes(store: BackupStore, point: RestorePoint, disks: Sequence[PointDisk]) -> int:
     """The data bytes of the disks' stored layers: what a restore (or a later
     ``--finalize``) writes at most."""
+    if point.format == 3:
+        return sum(disk.index.data_bytes for disk in disks if disk.index is not None)
     return sum(store.layer_record(point.domain_uuid, layer.id).chunks.data_bytes
                for disk in disks for layer in disk.layers)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Protocol, Sequence
 
 from fibackup import faults
-from fibackup.commands import domfiles
+from fibackup.commands import chunked_restore, domfiles
 from fibackup.commands.parallel import Guard, IOOptions, run_each
 from fibackup.errors import DestinationError, IntegrityError, NotEnoughSpaceError
 from fibackup.fsutil import file_identity, publish
@@ -62,6 +62,9 @@ def disk_files(disk: PointDisk, point: RestorePoint, flatten: bool) -> DiskFiles
     stem = f"{safe_component(disk.target)}-{point.id}"
     if flatten:
         return DiskFiles(disk, [], f"{stem}.qcow2")
+    if disk.index is not None:                       # format 3: one base, the whole view
+        return DiskFiles(disk, [f"{stem}-00.{chunked_restore.base_format(disk)}"],
+                         f"{stem}.qcow2")
     layers = [f"{stem}-{index:02d}.{layer.image_format}" for index, layer in enumerate(disk.layers)]
     return DiskFiles(disk, layers, f"{stem}.qcow2")
 
@@ -145,6 +148,9 @@ def _build_disk(store: BackupStore, point: RestorePoint, files: DiskFiles, stagi
                 guard: Guard, clone: bool) -> None:
     disk = files.disk
     _check_stacking(store, point, disk)
+    if disk.index is not None:
+        _build_chunked_disk(store, point, files, staging, flatten, report, throttle, guard)
+        return
     layer_names = files.layers or [f"{files.top}.layer{index:02d}.{layer.image_format}"
                                    for index, layer in enumerate(disk.layers)]
     previous: Optional[tuple[str, str]] = None
@@ -175,6 +181,28 @@ def _build_disk(store: BackupStore, point: RestorePoint, files: DiskFiles, stagi
     os.chmod(top, 0o600)
 
 
+def _build_chunked_disk(store: BackupStore, point: RestorePoint, files: DiskFiles,
+                        staging: str, flatten: bool, report: Reporter,
+                        throttle: Optional[Throttle], guard: Guard) -> None:
+    """Format 3: the base written from the index (and proven), then the overlay."""
+    disk = files.disk
+    assert disk.index is not None
+    image_format = chunked_restore.base_format(disk)
+    name = files.layers[0] if files.layers else f"{files.top}.base.{image_format}"
+    path = os.path.join(staging, name)
+    with report.progress(f"{disk.target} {name}", disk.index.data_bytes) as bar:
+        chunked_restore.write_disk(store, point, disk, path, progress=guard(faults.counting(bar)),
+                                   throttle=throttle.consume if throttle else None,
+                                   check=guard.check)
+    top = os.path.join(staging, files.top)
+    if flatten:
+        img.convert(path, image_format, top, "qcow2")
+        os.unlink(path)
+    else:
+        img.create_overlay(top, name, image_format, disk.virtual_size)
+    os.chmod(top, 0o600)
+
+
 def _check_stacking(store: BackupStore, point: RestorePoint, disk: PointDisk) -> None:
     """Each stored layer must name the one below it as its parent (layer records)."""
     records = {layer.id: store.layer_record(point.domain_uuid, layer.id).layer
@@ -202,7 +230,10 @@ def _check_standalone(path: str, is_base: bool) -> None:
 
 def remember_restored(store: BackupStore, point: RestorePoint, names: Sequence[DiskFiles],
                        destination: str) -> None:
-    """Record which restored files equal which stored layers (next backup: incremental)."""
+    """Record which restored files equal which stored layers (next backup: incremental).
+    A format-3 base holds a whole view, which is no stored layer: nothing to record."""
+    if point.format == 3:
+        return
     host_state.remember_restored(point.domain_uuid, [
         host_state.RestoredFile(store.store_id, layer.id,
                                 file_identity(os.path.join(destination, name)))

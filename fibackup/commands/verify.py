@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from fibackup.commands.restore_common import find_points
-from fibackup.errors import CorruptStoreError
+from fibackup.commands.chunked_restore import disk_index
+from fibackup.errors import CorruptStoreError, FibackupError
 from fibackup.model.chain import StoredLayer
 from fibackup.model.points import PointDisk, PointFile, PointLayer, RestorePoint, select_point
 from fibackup.progress import Bar
@@ -21,6 +22,7 @@ from fibackup.report import Reporter
 from fibackup.store.chunks import Throttle
 from fibackup.store.checking import layer_disagreement
 from fibackup.store.repo import BackupStore
+from fibackup.store.v3.ingest import check_chunks
 
 
 @dataclass
@@ -50,6 +52,8 @@ class _Seen:
     """The first listing of each layer: "restore point N/ID disk T" and its entry."""
     files: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     """Stored files (domain, id) already re-read, and what was wrong with them."""
+    chunks: dict[bytes, str] = field(default_factory=dict)
+    """Format 3: chunks already re-read, and what was wrong with each ("" if intact)."""
     throttle: Optional[Throttle] = None
     bar: Optional[Bar] = None
     """The run's progress bar (None when none is drawn)."""
@@ -120,7 +124,8 @@ def _data_bytes(points: list[RestorePoint]) -> int:
     """What the run will read, each layer once (as the manifests say: for the bar only)."""
     layers = {(point.domain_uuid, layer.id): layer.data_bytes for point in points
               for disk in point.disks.values() for layer in disk.layers}
-    return sum(layers.values())
+    indexes = {ref.id: ref.data_bytes for point in points for ref in point.indexes()}
+    return sum(layers.values()) + sum(indexes.values())
 
 
 def _disk_problems(store: BackupStore, point: RestorePoint, disk: PointDisk, seen: _Seen,
@@ -146,7 +151,8 @@ def _disk_problems(store: BackupStore, point: RestorePoint, disk: PointDisk, see
             problems.append(str(error))
             parent, below = layer.id, None
             continue
-        problems.extend(_data_problems(store, key, here, seen, result))
+        if disk.index is None:
+            problems.extend(_data_problems(store, key, here, seen, result))
         differences = layer_disagreement(layer, record)
         if differences:
             problems.append(f"layer {layer.id}: the manifest lists {'; '.join(differences)}")
@@ -154,7 +160,29 @@ def _disk_problems(store: BackupStore, point: RestorePoint, disk: PointDisk, see
             problems.append(f"layer {layer.id} rests on {record.parent or 'nothing'} but the "
                             f"restore point stacks it on {parent or 'nothing'}")
         parent, below = layer.id, record
+    if disk.index is not None:
+        problems.extend(_index_problems(store, point, disk, seen, result))
     return problems
+
+
+def _index_problems(store: BackupStore, point: RestorePoint, disk: PointDisk, seen: _Seen,
+                    result: VerifyResult) -> list[str]:
+    """Format 3: the disk's index, and each of its chunks (read once per run: chunks are
+    shared by many points, so a damaged one is named for every point that needs it)."""
+    try:
+        index = disk_index(store, point, disk)
+    except FibackupError as error:
+        return [str(error)]
+    wanted = {chunk_id: index.length(number) for number, chunk_id in index.items()
+              if chunk_id not in seen.chunks}
+    found = check_chunks(store.chunked, wanted,
+                         progress=lambda count: _count(result, count, seen.bar),
+                         throttle=seen.throttle.consume if seen.throttle else None)
+    for chunk_id in wanted:
+        seen.chunks[chunk_id] = found.get(chunk_id, "")
+    result.layers += 1
+    return [f"chunk {number} ({seen.chunks[chunk_id]})" for number, chunk_id in index.items()
+            if seen.chunks[chunk_id]]
 
 
 def _data_problems(store: BackupStore, key: tuple[str, str], here: str, seen: _Seen,

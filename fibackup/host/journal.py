@@ -36,7 +36,7 @@ JOURNAL_VERSION = 1
 
 STEPS = {
     "snapshot": ("snapshot.take", "snapshot.tidy-xml", "backup.files", "backup.copy",
-                 "backup.publish"),
+                 "backup.chunks", "backup.publish"),
     "consolidate": ("consolidate.catch-up", "consolidate.job", "consolidate.rebase",
                     "consolidate.redefine", "consolidate.sync-xml", "consolidate.delete"),
     "restore": ("restore.stage", "restore.publish", "restore.define", "restore.tpm"),

@@ -22,13 +22,35 @@ class PointLayer:
 
 
 @dataclass(frozen=True)
+class IndexRef:
+    """A format-3 point's index of one disk (or file): which object holds it, and what
+    it costs."""
+
+    id: str
+    """The index object's id (64 hex)."""
+    data_bytes: int
+    """Bytes of the view that are not zeros (what a restore writes)."""
+    chunks: int
+    """Chunks the index lists."""
+    new_chunks: int = 0
+    """Chunks this point stored first."""
+    stored_bytes: int = 0
+    """Bytes this point added to the store for it (new chunk objects and the index)."""
+
+
+@dataclass(frozen=True)
 class PointDisk:
-    """A disk of a restore point: the stored layers whose stacking gives its view."""
+    """A disk of a restore point: the stored layers whose stacking gives its view (format
+    1/2), or the live layers it rests on and its index (format 3)."""
 
     target: str
     virtual_size: int
     layers: tuple[PointLayer, ...]
     source_path: str = ""
+    index: Optional[IndexRef] = None
+    """Format 3: the complete view of the disk at this point; ``layers`` then only
+    record which frozen live files it was read from (their records prove the next
+    backup may start from this index)."""
 
     @property
     def generation(self) -> str:
@@ -62,6 +84,9 @@ class PointFile:
     name: str = ""
     """For ``tpm``: the path relative to the domain's swtpm state directory."""
     new: bool = False
+    index: Optional[IndexRef] = None
+    """Format 3: the file's content as an index of chunks (``id`` and ``digest`` are
+    then the index's id)."""
 
 
 @dataclass(frozen=True)
@@ -82,19 +107,32 @@ class RestorePoint:
     revision: int = 0
     """0 as the snapshot wrote it; prune publishes revision 1, 2... of a point whose
     layers it merged (``<seq>.r<revision>.json``); the highest revision is the point."""
+    format: int = 1
+    """1 for format-1/2 manifests (stacked layer copies), 3 for indexes of chunks."""
 
     @property
     def bytes_new(self) -> int:
-        """Bytes of data that this point stored for the first time (layers and files)."""
+        """Bytes of data that this point stored for the first time (layers and files;
+        format 3: the objects it added to the store, after compression)."""
+        if self.format == 3:
+            return sum(ref.stored_bytes for ref in self.indexes())
         return sum(layer.data_bytes for disk in self.disks.values()
                    for layer in disk.layers if layer.new) + \
             sum(item.size for item in self.files if item.new)
 
     @property
     def bytes_total(self) -> int:
-        """Bytes of data that a restore of this point reads (layers and files)."""
+        """Bytes of data that a restore of this point reads (layers and files; format 3:
+        the logical size of the disks' and files' data)."""
+        if self.format == 3:
+            return sum(ref.data_bytes for ref in self.indexes())
         return sum(layer.data_bytes for disk in self.disks.values() for layer in disk.layers) + \
             sum(item.size for item in self.files)
+
+    def indexes(self) -> list[IndexRef]:
+        """Format 3: the index of every disk and file."""
+        return [ref for ref in [*(disk.index for disk in self.disks.values()),
+                                *(item.index for item in self.files)] if ref is not None]
 
     @property
     def layer_count(self) -> int:

@@ -71,6 +71,11 @@ def _image_info(document: dict[str, Any], path: str) -> ImageInfo:
                      data_file=specific.get("data-file"))
 
 
+def create_image(path: str, image_format: str, virtual_size: int) -> None:
+    """A new empty image (reads as zeros) of ``virtual_size`` bytes."""
+    _run(["create", "-q", "-f", image_format, path, str(virtual_size)], f"creating {path}")
+
+
 def create_overlay(path: str, backing: str, backing_format: str, virtual_size: int) -> None:
     """A new empty qcow2 overlay on ``backing`` (name kept as given, may be relative)."""
     _run(["create", "-q", "-f", "qcow2", "-u", "-b", backing, "-F", backing_format,

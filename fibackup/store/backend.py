@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import stat
+import threading
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence
 
 from fibackup.errors import CorruptStoreError, NotEnoughSpaceError, StoreUnavailableError
-from fibackup.fsutil import publish, remove_quietly, temp_name, write_file
+from fibackup.fsutil import publish, remove_quietly, temp_name, write_all, write_file
 from fibackup.store.chunks import ChunkList, ProgressFn, ScanResult, Throttle, scan_file
 
 Parts = Sequence[str]
@@ -70,6 +72,14 @@ class Backend(Protocol):
 
     def write_new(self, parts: Parts, name: str, data: bytes) -> None:
         """Publish a small object; FileExistsError when the name is taken."""
+
+    def write_once(self, parts: Parts, name: str, data: bytes) -> bool:
+        """Publish an object named after its content unless it exists (False then); it
+        is durable once :meth:`settle` returned.  Safe to call from several threads."""
+
+    def settle(self) -> None:
+        """Make every object :meth:`write_once` published durable (one fsync of each
+        directory they went to, instead of one per object)."""
 
     def names(self, parts: Parts) -> list[str]:
         """The names directly below ``parts`` (objects and "directories")."""
@@ -126,6 +136,8 @@ class DirectoryBackend:
 
     def __init__(self, root: str) -> None:
         self.root = root
+        self._unsettled: set[tuple[str, ...]] = set()
+        self._settle_lock = threading.Lock()
 
     def path(self, parts: Parts, name: str = "") -> str:
         return os.path.join(self.root, *parts, name) if name else os.path.join(self.root, *parts)
@@ -143,6 +155,45 @@ class DirectoryBackend:
 
     def write_new(self, parts: Parts, name: str, data: bytes) -> None:
         write_new_file(self.path(parts, name), data)
+
+    def write_once(self, parts: Parts, name: str, data: bytes) -> bool:
+        directory = open_dir(self.root, parts, create=True)
+        temporary = f".{name}.partial-{secrets.token_hex(4)}"
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
+                         dir_fd=directory)
+            try:
+                write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(temporary, dir_fd=directory)
+            with self._settle_lock:
+                self._unsettled.add(tuple(parts))
+            return True
+        except OSError as error:
+            if error.errno == errno.ENOSPC:
+                raise NotEnoughSpaceError(f"the backup disk is full while writing "
+                                          f"{self.path(parts, name)}; free up space and run "
+                                          "again") from None
+            raise
+        finally:
+            os.close(directory)
+
+    def settle(self) -> None:
+        with self._settle_lock:
+            pending, self._unsettled = self._unsettled, set()
+        for parts in sorted(pending):
+            directory = open_dir(self.root, parts)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
 
     def names(self, parts: Parts) -> list[str]:
         directory = open_dir(self.root, parts)

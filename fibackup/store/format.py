@@ -14,14 +14,17 @@ from typing import Any, Callable, Mapping, Optional, TypeVar
 
 from fibackup.errors import CorruptStoreError
 from fibackup.model.chain import NO_SOURCE, FileIdentity, StoredLayer
-from fibackup.model.points import PointDisk, PointFile, PointLayer, RestorePoint
+from fibackup.model.points import IndexRef, PointDisk, PointFile, PointLayer, RestorePoint
 from fibackup.store.chunks import ALGORITHM, Chunk, ChunkList
 
 FORMAT_VERSION = 1
 PRUNED_VERSION = 2
 """Layer records of merged layers and revised manifests (written by prune) carry
 version 2, so a fibackup that predates prune refuses them instead of misreading."""
-READ_VERSIONS = (FORMAT_VERSION, PRUNED_VERSION)
+CHUNKED_VERSION = 3
+"""Format 3: layer records that only identify live files, manifests whose disks and
+files are indexes of chunks (docs/FORMAT.md, "Format 3")."""
+READ_VERSIONS = (FORMAT_VERSION, PRUNED_VERSION, CHUNKED_VERSION)
 STORE_KIND = "fibackup-store"
 LAYER_KIND = "fibackup-layer"
 POINT_KIND = "fibackup-point"
@@ -31,6 +34,7 @@ IMAGE_FORMATS = ("qcow2", "raw")
 _ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _HEX_RE = re.compile(r"^[0-9a-f]{32}$")
+_OBJECT_RE = re.compile(r"^[0-9a-f]{64}$")
 
 T = TypeVar("T")
 
@@ -139,6 +143,11 @@ def identity_from_dict(document: Mapping[str, Any], origin: str) -> FileIdentity
 
 def layer_record_to_dict(record: LayerRecord) -> dict[str, Any]:
     layer = record.layer
+    if record.chunks.chunk_size == 0:                 # format 3: the live file's identity only
+        return {"kind": LAYER_KIND, "version": CHUNKED_VERSION, "id": layer.id,
+                "disk": layer.disk, "parent": layer.parent, "image_format": layer.image_format,
+                "size": layer.size, "virtual_size": layer.virtual_size,
+                "source": identity_to_dict(layer.source), "stored_at": record.stored_at}
     document = {
         "kind": LAYER_KIND, "version": PRUNED_VERSION if layer.stands_for else FORMAT_VERSION,
         "id": layer.id, "disk": layer.disk, "parent": layer.parent,
@@ -181,8 +190,27 @@ def _optional_id(document: Mapping[str, Any], key: str, origin: str) -> Optional
     return _checked(_field(document, key, str, origin), is_valid_id, key.replace("_", " "), origin)
 
 
+def identity_record(layer: StoredLayer, stored_at: str) -> LayerRecord:
+    """A format-3 layer record: which frozen live file a point's index was read from."""
+    return LayerRecord(layer=layer, chunks=ChunkList(layer.size, 0, ()), stored_at=stored_at)
+
+
+def _identity_record_from_dict(document: Mapping[str, Any], origin: str) -> LayerRecord:
+    layer = StoredLayer(
+        id=_checked(_field(document, "id", str, origin), is_valid_id, "layer id", origin),
+        disk=_checked(_field(document, "disk", str, origin), is_valid_id, "disk target", origin),
+        parent=_optional_id(document, "parent", origin),
+        image_format=_checked(_field(document, "image_format", str, origin),
+                              lambda fmt: fmt in IMAGE_FORMATS, "image format", origin),
+        size=_count(document, "size", origin), virtual_size=_count(document, "virtual_size", origin),
+        digest="", source=identity_from_dict(_field(document, "source", dict, origin), origin))
+    return identity_record(layer, str(document.get("stored_at", "")))
+
+
 def layer_record_from_dict(document: Mapping[str, Any], origin: str) -> LayerRecord:
     check_header(document, LAYER_KIND, origin)
+    if document.get("version") == CHUNKED_VERSION:
+        return _identity_record_from_dict(document, origin)
     _refuse_transforms(document, origin)
     size = _field(document, "size", int, origin)
     if _field(document, "virtual_size", int, origin) < 0:
@@ -292,6 +320,8 @@ def _chunk(entry: Any, chunk_size: int, size: int, origin: str) -> Chunk:
 # -- restore points ------------------------------------------------------------
 
 def point_to_dict(point: RestorePoint) -> dict[str, Any]:
+    if point.format == CHUNKED_VERSION:
+        return _chunked_point_to_dict(point)
     return {
         "kind": POINT_KIND, "version": FORMAT_VERSION,
         "id": point.id, "seq": point.seq, "time": point.time,
@@ -311,6 +341,45 @@ def point_to_dict(point: RestorePoint) -> dict[str, Any]:
     }
 
 
+def _chunked_point_to_dict(point: RestorePoint) -> dict[str, Any]:
+    def file_entry(item: PointFile) -> dict[str, Any]:
+        assert item.index is not None
+        entry = {"role": item.role, "path": item.path, "size": item.size, "mode": item.mode,
+                 "new": item.new, "index": _index_to_dict(item.index)}
+        return {**entry, "name": item.name} if item.name else entry
+
+    return {
+        "kind": POINT_KIND, "version": CHUNKED_VERSION,
+        "id": point.id, "seq": point.seq, "time": point.time,
+        "domain": {"name": point.domain_name, "uuid": point.domain_uuid, "host": point.host},
+        "quiesced": point.quiesced, "skipped_disks": list(point.skipped_disks),
+        "disks": {target: {
+            "virtual_size": disk.virtual_size, "source_path": disk.source_path,
+            "index": _index_to_dict(disk.index) if disk.index else None,
+            "layers": [{"id": layer.id, "image_format": layer.image_format, "size": layer.size,
+                        "virtual_size": layer.virtual_size, "new": layer.new}
+                       for layer in disk.layers]}
+            for target, disk in sorted(point.disks.items())},
+        "files": [file_entry(item) for item in point.files],
+        "bytes_new": point.bytes_new, "bytes_total": point.bytes_total,
+        "domain_xml": point.domain_xml,
+    }
+
+
+def _index_to_dict(ref: IndexRef) -> dict[str, Any]:
+    return {"id": ref.id, "data_bytes": ref.data_bytes, "chunks": ref.chunks,
+            "new_chunks": ref.new_chunks, "stored_bytes": ref.stored_bytes}
+
+
+def _index_from_dict(document: Mapping[str, Any], origin: str) -> IndexRef:
+    return IndexRef(id=_checked(_field(document, "id", str, origin),
+                                lambda text: bool(_OBJECT_RE.match(text)), "index id", origin),
+                    data_bytes=_count(document, "data_bytes", origin),
+                    chunks=_count(document, "chunks", origin),
+                    new_chunks=_count(document, "new_chunks", origin),
+                    stored_bytes=_count(document, "stored_bytes", origin))
+
+
 def _file_entry(item: PointFile) -> dict[str, Any]:
     entry: dict[str, Any] = {"role": item.role, "path": item.path, "id": item.id,
                              "digest": item.digest, "size": item.size, "mode": item.mode,
@@ -322,13 +391,15 @@ def _file_entry(item: PointFile) -> dict[str, Any]:
 
 def point_from_dict(document: Mapping[str, Any], origin: str) -> RestorePoint:
     check_header(document, POINT_KIND, origin)
+    chunked = document.get("version") == CHUNKED_VERSION
     domain = _field(document, "domain", dict, origin)
     disks: dict[str, PointDisk] = {}
     for target, entry in _field(document, "disks", dict, origin).items():
         _checked(target, is_valid_id, "disk target", origin)
         if not isinstance(entry, dict):
             raise CorruptStoreError(f"{origin}: disk {target!r} is not an object")
-        layers = tuple(_point_layer(layer, origin) for layer in _field(entry, "layers", list, origin))
+        layers = tuple(_point_layer(layer, origin, chunked)
+                       for layer in _field(entry, "layers", list, origin))
         if not layers:
             raise CorruptStoreError(f"{origin}: disk {target!r} lists no layer")
         virtual_size = _count(entry, "virtual_size", origin)
@@ -336,8 +407,11 @@ def point_from_dict(document: Mapping[str, Any], origin: str) -> RestorePoint:
             # the restored disk is sized from this: it must be what the top layer presents
             raise CorruptStoreError(f"{origin}: disk {target!r} has virtual size {virtual_size} "
                                     f"but its top layer has {layers[-1].virtual_size}")
-        disks[target] = PointDisk(target=target, layers=layers, virtual_size=virtual_size,
-                                  source_path=str(entry.get("source_path", "")))
+        disks[target] = PointDisk(
+            target=target, layers=layers, virtual_size=virtual_size,
+            source_path=str(entry.get("source_path", "")),
+            index=_index_from_dict(_field(entry, "index", dict, origin), origin) if chunked
+            else None)
     if not disks:
         raise CorruptStoreError(f"{origin} lists no disk")
     skipped = document.get("skipped_disks", [])
@@ -355,29 +429,36 @@ def point_from_dict(document: Mapping[str, Any], origin: str) -> RestorePoint:
         domain_xml=_field(document, "domain_xml", str, origin),
         quiesced=document.get("quiesced") is True,
         skipped_disks=tuple(str(name) for name in skipped) if isinstance(skipped, list) else (),
-        revision=revision,
-        files=_point_files(document, origin))
+        revision=revision, format=CHUNKED_VERSION if chunked else FORMAT_VERSION,
+        files=_point_files(document, origin, chunked))
 
 
-def _point_files(document: Mapping[str, Any], origin: str) -> tuple[PointFile, ...]:
+def _point_files(document: Mapping[str, Any], origin: str,
+                 chunked: bool) -> tuple[PointFile, ...]:
     """The optional ``files`` list (manifests written before it existed have none)."""
     if document.get("files") is None:
         return ()
     entries = _field(document, "files", list, origin)
-    files = tuple(_point_file(entry, origin) for entry in entries)
+    files = tuple(_point_file(entry, origin, chunked) for entry in entries)
     places = [(item.role, item.name or item.path) for item in files]
     if len(set(places)) != len(places):
         raise CorruptStoreError(f"{origin} lists a file twice")
     return files
 
 
-def _point_file(entry: Any, origin: str) -> PointFile:
+def _point_file(entry: Any, origin: str, chunked: bool) -> PointFile:
     if not isinstance(entry, dict):
         raise CorruptStoreError(f"{origin}: a file entry is not an object")
     role = _checked(_field(entry, "role", str, origin), is_valid_id, "file role", origin)
     name = entry.get("name", "")
     if name or role == "tpm":
         _checked(_field(entry, "name", str, origin), is_relative_name, "file name", origin)
+    if chunked:
+        index = _index_from_dict(_field(entry, "index", dict, origin), origin)
+        return PointFile(role=role, path=_field(entry, "path", str, origin), id=index.id,
+                         digest=index.id, size=_count(entry, "size", origin),
+                         mode=_count(entry, "mode", origin), name=name,
+                         new=entry.get("new") is True, index=index)
     digest = _checked(_field(entry, "digest", str, origin), lambda text: bool(_HEX_RE.match(text)),
                       "digest", origin)
     return PointFile(
@@ -387,9 +468,16 @@ def _point_file(entry: Any, origin: str) -> PointFile:
         name=name, new=entry.get("new") is True)
 
 
-def _point_layer(entry: Any, origin: str) -> PointLayer:
+def _point_layer(entry: Any, origin: str, chunked: bool = False) -> PointLayer:
     if not isinstance(entry, dict):
         raise CorruptStoreError(f"{origin}: a layer entry is not an object")
+    if chunked:
+        return PointLayer(
+            id=_checked(_field(entry, "id", str, origin), is_valid_id, "layer id", origin),
+            image_format=_checked(_field(entry, "image_format", str, origin),
+                                  lambda fmt: fmt in IMAGE_FORMATS, "image format", origin),
+            size=_count(entry, "size", origin), virtual_size=_count(entry, "virtual_size", origin),
+            digest="", new=entry.get("new") is True)
     return PointLayer(
         id=_checked(_field(entry, "id", str, origin), is_valid_id, "layer id", origin),
         image_format=_checked(_field(entry, "image_format", str, origin),

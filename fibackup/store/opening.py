@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import uuid as _uuid
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 from fibackup.errors import CorruptStoreError, StoreUnavailableError
 from fibackup.model.naming import utc_time
@@ -19,14 +20,37 @@ from fibackup.store.documents import read_document
 from fibackup.store.layout import MARKER
 from fibackup.store.location import is_url
 from fibackup.store.s3.backend import S3Backend
+from fibackup.store.v3.settings import STORE_VERSION, StoreSettings
 
 
-def open_backend(path: str, create: bool = False) -> tuple[Backend, str]:
-    """The backend of the store at ``path`` and the store's id; with ``create``,
-    an empty directory or prefix is initialised first."""
+@dataclass(frozen=True)
+class Marker:
+    """What a store's marker says: its id, and for format 3 its settings."""
+
+    store_id: str
+    settings: Optional[StoreSettings] = None
+    """None: a format-1/2 store."""
+
+
+@dataclass(frozen=True)
+class NewStore:
+    """How to initialise an empty location: format 3 with ``settings`` (and, when they
+    say so, the first key, wrapped by ``passphrase``), or format 1 when None."""
+
+    settings: Optional[StoreSettings] = None
+    passphrase: Optional[bytes] = None
+
+
+FORMAT_1 = NewStore()
+
+
+def open_backend(path: str, create: bool = False,
+                 new: NewStore = FORMAT_1) -> tuple[Backend, Marker]:
+    """The backend of the store at ``path`` and its marker; with ``create``, an empty
+    directory or prefix is initialised first (as ``new`` says)."""
     if is_url(path):
         backend = S3Backend.from_url(path)
-        return backend, _marked(backend, backend.is_empty, create)
+        return backend, _marked(backend, backend.is_empty, create, new)
     root = os.path.abspath(path)
     if not os.path.exists(root):
         if not create:
@@ -48,12 +72,13 @@ def open_backend(path: str, create: bool = False) -> tuple[Backend, str]:
 
     def empty() -> bool:
         return all(name.startswith(f".{MARKER}.partial-") for name in os.listdir(root))
-    return directory, _marked(directory, empty, create)
+    return directory, _marked(directory, empty, create, new)
 
 
-def _marked(backend: Backend, empty: Callable[[], bool], create: bool) -> str:
-    """The store's id from its marker, or with ``create`` a new marker written into
-    an empty location."""
+def _marked(backend: Backend, empty: Callable[[], bool], create: bool,
+            new: NewStore) -> Marker:
+    """The store's marker, or with ``create`` a new marker written into an empty
+    location."""
     try:
         return read_marker(backend)
     except FileNotFoundError:
@@ -70,15 +95,28 @@ def _marked(backend: Backend, empty: Callable[[], bool], create: bool) -> str:
     store_id = str(_uuid.uuid4())
     document = {"kind": fmt.STORE_KIND, "version": fmt.FORMAT_VERSION,
                 "store_id": store_id, "created": utc_time()}
+    if new.settings is not None:
+        document.update(version=STORE_VERSION, **new.settings.to_marker())
+        if new.settings.encrypted:
+            _first_key(backend, store_id, new)
     try:
         backend.write_new((), MARKER, fmt.dumps(document))
     except FileExistsError:            # another run initialised it at the same moment
         return read_marker(backend)
-    return store_id
+    return Marker(store_id, new.settings)
 
 
-def read_marker(backend: Backend) -> str:
-    """The store's id from its marker (FileNotFoundError when there is none)."""
+def _first_key(backend: Backend, store_id: str, new: NewStore) -> None:
+    """The first wrapped key of a new encrypted store, written before its marker (a
+    marker of an encrypted store with no key would be a store nobody can read)."""
+    from fibackup.store.v3.objects import ChunkStore
+    if new.passphrase is None or new.settings is None:
+        raise ValueError("a new encrypted store needs a passphrase")
+    ChunkStore(backend, store_id, new.settings).add_key(new.passphrase)
+
+
+def read_marker(backend: Backend) -> Marker:
+    """The store's marker (FileNotFoundError when there is none)."""
     path = backend.path((), MARKER)
     try:
         document = read_document(backend, (), MARKER)
@@ -86,11 +124,15 @@ def read_marker(backend: Backend) -> str:
         raise
     except OSError as error:
         raise StoreUnavailableError(f"cannot read {path} ({error.strerror})") from None
-    fmt.check_header(document, fmt.STORE_KIND, path)
+    if document.get("kind") == fmt.STORE_KIND and document.get("version") == STORE_VERSION:
+        settings: Optional[StoreSettings] = StoreSettings.from_marker(document, path)
+    else:
+        fmt.check_header(document, fmt.STORE_KIND, path)
+        settings = None
     store_id = document.get("store_id")
     if not isinstance(store_id, str) or not fmt.is_valid_uuid(store_id):
         raise CorruptStoreError(f"{path} has no valid store_id")
-    return store_id
+    return Marker(store_id, settings)
 
 
 def has_marker(backend: Backend) -> bool:

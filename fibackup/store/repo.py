@@ -35,8 +35,10 @@ from fibackup.store.chunks import ProgressFn, Throttle
 from fibackup.store.documents import Documents
 from fibackup.store.locking import domain_lock
 from fibackup.store.merging import Merger
-from fibackup.store.opening import has_marker, open_backend
+from fibackup.store.opening import FORMAT_1, Marker, NewStore, has_marker, open_backend
 from fibackup.store.reading import Reader
+from fibackup.store.v3 import files as v3files
+from fibackup.store.v3.objects import ChunkStore, sealed_backend
 from fibackup.store.writing import Writer
 
 
@@ -44,20 +46,40 @@ class BackupStore:
     """A backup store (a directory, or a prefix of an S3 bucket) opened for reading or
     for writing; every object is read and written through its ``backend``."""
 
-    def __init__(self, backend: Backend, store_id: str) -> None:
-        self.backend = backend
+    def __init__(self, backend: Backend, marker: Marker) -> None:
         self.root = backend.root
-        self.store_id = store_id
+        self.store_id = marker.store_id
+        self.settings = marker.settings
+        """None for a format-1/2 store; a format-3 store's chunk size, compression and
+        encryption."""
+        self.chunks: Optional[ChunkStore] = None
+        """A format-3 store's chunks, indexes and keys (v3/objects.py)."""
+        if marker.settings is not None:
+            self.chunks = ChunkStore(backend, marker.store_id, marker.settings)
+            backend = sealed_backend(backend, self.chunks)
+        self.backend = backend
         self.documents = Documents(backend)
         self.reader = Reader(backend, self.documents)
         self.writer = Writer(backend, self.documents)
         self.merger = Merger(backend, self.reader, self.writer)
 
     @classmethod
-    def open(cls, path: str, create: bool = False) -> "BackupStore":
+    def open(cls, path: str, create: bool = False, new: NewStore = FORMAT_1) -> "BackupStore":
         """Open the store at ``path`` (a directory or ``s3://BUCKET/PREFIX``); with
-        ``create``, initialise an empty directory or prefix."""
-        return cls(*open_backend(path, create))
+        ``create``, initialise an empty directory or prefix (as ``new`` says)."""
+        return cls(*open_backend(path, create, new))
+
+    @property
+    def version(self) -> int:
+        """The store's format: 1 (format-1/2 documents) or 3 (chunks and indexes)."""
+        return 1 if self.settings is None else 3
+
+    @property
+    def chunked(self) -> ChunkStore:
+        """The chunks of a format-3 store (ValueError for another format)."""
+        if self.chunks is None:
+            raise ValueError(f"{self.root} is a format-{self.version} store")
+        return self.chunks
 
     @property
     def scratch(self) -> Optional[str]:
@@ -219,12 +241,22 @@ class BackupStore:
 
     def check_file(self, domain_uuid: str, item: PointFile) -> list[str]:
         """Problems found re-reading one stored file (empty when it is intact)."""
+        if item.index is not None:
+            return v3files.check_file(self.chunked, item.index, item.size,
+                                      f"{item.role} file {item.path}")
         return self.reader.check_file(domain_uuid, item)
 
     def restore_file(self, domain_uuid: str, item: PointFile, destination: str) -> None:
         """Copy a stored file to ``destination``, checking every chunk on the way."""
-        self.reader.restore_file(domain_uuid, item, destination)
+        if item.index is not None:
+            v3files.restore_file(self.chunked, item.index, item.size, destination,
+                                 f"{item.role} file {item.path}")
+        else:
+            self.reader.restore_file(domain_uuid, item, destination)
 
     def check_file_listing(self, domain_uuid: str, item: PointFile) -> None:
         """CorruptStoreError unless the file's record agrees with this listing."""
-        self.reader.agreeing_file_record(domain_uuid, item)
+        if item.index is not None:
+            v3files.file_index(self.chunked, item.index, item.size, f"{item.role} file {item.path}")
+        else:
+            self.reader.agreeing_file_record(domain_uuid, item)

@@ -144,7 +144,7 @@ def test_version_2_is_only_for_what_prune_writes():
     refuse_point(document)                      # and a revision needs version 2
 
 
-@pytest.mark.parametrize("version", [3, 99])
+@pytest.mark.parametrize("version", [4, 99])
 def test_future_version_says_upgrade(version):
     document = point_doc()
     document["version"] = version

@@ -14,6 +14,7 @@ from fibackup.errors import StoreError
 from fibackup.host import state as host_state
 from fibackup.host.journal import Step
 from fibackup.model.states import StepStatus
+from fibackup.qemu import view
 from fibackup.store.repo import BackupStore
 from fibackup.virt.disks import current_tops, tidy_persistent_xml
 
@@ -41,6 +42,20 @@ def copy(replay: Replay, step: Step) -> None:
                    "'snapshot -b' copies the frozen layers")
 
 
+def chunks(replay: Replay, step: Step) -> None:
+    """A format-3 read of a disk's changes: stop the export it left running; the chunks
+    it stored are referenced by no point (garbage collection removes them)."""
+    replay.stores.add(str(step.data.get("store")))
+    scratch = step.data.get("views")
+    if isinstance(scratch, str):
+        for mountpoint in view.stop_leftovers(scratch):
+            replay.act(f"stopped the export of the frozen chain left at {mountpoint}")
+    if step.status == StepStatus.STARTED:
+        replay.act(f"reading disk {step.data.get('disk')} into the store was interrupted; no "
+                   "restore point was published for it, and the next 'snapshot -b' reads it "
+                   "again")
+
+
 def files(replay: Replay, step: Step) -> None:
     replay.stores.add(str(step.data.get("store")))
     if step.status == StepStatus.STARTED:
@@ -66,4 +81,5 @@ def publish(replay: Replay, step: Step) -> None:
 
 
 HANDLERS: dict[str, Handler] = {"snapshot.take": snapshot_taken, "backup.copy": copy,
+                                "backup.chunks": chunks,
                                 "backup.files": files, "backup.publish": publish}

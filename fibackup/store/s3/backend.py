@@ -60,6 +60,21 @@ class S3Backend(Bucket):
                     return
                 raise FileExistsError(errno.EEXIST, "object exists", path) from None
 
+    def write_once(self, parts: Parts, name: str, data: bytes) -> bool:
+        """A conditional put (``If-None-Match: *``): False when the object exists."""
+        with self.errors(f"writing {self.path(parts, name)}"):
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self.key(parts, name),
+                                       Body=data, IfNoneMatch="*", ContentMD5=md5(data))
+            except Exception as error:
+                if error_code(error) not in ("PreconditionFailed", "412"):
+                    raise
+                return False
+        return True
+
+    def settle(self) -> None:
+        """A completed put is durable."""
+
     def _holds(self, parts: Parts, name: str, data: bytes | bytearray) -> bool:
         try:
             return self.read(parts, name) == data

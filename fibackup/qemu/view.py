@@ -1,0 +1,208 @@
+"""The guest's view of a chain of image files, without parsing any image format here:
+``qemu-img map`` says which layer holds which range, and qemu-storage-daemon exports
+the stacked chain as one plain file over FUSE (read-only for a backup, writable to
+build a restored image).  Argument lists only, never a shell.
+
+A chain is given as ``[(path, format)...]``, base first, and opened exactly so
+(qemu/img.explicit_chain): the backing names inside the headers are never followed.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Sequence
+
+from fibackup.errors import ImageToolError
+from fibackup.qemu.img import QEMU_IMG, explicit_chain
+
+QSD = "qemu-storage-daemon"
+Chain = Sequence[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Extent:
+    """A range of the view and which layer holds it (``qemu-img map`` JSON)."""
+
+    start: int
+    length: int
+    depth: int
+    """0: the top layer of the chain, 1: the one below... (for a range no layer
+    holds: the number of layers, or the bottom's depth when QEMU says so)."""
+    present: bool
+    """Some layer of the chain holds this range (data, or clusters marked zero)."""
+    data: bool
+    zero: bool
+
+
+def allocation(chain: Chain, timeout: Optional[float] = None) -> list[Extent]:
+    """Which layer of ``chain`` holds each range of the view (shared read: the layers
+    may be open in a running QEMU, which never writes to them)."""
+    args = [QEMU_IMG, "map", "--output=json", "-U", explicit_chain(chain, read_only=True)]
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, check=False, timeout=timeout)
+    except FileNotFoundError:
+        raise ImageToolError("qemu-img is not installed (Debian package qemu-utils); run "
+                             "scripts/setup-host.sh") from None
+    if done.returncode != 0:
+        detail = done.stderr.strip().splitlines()
+        raise ImageToolError(f"qemu-img map of {chain[-1][0]} failed: "
+                             f"{detail[-1] if detail else done.returncode}")
+    extents = []
+    for entry in json.loads(done.stdout):
+        data = bool(entry.get("data"))
+        extents.append(Extent(start=int(entry["start"]), length=int(entry["length"]),
+                              depth=int(entry.get("depth", len(chain))),
+                              present=bool(entry.get("present", data)), data=data,
+                              zero=bool(entry.get("zero"))))
+    return extents
+
+
+def changed_ranges(extents: Sequence[Extent], top_layers: Optional[int]) -> list[tuple[int, int]]:
+    """The ranges that the top ``top_layers`` layers of the chain hold (what changed since
+    the view below them); None: every range holding data (a whole new copy)."""
+    if top_layers is None:
+        return [(extent.start, extent.length) for extent in extents if extent.data]
+    return [(extent.start, extent.length) for extent in extents
+            if extent.present and extent.depth < top_layers]
+
+
+def _node(chain: Chain, writable: bool) -> dict[str, Any]:
+    """The blockdev tree of ``chain`` for qemu-storage-daemon (top node named ``view``)."""
+    node: Optional[dict[str, Any]] = None
+    for position, (path, image_format) in enumerate(chain):
+        top = position == len(chain) - 1
+        read_only = not (writable and top)
+        shared = {"read-only": True, "force-share": True} if read_only else {}
+        layer: dict[str, Any] = {"driver": image_format, **shared,
+                                 "file": {"driver": "file", "filename": os.path.abspath(path),
+                                          **shared}}
+        if image_format == "qcow2":
+            layer["backing"] = node
+        elif node is not None:
+            raise ImageToolError(f"{path} is a raw image and cannot rest on another layer")
+        node = layer
+    if node is None:
+        raise ImageToolError("an empty chain names no image")
+    node["node-name"] = "view"
+    return node
+
+
+@contextlib.contextmanager
+def exported(chain: Chain, writable: bool = False,
+             scratch: Optional[str] = None) -> Iterator[str]:
+    """The view of ``chain`` as a plain file (FUSE, served by qemu-storage-daemon) for
+    the duration of the ``with``; with ``writable``, writes go to the top layer.
+
+    The daemon is stopped and the mount removed on the way out, whatever happens.
+    """
+    where = tempfile.mkdtemp(prefix="fibackup-view-", dir=scratch)
+    mountpoint = os.path.join(where, "disk")
+    pidfile = os.path.join(where, "pid")
+    open(mountpoint, "wb").close()
+    args = [QSD, "--blockdev", json.dumps(_node(chain, writable)),
+            "--export", f"type=fuse,id=view{secrets.token_hex(3)},node-name=view,"
+            f"mountpoint={mountpoint},writable={'on' if writable else 'off'}",
+            "--daemonize", "--pidfile", pidfile]
+    try:
+        _start(args, chain)
+        yield mountpoint
+    finally:
+        _stop(pidfile, mountpoint)
+        for name in (mountpoint, pidfile):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(where, name))
+        with contextlib.suppress(OSError):
+            os.rmdir(where)
+
+
+def stop_leftovers(scratch: str) -> list[str]:
+    """Stop the exports a killed run left below ``scratch`` (its daemons and mounts);
+    the mountpoints it removed."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(scratch)
+    except OSError:
+        return removed
+    for name in names:
+        where = os.path.join(scratch, name)
+        if not name.startswith("fibackup-view-") or not os.path.isdir(where):
+            continue
+        pidfile, mountpoint = os.path.join(where, "pid"), os.path.join(where, "disk")
+        if _is_daemon(pidfile):
+            _stop(pidfile, mountpoint)
+        elif _mounted(mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True,
+                           check=False)
+        for leftover in (mountpoint, pidfile):
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)
+        with contextlib.suppress(OSError):
+            os.rmdir(where)
+        removed.append(mountpoint)
+    return removed
+
+
+def _is_daemon(pidfile: str) -> bool:
+    """Whether the pid file names a running qemu-storage-daemon (a pid may be reused)."""
+    try:
+        with open(pidfile) as handle:
+            pid = int(handle.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return QSD.encode() in handle.read().split(b"\0")[0]
+    except (OSError, ValueError):
+        return False
+
+
+def _start(args: Sequence[str], chain: Chain) -> None:
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, check=False, timeout=120)
+    except FileNotFoundError:
+        raise ImageToolError("qemu-storage-daemon is not installed (Debian package "
+                             "qemu-system-common); run scripts/setup-host.sh") from None
+    except subprocess.TimeoutExpired:
+        raise ImageToolError(f"qemu-storage-daemon did not open {chain[-1][0]} within 120 s") \
+            from None
+    if done.returncode != 0:
+        detail = done.stderr.strip().splitlines()
+        message = detail[-1] if detail else f"exit code {done.returncode}"
+        hint = " (is fuse3 installed and /dev/fuse there?)" if "fuse" in message.lower() else ""
+        raise ImageToolError(f"qemu-storage-daemon could not export {chain[-1][0]}: "
+                             f"{message}{hint}")
+
+
+def _stop(pidfile: str, mountpoint: str) -> None:
+    """End the daemon (it unmounts its export on SIGTERM); unmount by hand if it is gone."""
+    try:
+        with open(pidfile) as handle:
+            pid = int(handle.read().strip())
+    except (OSError, ValueError):
+        pid = 0
+    if pid > 0:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        for _ in range(300):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.01)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    if _mounted(mountpoint):
+        subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True, check=False)
+
+
+def _mounted(path: str) -> bool:
+    try:
+        with open("/proc/self/mounts") as handle:
+            return any(line.split()[1] == path for line in handle if len(line.split()) > 1)
+    except OSError:
+        return False
