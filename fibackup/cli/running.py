@@ -65,8 +65,20 @@ def log_to(report: "Reporter", backup_dir: Optional[str], command: str) -> None:
     if backup_dir is None:
         return
     from fibackup.store.location import is_url
-    if not is_url(backup_dir):
+    if not is_url(backup_dir) and not _encrypted(backup_dir):
         report.open_log(backup_dir, command, ["fibackup", *sys.argv[1:]])
+
+
+def _encrypted(backup_dir: str) -> bool:
+    """An encrypted store keeps no plaintext log (it names domains and paths)."""
+    import json
+    import os
+    from fibackup.store.layout import MARKER
+    try:
+        with open(os.path.join(backup_dir, MARKER), "rb") as handle:
+            return json.load(handle).get("encryption") is not None
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def connector(uri: str) -> Callable[[], "Connection"]:

@@ -43,6 +43,8 @@ from fibackup.store.layout import manifest_key
 from fibackup.store.format import PRUNED_VERSION, point_from_dict
 from fibackup.store.repo import BackupStore
 from fibackup.store.tidy import tidy_domain
+from fibackup.store.v3.gc import collect
+from fibackup.store.v3.locks import store_lock
 
 
 @dataclass
@@ -150,7 +152,8 @@ def _prune_domain(store: BackupStore, uuid: str, name: str, options: PruneOption
         _check_writer_host(store, name, points, options)
         pinned = pinned_layers(store)               # now: no instant restore starts meanwhile
         plan = _Plan.make(points, options.retention, pinned, store.layer_ids(uuid),
-                          store.file_ids(uuid), _merged_layers(store, uuid))
+                          store.file_ids(uuid), _merged_layers(store, uuid),
+                          merging=store.chunks is None)
         result.kept = [point.id for point in plan.kept]
         result.dropped = [point.id for point in plan.dropped]
         result.pinned = sorted(pinned.intersection(plan.stored))
@@ -164,7 +167,29 @@ def _prune_domain(store: BackupStore, uuid: str, name: str, options: PruneOption
         options_json = {"backup_dir": store.root, "retention": options.retention.describe()}
         with Journal(uuid, "prune", name, options_json).running() as journal:
             _execute(store, uuid, name, plan, result, journal, report)
+    if store.chunks is not None:
+        result.freed_bytes += collect_garbage(store, report)
     return result
+
+
+def collect_garbage(store: BackupStore, report: Reporter, dry_run: bool = False) -> int:
+    """Format 3: delete the indexes and chunks no point needs (v3/gc.py), under the store's
+    exclusive lock; the bytes freed."""
+    chunks = store.chunked
+    with store_lock(store.backend, exclusive=True, command="prune (garbage collection)",
+                    waiting=lambda holder: report.info(
+                        f"garbage collection of {store.root} waits for {holder}")):
+        problems: list[str] = []
+        points = store.all_points(problems)
+        index_ids = {ref.id for point in points for ref in point.indexes()}
+        collected = collect(chunks, index_ids, problems, dry_run)
+    for problem in collected.problems:
+        report.warn(f"{problem}; garbage collection deleted nothing")
+    if not collected.problems:
+        report.info(f"garbage collection of {store.root}: removed {collected.chunks} chunk(s) "
+                    f"and {collected.indexes} index(es) no restore point needs, freed "
+                    f"{human(collected.freed_bytes)}; {collected.kept_chunks} chunk(s) kept")
+    return collected.freed_bytes
 
 
 def _check_writer_host(store: BackupStore, name: str, points: Sequence[RestorePoint],
@@ -217,13 +242,15 @@ class _Plan:
     @classmethod
     def make(cls, points: Sequence[RestorePoint], retention: Retention, pinned: set[str],
              stored: set[str], stored_files: set[str],
-             existing: Sequence[MergedLayer]) -> "_Plan":
+             existing: Sequence[MergedLayer], merging: bool = True) -> "_Plan":
+        """``merging``: format 1/2 (format 3 never merges: its points are complete)."""
         kept = kept_points(points, retention)
         seqs = {point.seq for point in kept}
         dropped = [point for point in points if point.seq not in seqs]
         replaced = adoptions(points, existing)
         merges = plan_merges([adopted(point, replaced) for point in kept],
-                             [adopted(point, replaced) for point in dropped], pinned)
+                             [adopted(point, replaced) for point in dropped], pinned) \
+            if merging else []
         return cls(kept, dropped, merges, pinned, stored, stored_files, replaced)
 
     def removable_files(self, points: Sequence[RestorePoint]) -> list[str]:

@@ -16,10 +16,11 @@ fibackup/commands/compose.py; this module is the snapshot run code below it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import ContextManager, Optional, Sequence
 
 from fibackup.commands import backup as backups
 from fibackup.commands import domfiles
@@ -37,6 +38,7 @@ from fibackup.model.states import METHODS
 from fibackup.report import Reporter
 from fibackup.store.location import location
 from fibackup.store.repo import BackupStore
+from fibackup.store.v3.locks import store_lock
 from fibackup.virt import domxml
 from fibackup.virt.chains import live_chain
 from fibackup.virt.disks import current_tops, tidy_persistent_xml
@@ -126,8 +128,18 @@ def snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter,
     waiting = (lambda: report.info(f"{domain.name}: waiting for another fibackup run on its "
                                    f"part of {store.root} (a prune or backup, maybe on "
                                    "another host)"))
-    with store.domain_lock(domain.uuid, waiting=waiting):
+    with store.domain_lock(domain.uuid, waiting=waiting), _reuse_lock(store, domain, report):
         return _snapshot_and_back_up(domain, options, report, journal, store)
+
+
+def _reuse_lock(store: BackupStore, domain: Domain, report: Reporter) -> ContextManager[None]:
+    """Format 3: the store's shared lock, from before the backup decides which chunks it
+    reuses until its point is published (garbage collection takes it exclusively)."""
+    if store.chunks is None:
+        return contextlib.nullcontext()
+    return store_lock(store.backend, exclusive=False, command=f"snapshot -b of {domain.name}",
+                      waiting=lambda holder: report.info(
+                          f"{domain.name}: the backup waits for {holder} in {store.root}"))
 
 
 @dataclass
