@@ -3,6 +3,7 @@ libvirtd, QEMU and Ceph RGW: every point restores exactly what the guest had."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -51,7 +52,8 @@ def test_points_restore_exact_and_increments_read_only_changes(lab, store3):
 
 def restore_and_read_env(lab, name, location, at, env):
     from tests.lab import image_bytes
-    to = lab.path(f"restore-{at}")
+    import uuid
+    to = lab.path(f"restore-{at}-{uuid.uuid4().hex[:6]}")
     result = lab.cli("restore", "-d", name, "-b", location, "--to", to, "--at", at,
                      "--no-define", "--json", env=env).json()
     return {target: image_bytes(path, "qcow2") for target, path in result["disks"].items()}
@@ -119,3 +121,63 @@ def test_encrypted_store_without_the_key_says_so_and_writes_nothing(lab, store3)
                 data = handle.read()
             if name != "fibackup-store.json":
                 assert dom.name.encode() not in data, os.path.join(directory, name)
+
+
+def _race(lab, location, env, rounds):
+    """A backup of B that reuses a chunk A stored (dedup across domains) runs slowly while A
+    overwrites that chunk, backs up and is pruned to one point with garbage collection: the
+    chunk is then needed only by B's point being made.  Every point left restores exactly."""
+    import threading
+    disks = (DiskDef("vda", "qcow2", 24 * MiB),)
+    a, b = lab.domain(disks=disks), lab.domain(disks=disks)
+    expected_b, expected_a, errors = {}, {}, []
+
+    def snapshot(dom, *extra):
+        return lab.cli("snapshot", "-d", dom.name, "-b", location, "--json", *extra,
+                       env=env).json()[0]["point"]
+
+    def back_up_b(round_number):
+        try:
+            point = snapshot(b, "--bwlimit", "4M")        # about 4 s for the 16 MiB it reads
+            expected_b[point] = b.expected_now()
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    for round_number in range(rounds):
+        shared = 0x21 + 2 * round_number
+        a.write("vda", shared, 0, 4 * MiB)                # chunk 0 of A ...
+        expected_a[snapshot(a)] = a.expected_now()
+        b.write("vda", shared, 0, 4 * MiB)                # ... is chunk 0 of B: B reuses it
+        for chunk in range(1, 4):
+            b.write("vda", 0x80 + 4 * round_number + chunk, chunk * 4 * MiB, 4 * MiB)
+        thread = threading.Thread(target=back_up_b, args=(round_number,))
+        thread.start()
+        time.sleep(0.8)                                   # B has looked at chunk 0 by now
+        a.write("vda", shared + 1, 0, 4 * MiB)            # A no longer holds it ...
+        expected_a[snapshot(a)] = a.expected_now()
+        lab.cli("prune", "-b", location, "-d", a.name, "--keep", "1", "--no-libvirt",
+                env=env)                                  # ... and its old points go
+        thread.join()
+        assert not errors, errors
+    assert "ok:" in lab.cli("verify", "-b", location, env=env).stdout
+    listed = lab.cli("list", "-b", location, "--json", env=env).json()
+    left_a = [row["id"] for row in listed if row["domain"] == a.name]
+    assert left_a == [list(expected_a)[-1]]
+    for point_id in left_a:
+        assert_same(restore_and_read_env(lab, a.name, location, point_id, env),
+                    expected_a[point_id], f"A {point_id}")
+    for point_id, expected in expected_b.items():
+        assert_same(restore_and_read_env(lab, b.name, location, point_id, env), expected,
+                    f"B {point_id}")
+
+
+@pytest.mark.parametrize("store3", ["dir-plain"], indirect=True)
+def test_gc_never_deletes_what_a_concurrent_backup_reuses(lab, store3):
+    _race(lab, *store3, rounds=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store3", ["dir-plain", "dir-encrypted", "s3-plain", "s3-encrypted"],
+                         indirect=True)
+def test_gc_race_many_rounds(lab, store3):
+    _race(lab, *store3, rounds=10)
