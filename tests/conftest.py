@@ -3,7 +3,10 @@ import subprocess
 
 import pytest
 
-from tests.lab import Lab, GUEST_DIR
+from tests.lab import TEST_CONFIG, Lab, GUEST_DIR
+
+# fibackup started by a test inherits this: the host's configuration files never apply
+os.environ.setdefault("FIBACKUP_CONFIG", TEST_CONFIG)
 
 
 @pytest.hookimpl(tryfirst=True)       # before -m deselects by marker

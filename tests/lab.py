@@ -38,6 +38,10 @@ GUEST_DIR = os.environ.get("FIBACKUP_GUEST_DIR", "/var/cache/fibackup/guest")
 PREFIX = "fibtest-"
 
 
+TEST_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "format1.toml")
+"""The configuration file of every run (new stores are format 1: tests/format1.toml)."""
+
+
 def kvm_usable() -> bool:
     return False  # a Linux guest kernel hangs under nested KVM here (tests/README.md)
 
@@ -64,7 +68,7 @@ class CliResult:
 def run_cli(*args: str, state_dir: str, expect: Optional[int] = 0,
             timeout: float = 600, env: Optional[dict[str, str]] = None) -> CliResult:
     # FIBACKUP_CONFIG: the host's configuration files never change what a test runs
-    env = {**os.environ, "FIBACKUP_STATE_DIR": state_dir, "FIBACKUP_CONFIG": "/dev/null",
+    env = {**os.environ, "FIBACKUP_STATE_DIR": state_dir, "FIBACKUP_CONFIG": TEST_CONFIG,
            **(env or {})}
     completed = subprocess.run([sys.executable, "-m", "fibackup", *args], capture_output=True,
                                text=True, env=env, timeout=timeout)

@@ -143,6 +143,11 @@ def _instant(args: RestoreArgs, settings: "Config", uri: str, as_json: bool,
                              as_name=args.as_name, at=args.at, disks=args.disks,
                              verify=not args.no_verify, space_check=not args.no_space_check,
                              throttle=throttle, trust_xml=args.trust_xml)
+    from fibackup.commands.instant_copy import restore_and_start, runs_in_place
+    if not runs_in_place(directory):
+        restored = restore_and_start(options, connector(uri), report)
+        print_disks(restored.to_json(), restored.disks, as_json)
+        return EXIT_OK
     if args.no_verify:
         report.warn("--no-verify: the stored layers were not checked; damaged backup data "
                     "would reach the guest unnoticed")

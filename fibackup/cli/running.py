@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from fibackup.commands.parallel import IOOptions
     from fibackup.config import Config
     from fibackup.report import Reporter
+    from fibackup.store.opening import NewStore
     from fibackup.virt.libvirt_api import Connection
 
 Action = Callable[[], int]
@@ -79,6 +80,16 @@ def _encrypted(backup_dir: str) -> bool:
             return json.load(handle).get("encryption") is not None
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def configured_store(settings: "Config", location: Optional[str]) -> "NewStore":
+    """What an empty location becomes: the configuration file's [store] settings."""
+    from fibackup.commands.init import InitOptions, new_store
+    return new_store(InitOptions(location=location or "",
+                                 format=settings.value("store.format"),
+                                 encrypt=settings.value("store.encrypt"),
+                                 compression=settings.value("store.compression"),
+                                 chunk_size=settings.value("store.chunk_size")))
 
 
 def connector(uri: str) -> Callable[[], "Connection"]:

@@ -9,8 +9,8 @@ from fibackup.cli.domains import run_domains, select_domains
 from fibackup.cli.options import (AllOpt, AllRunningOpt, BwlimitOpt, ConnectOpt, DebugOpt,
                                   DomainsOpt, JobsOpt, JsonOpt, QuietOpt)
 from fibackup.cli.root import app
-from fibackup.cli.running import (connector, io_options, load_settings, log_to, reporter,
-                                  run)
+from fibackup.cli.running import (configured_store, connector, io_options, load_settings,
+                                  log_to, reporter, run)
 
 
 def _quiesce_flag(require: bool, fallback: bool, off: bool) -> Optional[str]:
@@ -75,7 +75,8 @@ def snapshot(
             consolidate=settings.pick("snapshot.consolidate", consolidate),
             max_chain=settings.pick("snapshot.max_chain", max_chain),
             io=io_options(settings.pick("snapshot.jobs", jobs),
-                          settings.pick("snapshot.bwlimit", bwlimit), reflink))
+                          settings.pick("snapshot.bwlimit", bwlimit), reflink),
+            new_store=configured_store(settings, directory))
         conn = connector(settings.connect_uri(connect))()
         names = select_domains(conn, domain, all_domains, all_running)
         return run_domains(

@@ -30,6 +30,7 @@ from fibackup.model.states import Method, Outcome
 from fibackup.qemu import img
 from fibackup.report import Reporter
 from fibackup.store.chunks import Throttle
+from fibackup.store.opening import FORMAT_3, NewStore
 from fibackup.store.repo import BackupStore
 from fibackup.virt.libvirt_api import Domain
 
@@ -133,8 +134,9 @@ def _new_generation_reason(plan: DiskPlan,
     return f"{plan.reason}; the chain was consolidated by {what}{outcome} on {last.time}"
 
 
-def open_store(path: str) -> BackupStore:
-    store = BackupStore.open(path, create=True)
+def open_store(path: str, new: NewStore = FORMAT_3) -> BackupStore:
+    """The store at ``path``; an empty location is made a store as ``new`` says."""
+    store = BackupStore.open(path, create=True, new=new)
     store.check_writable()
     return store
 

@@ -13,7 +13,6 @@ from typing import Optional
 from fibackup.errors import StoreUnavailableError, UsageError
 from fibackup.store.opening import FORMAT_1, NewStore
 from fibackup.store.repo import BackupStore
-from fibackup.store.v3 import passwords
 from fibackup.store.v3.codec import Compression
 from fibackup.store.v3.settings import StoreSettings, parse_size
 
@@ -28,8 +27,8 @@ class InitOptions:
 
 
 def new_store(options: InitOptions, passphrase: Optional[bytes] = None) -> NewStore:
-    """What a new store at ``options.location`` is made of (the passphrase is asked for
-    only when it is encrypted and none is given)."""
+    """What a new store at ``options.location`` is made of (an encrypted one's passphrase
+    is asked for when the store is made, unless given)."""
     if options.format == 1:
         if options.encrypt:
             raise UsageError("a format-1 store cannot be encrypted; use --format 3 (the default)")
@@ -39,8 +38,6 @@ def new_store(options: InitOptions, passphrase: Optional[bytes] = None) -> NewSt
     settings = StoreSettings(chunk_size=parse_size(options.chunk_size),
                              compression=Compression.parse(options.compression),
                              encrypted=options.encrypt)
-    if options.encrypt and passphrase is None:
-        passphrase = passwords.passphrase(options.location, new=True)
     return NewStore(settings, passphrase)
 
 

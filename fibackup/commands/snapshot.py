@@ -37,6 +37,7 @@ from fibackup.model.points import PointFile, RestorePoint
 from fibackup.model.states import METHODS
 from fibackup.report import Reporter
 from fibackup.store.location import location
+from fibackup.store.opening import FORMAT_3, NewStore
 from fibackup.store.repo import BackupStore
 from fibackup.store.v3.locks import store_lock
 from fibackup.virt import domxml
@@ -59,6 +60,8 @@ class SnapshotOptions:
     max_chain: Optional[int] = None
     """Consolidate (commit) when a disk's chain has more layers than this."""
     io: IOOptions = field(default_factory=IOOptions)
+    new_store: NewStore = FORMAT_3
+    """What an empty backup location becomes (the configuration file's [store])."""
 
     @staticmethod
     def check_flags(*, backup_dir: Optional[str] = None, no_backup: bool = False,
@@ -124,7 +127,7 @@ def snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter,
     holds the domain's lock and journal (fibackup/commands/compose.py)."""
     if options.backup_dir is None:
         return _snapshot_and_back_up(domain, options, report, journal, None)
-    store = backups.open_store(options.backup_dir)
+    store = backups.open_store(options.backup_dir, options.new_store)
     waiting = (lambda: report.info(f"{domain.name}: waiting for another fibackup run on its "
                                    f"part of {store.root} (a prune or backup, maybe on "
                                    "another host)"))

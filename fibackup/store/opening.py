@@ -35,13 +35,16 @@ class Marker:
 @dataclass(frozen=True)
 class NewStore:
     """How to initialise an empty location: format 3 with ``settings`` (and, when they
-    say so, the first key, wrapped by ``passphrase``), or format 1 when None."""
+    say so, the first key, wrapped by ``passphrase``, asked for when None), or format 1
+    when ``settings`` is None."""
 
     settings: Optional[StoreSettings] = None
     passphrase: Optional[bytes] = None
 
 
 FORMAT_1 = NewStore()
+FORMAT_3 = NewStore(StoreSettings())
+"""A new store as fibackup makes it by default: format 3, zstd, not encrypted."""
 
 
 def open_backend(path: str, create: bool = False,
@@ -109,10 +112,12 @@ def _marked(backend: Backend, empty: Callable[[], bool], create: bool,
 def _first_key(backend: Backend, store_id: str, new: NewStore) -> None:
     """The first wrapped key of a new encrypted store, written before its marker (a
     marker of an encrypted store with no key would be a store nobody can read)."""
+    from fibackup.store.v3 import passwords
     from fibackup.store.v3.objects import ChunkStore
-    if new.passphrase is None or new.settings is None:
-        raise ValueError("a new encrypted store needs a passphrase")
-    ChunkStore(backend, store_id, new.settings).add_key(new.passphrase)
+    if new.settings is None:
+        raise ValueError("a format-1 store has no keys")
+    passphrase = new.passphrase or passwords.passphrase(backend.root, new=True)
+    ChunkStore(backend, store_id, new.settings).add_key(passphrase)
 
 
 def read_marker(backend: Backend) -> Marker:

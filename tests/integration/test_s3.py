@@ -15,7 +15,8 @@ import subprocess
 import sys
 import time
 
-from tests.lab import MiB, DiskDef, assert_same, backup_history, image_bytes, restore_and_read
+from tests.lab import (TEST_CONFIG, MiB, DiskDef, assert_same, backup_history, image_bytes,
+                       restore_and_read)
 
 
 def _objects(client, bucket: str, prefix: str = "") -> list[str]:
@@ -27,7 +28,7 @@ def _objects(client, bucket: str, prefix: str = "") -> list[str]:
 
 def _fibackup(lab, *args: str, env=None) -> subprocess.Popen:
     environment = {**os.environ, "FIBACKUP_STATE_DIR": lab.state_dir,
-                   "FIBACKUP_CONFIG": "/dev/null", **(env or {})}
+                   "FIBACKUP_CONFIG": TEST_CONFIG, **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "fibackup", *args], env=environment,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -181,3 +181,19 @@ def test_gc_never_deletes_what_a_concurrent_backup_reuses(lab, store3):
                          indirect=True)
 def test_gc_race_many_rounds(lab, store3):
     _race(lab, *store3, rounds=10)
+
+
+def test_a_new_location_becomes_a_format3_store_and_init_refuses_an_existing_one(lab):
+    import json
+    dom = lab.domain(disks=(DiskDef("vda", "qcow2", 16 * MiB),))
+    location = lab.path("fresh")
+    plain = {"FIBACKUP_CONFIG": "/dev/null"}              # no configuration: the defaults
+    result = lab.cli("snapshot", "-d", dom.name, "-b", location, "--json", env=plain).json()[0]
+    with open(os.path.join(location, "fibackup-store.json")) as handle:
+        marker = json.load(handle)
+    assert marker["version"] == 3 and marker["encryption"] is None
+    assert marker["compression"] == "zstd:3" and marker["chunk_size"] == 4 * MiB
+    assert_same(restore_and_read_env(lab, dom.name, location, result["point"], plain),
+                dom.expected_now(), "first point")
+    again = lab.cli("init", "-b", location, expect=2, env=plain)
+    assert "already" in again.stderr
