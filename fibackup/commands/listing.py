@@ -57,7 +57,7 @@ def point_row(point: RestorePoint, store: Optional[str] = None) -> dict[str, obj
             "uuid": point.domain_uuid, "host": point.host,
             "disks": sorted(point.disks), "layers": point.layer_count,
             "bytes_new": point.bytes_new, "bytes_total": point.bytes_total,
-            "quiesced": point.quiesced,
+            "quiesced": point.quiesced, "format": point.format,
             "files": [{"role": item.role, "path": item.path, "size": item.size,
                        "digest": item.digest} for item in point.files]}
 

@@ -20,7 +20,7 @@ def store3(request, lab):
         bucket = request.getfixturevalue("s3_bucket")
         location = f"s3://{bucket}/store3"
     env = {}
-    args = ["init", "-b", location, "--json"]
+    args = ["init", "-b", location, "--format", "3", "--json"]
     if kind == "encrypted":
         secret = lab.path("passphrase")
         with open(secret, "w") as handle:
@@ -48,6 +48,11 @@ def test_points_restore_exact_and_increments_read_only_changes(lab, store3):
         restored = restore_and_read_env(lab, dom.name, location, point_id, env)
         assert_same(restored, expected, point_id)
     assert "ok:" in lab.cli("verify", "-b", location, env=env).stdout
+    stats = lab.cli("stats", "-b", location, "--json", env=env).json()
+    assert stats["points"] == 3 and stats["format"] == 3
+    # three points of 48 MiB of disks share most chunks: stored once
+    assert stats["logical_bytes"] == sum(row["bytes_total"] for row in listed)
+    assert stats["dedup_ratio"] > 1.5 and stats["stored_bytes"] < stats["unique_bytes"]
 
 
 def restore_and_read_env(lab, name, location, at, env):
