@@ -61,6 +61,12 @@ def chain_table(layers: Sequence["LayerStatus"], with_backup: bool) -> str:
     return _table([row[:len(headers)] for row in rows], headers)
 
 
+def keys_table(keys: Sequence[Any]) -> str:
+    """``fibackup key list``: one line per wrapped key."""
+    return _table([[key.id, key.host, key.created, "yes" if key.current else ""]
+                   for key in keys], ["id", "host", "created (UTC)", "this passphrase"])
+
+
 def settings_table(settings: "Config") -> str:
     """``fibackup config show``: each setting, its value and where it comes from."""
     return _table([[name, settings.shown(name), setting.source]

@@ -26,6 +26,8 @@ def list_stores(backup_dir: str, domain: Optional[str],
     that holds no store itself, of every store below it (one per host, say)."""
     found = []
     for store in _open_stores(backup_dir):
+        if store.chunks is not None:
+            store.chunks.keys()                  # an encrypted store: no key, no listing
         problems: list[str] = []
         points = store.all_points(problems)
         for problem in problems:

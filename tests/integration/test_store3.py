@@ -202,3 +202,24 @@ def test_a_new_location_becomes_a_format3_store_and_init_refuses_an_existing_one
                 dom.expected_now(), "first point")
     again = lab.cli("init", "-b", location, expect=2, env=plain)
     assert "already" in again.stderr
+
+
+@pytest.mark.parametrize("store3", ["dir-encrypted"], indirect=True)
+def test_keys_add_list_remove(lab, store3):
+    location, env = store3
+    second = lab.path("second passphrase")
+    with open(second, "w") as handle:
+        handle.write("another one\n")
+    added = lab.cli("key", "add", "-b", location, "--new-password-file", second, "--json",
+                    env=env).json()["added"]
+    keys = lab.cli("key", "list", "-b", location, "--json", env=env).json()
+    assert len(keys) == 2 and [key["current"] for key in keys].count(True) == 1
+    with_second = {"FIBACKUP_PASSWORD_FILE": second}
+    by_second = lab.cli("key", "list", "-b", location, "--json", env=with_second).json()
+    assert [key["id"] for key in by_second if key["current"]] == [added]
+    first = next(key["id"] for key in keys if key["current"])
+    lab.cli("key", "remove", "-b", location, first, env=with_second)
+    assert "opens none" in lab.cli("list", "-b", location, expect=1, env=env).stderr
+    lab.cli("list", "-b", location, env=with_second)
+    last = lab.cli("key", "remove", "-b", location, added, expect=2, env=with_second)
+    assert "only key" in last.stderr

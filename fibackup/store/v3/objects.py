@@ -68,6 +68,10 @@ class ChunkStore:
                 self._keys = StoreKeys.derive(self._master(), self.store_id)
             return self._keys
 
+    def master_key(self) -> bytes:
+        """The master key itself (to wrap another copy of it: ``key add``)."""
+        return self._master()
+
     def _master(self, passphrase: Optional[bytes] = None) -> bytes:
         documents = self.key_documents()
         if not documents:

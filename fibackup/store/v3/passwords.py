@@ -79,6 +79,13 @@ def _from_command(command: str) -> bytes:
     return line
 
 
+def prompt_new(root: str) -> bytes:
+    """A new passphrase, typed twice (UsageError without a terminal)."""
+    if not sys.stdin.isatty():
+        raise UsageError("a new passphrase needs --new-password-file FILE (or a terminal)")
+    return _prompt(root, True)
+
+
 def _prompt(root: str, new: bool) -> bytes:
     first = getpass.getpass(f"passphrase for {root}: ").encode()
     if not first:
