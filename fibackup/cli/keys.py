@@ -16,7 +16,7 @@ key_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mo
                            "key wrapped by its own passphrase."
                            "\n\n"
                            "\b\nExamples:\n"
-                           "  fibackup key list -b /backup\n"
+                           "  fibackup key list -b /backup --json\n"
                            "  fibackup key add -b /backup --new-password-file /root/pw2\n"
                            "  fibackup key remove -b /backup 3f2a9c0e1d4b5a69")
 app.add_typer(key_app, name="key")
