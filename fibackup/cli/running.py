@@ -82,11 +82,13 @@ def _encrypted(backup_dir: str) -> bool:
         return False
 
 
-def configured_store(settings: "Config", location: Optional[str]) -> "NewStore":
-    """What an empty location becomes: the configuration file's [store] settings."""
+def configured_store(settings: "Config", location: Optional[str],
+                     store_format: Optional[int] = None) -> "NewStore":
+    """What an empty location becomes: the configuration file's [store] settings (and
+    ``store_format`` instead of its format, when given)."""
     from fibackup.commands.init import InitOptions, new_store
     return new_store(InitOptions(location=location or "",
-                                 format=settings.value("store.format"),
+                                 format=store_format or settings.value("store.format"),
                                  encrypt=settings.value("store.encrypt"),
                                  compression=settings.value("store.compression"),
                                  chunk_size=settings.value("store.chunk_size")))

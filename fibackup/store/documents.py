@@ -221,7 +221,8 @@ class Documents:
         return stems(self.backend, layout.files_parts(domain_uuid), ("json", "data"))
 
     def stored_layers(self, domain_uuid: str) -> list[StoredLayer]:
-        """Layers with a complete record and image file (candidates for reuse).
+        """Layers with a complete record and image file (candidates for reuse); in a
+        format-3 store, every readable layer record.
 
         A link in place of the domain's directory, ``layers/`` or ``points/``
         raises CorruptStoreError (a backup refuses it before taking a snapshot).
@@ -232,7 +233,11 @@ class Documents:
         layers = []
         for name in names:
             try:
-                layer = self.layer_record(domain_uuid, name[:-len(".json")]).layer
+                record = self.layer_record(domain_uuid, name[:-len(".json")])
+                layer = record.layer
+                if record.chunks.chunk_size == 0:      # format 3: the record is all there is
+                    layers.append(layer)
+                    continue
                 size = self.backend.size(parts, layout.image_name(layer.id, layer.image_format))
             except (CorruptStoreError, OSError):
                 continue

@@ -41,9 +41,12 @@ def test_points_restore_exact_and_increments_read_only_changes(lab, store3):
         dom.write("vdb", 0x50 + round_number, (3 + 2 * round_number) * MiB, 512 * 1024)
         result = lab.cli("snapshot", "-d", dom.name, "-b", location, "--json", env=env).json()[0]
         points[result["point"]] = dom.expected_now()
+        if round_number:               # incremental: only the chunks written are read
+            assert result["bytes_copied"] <= 4 * 4 * MiB, result
     listed = lab.cli("list", "-b", location, "--json", env=env).json()
     assert [row["id"] for row in listed] == list(points)
     assert listed[1]["bytes_new"] < listed[0]["bytes_new"]
+    assert [row["format"] for row in listed] == [3, 3, 3]
     for point_id, expected in points.items():
         restored = restore_and_read_env(lab, dom.name, location, point_id, env)
         assert_same(restored, expected, point_id)
@@ -223,3 +226,39 @@ def test_keys_add_list_remove(lab, store3):
     lab.cli("list", "-b", location, env=with_second)
     last = lab.cli("key", "remove", "-b", location, added, expect=2, env=with_second)
     assert "only key" in last.stderr
+
+
+def test_copy_upgrades_format1_to_encrypted_s3_resumably_and_stays_incremental(lab, s3_bucket):
+    """Format 1 (a directory, after a prune merged layers) -> format 3 encrypted on S3, then
+    the next backup into the copy is incremental and every point restores exactly."""
+    old = lab.path("format1")
+    dom = lab.domain(disks=(DiskDef("vda", "qcow2", 24 * MiB), DiskDef("vdb", "raw", 16 * MiB)))
+    points = backup_history(dom, old, 4)
+    lab.cli("prune", "-b", old, "-d", dom.name, "--keep", "3", "--no-libvirt")
+    del points[list(points)[0]]
+    secret = lab.path("pass")
+    with open(secret, "w") as handle:
+        handle.write("offsite secret\n")
+    env = {"FIBACKUP_PASSWORD_FILE": secret}
+    target = f"s3://{s3_bucket}/offsite"
+    lab.cli("init", "-b", target, "--format", "3", "--encrypt", env=env)
+    first = lab.cli("copy", "--from", old, "--to", target, "-d", dom.name, "--at",
+                    list(points)[0], "--json", env=env).json()
+    assert len(first["copied"]) == 1
+    everything = lab.cli("copy", "--from", old, "--to", target, "--json", env=env).json()
+    assert len(everything["copied"]) == 2 and len(everything["skipped"]) == 1
+    again = lab.cli("copy", "--from", old, "--to", target, "--json", env=env).json()
+    assert again["copied"] == [] and again["new_chunks"] == 0
+    for point_id, expected in points.items():
+        assert_same(restore_and_read_env(lab, dom.name, target, point_id, env), expected,
+                    point_id)
+    dom.write("vda", 0x7a, 2 * MiB, MiB)
+    made = lab.cli("snapshot", "-d", dom.name, "-b", target, "--json", env=env)
+    assert "every chunk holding data is read" not in made.stderr
+    # incremental: one 4 MiB chunk of vda changed, nothing of vdb is read
+    assert made.json()[0]["new_generation"] == [] and made.json()[0]["bytes_copied"] <= 4 * MiB, made.stderr
+    point = made.json()[0]["point"]
+    assert_same(restore_and_read_env(lab, dom.name, target, point, env), dom.expected_now(),
+                "after copy")
+    listed = lab.cli("list", "-b", target, "--json", env=env).json()
+    assert listed[-1]["bytes_new"] < listed[0]["bytes_new"]
