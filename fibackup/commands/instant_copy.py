@@ -9,6 +9,7 @@ from typing import Callable
 
 from fibackup.commands.instant import InstantOptions
 from fibackup.commands.parallel import IOOptions
+from fibackup.errors import StoreUnavailableError
 from fibackup.commands.restore import RestoreOptions, RestoreResult, restore
 from fibackup.report import Reporter
 from fibackup.store.repo import BackupStore
@@ -16,8 +17,12 @@ from fibackup.virt.libvirt_api import Connection
 
 
 def runs_in_place(backup_dir: str) -> bool:
-    """Whether QEMU can run a point of this store straight from its files."""
-    return BackupStore.open(backup_dir).chunks is None
+    """Whether QEMU can run a point of this store straight from its files (a location
+    that holds no store is left to instant recovery's own checks and messages)."""
+    try:
+        return BackupStore.open(backup_dir).chunks is None
+    except StoreUnavailableError:
+        return True
 
 
 def restore_and_start(options: InstantOptions, connect: Callable[[], Connection],

@@ -137,6 +137,14 @@ def _select(store: BackupStore, options: PruneOptions) -> list[tuple[str, str]]:
 
 def _prune_domain(store: BackupStore, uuid: str, name: str, options: PruneOptions,
                   pinned_layers: PinnedFn, report: Reporter) -> PruneResult:
+    result = _drop_points(store, uuid, name, options, pinned_layers, report)
+    if store.chunks is not None and not options.dry_run:
+        result.freed_bytes += collect_garbage(store, report)
+    return result
+
+
+def _drop_points(store: BackupStore, uuid: str, name: str, options: PruneOptions,
+                 pinned_layers: PinnedFn, report: Reporter) -> PruneResult:
     result = PruneResult(domain=name, uuid=uuid, dry_run=options.dry_run)
     waiting = (lambda: report.info(f"{name}: waiting for another fibackup run on its part "
                                    f"of {store.root} (a backup, a restore or a prune, maybe "
@@ -167,8 +175,6 @@ def _prune_domain(store: BackupStore, uuid: str, name: str, options: PruneOption
         options_json = {"backup_dir": store.root, "retention": options.retention.describe()}
         with Journal(uuid, "prune", name, options_json).running() as journal:
             _execute(store, uuid, name, plan, result, journal, report)
-    if store.chunks is not None:
-        result.freed_bytes += collect_garbage(store, report)
     return result
 
 

@@ -380,3 +380,32 @@ def test_a_job_fibackup_did_not_start_is_never_adopted(lab):
     history.write()
     history.snapshot()
     history.check()
+
+
+# -- format 3 ---------------------------------------------------------------------------------
+
+STORE3_STEPS = [
+    QUICK("backup.chunks"), slow("backup.chunks.after"), QUICK("store.image-published"),
+    slow("backup.publish"), QUICK("backup.publish.after"), QUICK("copy-bytes:6291456"),
+    slow("copy-bytes:1048576"), slow("backup.files"),
+]
+
+
+@pytest.mark.parametrize("fault", STORE3_STEPS)
+def test_format3_snapshot_killed_at_step(lab, fault):
+    """A killed backup into a format-3 store: repair stops the export it left running, no
+    listed point lacks a chunk, and garbage collection removes what the run left."""
+    history = History(lab)
+    history.backup = lab.path("store3")
+    lab.cli("init", "-b", history.backup, "--format", "3")
+    history.rounds(2)
+    history.write()
+    history.killed(fault, "snapshot", "-d", history.dom.name, "-b", history.backup)
+    history.repair()
+    assert not [line for line in open("/proc/self/mounts") if "fibackup-view-" in line]
+    history.adopt_points()
+    history.write()
+    history.snapshot()
+    lab.cli("prune", "-b", history.backup, "-d", history.dom.name, "--keep", "100",
+            "--no-libvirt")
+    history.check()

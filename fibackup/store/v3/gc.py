@@ -7,7 +7,8 @@ deciding to reuse a chunk and publishing the point that needs it.  **Mark**: eve
 manifest of every domain is read (all revisions), then every index they name: the
 chunks those list are referenced.  If any manifest or index cannot be read, nothing
 is deleted (a manifest that fails to open must not make its chunks look unneeded).
-**Sweep**: every index and chunk object not referenced is deleted.
+**Sweep**: every index and chunk object not referenced is deleted, and the hidden
+temporary objects killed runs left.
 """
 from __future__ import annotations
 
@@ -47,6 +48,10 @@ def collect(chunks: ChunkStore, index_ids: set[str], problems: list[str],
         result.problems.append(f"an index cannot be read ({error}); garbage collection "
                                "deleted nothing (run 'fibackup verify')")
         return result
+    if not dry_run:
+        for kind in (CHUNKS, INDEXES):
+            for parts, name in list(chunks.partials(kind)):
+                chunks.backend.remove(parts, name)
     wanted_indexes = {bytes.fromhex(index_id) for index_id in index_ids}
     for kind, keep, count in ((INDEXES, wanted_indexes, "indexes"), (CHUNKS, needed, "chunks")):
         for object_id in list(chunks.object_ids(kind)):

@@ -14,7 +14,8 @@ backup runs, and a backup starting during a sweep waits for it.
   race both back off and retry after a random delay.
 - A holder writes a fresh object every REFRESH seconds (then removes its
   previous one), so that it never looks stale while it lives; a lock object
-  older than STALE (the holder died, or its host) is ignored.  Each refresh is a
+  older than STALE (the holder died, or its host) is ignored, and one of this host
+  whose process is gone is removed at once (a killed run's).  Each refresh is a
   new object: on a versioned (Object Lock) bucket it is a new retained version,
   never an overwrite.
 """
@@ -106,8 +107,29 @@ def holders(backend: Backend) -> list[Holder]:
 
 def _conflicts(backend: Backend, own: str, exclusive: bool) -> list[Holder]:
     now = _dt.datetime.now(_dt.timezone.utc)
-    return [holder for holder in holders(backend) if holder.name != own
-            and holder.age(now) < STALE and (exclusive or holder.exclusive)]
+    found = []
+    for holder in holders(backend):
+        if holder.name == own or holder.age(now) >= STALE:
+            continue
+        if _dead_here(holder):
+            _remove(backend, holder.name)          # a killed run of this host left it
+            continue
+        if exclusive or holder.exclusive:
+            found.append(holder)
+    return found
+
+
+def _dead_here(holder: Holder) -> bool:
+    """A lock of this host whose process is gone (or is no fibackup any more)."""
+    if holder.host != host_name() or holder.pid <= 0:
+        return False
+    if holder.pid == os.getpid():
+        return False
+    try:
+        with open(f"/proc/{holder.pid}/cmdline", "rb") as handle:
+            return b"fibackup" not in handle.read()
+    except OSError:
+        return True
 
 
 @contextlib.contextmanager

@@ -217,6 +217,19 @@ class ChunkStore:
                 if is_object_name(name) and name.startswith(fan):
                     yield bytes.fromhex(name)
 
+    def partials(self, kind: str) -> Iterator[tuple[tuple[str, str], str]]:
+        """Hidden temporary objects a killed run left (only garbage collection, under
+        the exclusive lock, may remove them: a running backup's are in flight)."""
+        try:
+            fans = sorted(self.backend.names((kind,)))
+        except FileNotFoundError:
+            return
+        for fan in fans:
+            if len(fan) == 2 and set(fan) <= _HEX:
+                for name in self.backend.names((kind, fan)):
+                    if name.startswith(".") and ".partial-" in name:
+                        yield (kind, fan), name
+
     def freed(self, kind: str, object_id: bytes) -> int:
         parts, name = self.place(kind, object_id)
         return self.backend.freed(parts, name)
