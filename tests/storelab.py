@@ -5,10 +5,15 @@ paths and entries the hostile-store and verify tests tamper with.
 Their fixtures (``store``, ``source``, ``state_dir``) are in tests/unit/conftest.py."""
 import dataclasses
 import os
+import uuid
 
 from fibackup.fsutil import file_identity
 from fibackup.model.points import PointDisk, PointLayer, RestorePoint
 from fibackup.store import format as fmt
+from fibackup.store.backend import DirectoryBackend
+from fibackup.store.v3.codec import Compression
+from fibackup.store.v3.objects import ChunkStore
+from fibackup.store.v3.settings import StoreSettings
 
 MiB = 1024 * 1024
 UUID = "6f1c2a3b-4d5e-4f60-8172-93a4b5c6d7e8"
@@ -122,3 +127,34 @@ def via_bytes(document):
 
 def point_doc():
     return via_bytes(fmt.point_to_dict(sample_point()))
+
+
+# -- format 3 ------------------------------------------------------------------------------
+
+CHUNK3 = 64 * 1024
+"""The chunk size of the format-3 unit tests (the smallest a marker allows)."""
+
+
+def chunk_store(root, encrypted=False, compression="zstd:3", passphrase=b"pw"):
+    """A new format-3 ChunkStore in the directory ``root`` (an encrypted one has its
+    first key and is unlocked; use the ``fast_scrypt`` fixture)."""
+    os.makedirs(root, exist_ok=True)
+    settings = StoreSettings(chunk_size=CHUNK3, compression=Compression.parse(compression),
+                             encrypted=encrypted)
+    chunks = ChunkStore(DirectoryBackend(str(root)), str(uuid.uuid4()), settings)
+    if encrypted:
+        chunks.add_key(passphrase)
+        chunks.unlock_with(passphrase)
+    return chunks
+
+
+def make_view(path, size, patches):
+    """A sparse file of ``size`` bytes holding ``patches`` ((offset, bytes)...); its bytes."""
+    data = bytearray(size)
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+        for offset, chunk in patches:
+            handle.seek(offset)
+            handle.write(chunk)
+            data[offset:offset + len(chunk)] = chunk
+    return bytes(data)

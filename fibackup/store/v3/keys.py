@@ -42,8 +42,9 @@ later fibackup may raise it for new keys without breaking old ones."""
 SCRYPT_R = 8
 SCRYPT_P = 1
 _SCRYPT_MAX_N = 2 ** 22
+_SCRYPT_MAX_MEMORY = 128 * SCRYPT_R * _SCRYPT_MAX_N
 """A key document asking for more is refused (a hostile store must not make an
-unlock eat the host's memory)."""
+unlock eat the host's memory): scrypt takes 128 * n * r bytes, so r counts too."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ def unwrap(document: Mapping[str, Any], passphrase: bytes, store_id: str,
         raise CorruptStoreError(f"{origin}: unknown key derivation {kdf!r}")
     n, r, p = (kdf.get(name) for name in ("n", "r", "p"))
     if not all(type(value) is int for value in (n, r, p)) or not (
-            2 <= n <= _SCRYPT_MAX_N and 1 <= r <= 32 and 1 <= p <= 16):   # type: ignore[operator]
+            2 <= n <= _SCRYPT_MAX_N and n & (n - 1) == 0 and 1 <= r <= 32   # type: ignore[operator]
+            and 1 <= p <= 16 and 128 * n * r <= _SCRYPT_MAX_MEMORY):          # type: ignore[operator]
         raise CorruptStoreError(f"{origin}: scrypt parameters out of range")
     key_id = document.get("id")
     if not isinstance(key_id, str):
