@@ -55,7 +55,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     __package__ = "benchmarks"
 
-from benchmarks.common import (GiB, MiB, Row, Settings, ensure_debian_package, remove,
+from benchmarks.common import (MiB, Row, Settings, ensure_debian_package, remove,
                                rounded, run_command, time_ratio_row, timed)
 from benchmarks.peers import human, rotated, sync_tree
 from tests.lab import DiskDef, Lab, LabDomain
@@ -85,7 +85,7 @@ class Sizes:
 
 @dataclass
 class Images:
-    """The data both states of the disk: raw images, the qcow2 base, what differs."""
+    """Both states of the disk: raw images, the qcow2 base, the blocks that differ."""
 
     raw_full: str
     raw_changed: str
