@@ -10,6 +10,9 @@ Groups (scripts/benchmarks/, docs/PERFORMANCE.md explains each target):
             Debian's packages when missing)
   s3        upload and download of a layer against the real Ceph RGW vs plain boto3
             upload_file/download_file of the same bytes (scripts/setup-s3.sh)
+  store     an encrypted format-3 store vs restic (zstd) and borg (lz4), same ext4 disk of
+            the host's files: full and incremental times, store size after both (restic
+            and borgbackup installed from Debian's packages when missing)
 Each comparison alternates the tools over --repeat rounds and takes medians; files are
 evicted from the page cache before each timed run (needs root).  Nothing is asserted: the
 table says which targets were met; --quick shrinks every size (CI runs it to prove the
@@ -33,10 +36,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from benchmarks.common import Row, Settings, print_rows  # noqa: E402
 
-GROUPS = ("copy", "chains", "snapshot", "peers", "s3")
+GROUPS = ("copy", "chains", "snapshot", "peers", "s3", "store")
 MODULES = {"copy": "benchmarks.copying", "chains": "benchmarks.chains",
            "snapshot": "benchmarks.stall", "peers": "benchmarks.peers",
-           "s3": "benchmarks.objects"}
+           "s3": "benchmarks.objects", "store": "benchmarks.stores"}
 
 
 def machine() -> dict[str, object]:

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-GROUPS = os.environ.get("FIBACKUP_BENCH_GROUPS", "copy,chains,snapshot,peers,s3")
+GROUPS = os.environ.get("FIBACKUP_BENCH_GROUPS", "copy,chains,snapshot,peers,s3,store")
 
 
 @pytest.mark.libvirt
