@@ -386,7 +386,7 @@ def test_a_job_fibackup_did_not_start_is_never_adopted(lab):
 
 STORE3_STEPS = [
     QUICK("backup.chunks"), slow("backup.chunks.after"), QUICK("store.image-published"),
-    slow("backup.publish"), QUICK("backup.publish.after"), QUICK("copy-bytes:6291456"),
+    slow("backup.publish"), QUICK("backup.publish.after"), QUICK("copy-bytes:3145728"),
     slow("copy-bytes:1048576"), slow("backup.files"),
 ]
 
