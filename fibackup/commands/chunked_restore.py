@@ -25,7 +25,8 @@ def base_format(disk: PointDisk) -> str:
 def disk_index(store: BackupStore, point: RestorePoint, disk: PointDisk) -> DiskIndex:
     assert disk.index is not None
     index = store.chunked.get_index(disk.index.id)
-    if index.virtual_size != disk.virtual_size or len(index.chunks) != disk.index.chunks:
+    if index.virtual_size != disk.virtual_size or len(index.chunks) != disk.index.chunks \
+            or index.data_bytes != disk.index.data_bytes:
         raise IntegrityError(f"restore point {point.id}, disk {disk.target}: its index does not "
                              "describe the disk the point lists; choose another point with --at",
                              point=point.id, disk=disk.target)

@@ -109,7 +109,7 @@ def _save_one(store: BackupStore, domain_uuid: str, name: str, item: SourceFile,
         check = None if last else _unchanged(item.path, before)
         try:
             if store.chunks is not None:
-                ref, new = v3files.save_file(store.chunks, item.path, check)
+                ref, new = v3files.save_file(store.chunks, item.path, check, before.st_size)
                 saved = PointFile(role=item.role, path=item.path, id=ref.id, digest=ref.id,
                                   size=before.st_size, mode=stat.S_IMODE(before.st_mode),
                                   name=item.name, new=new, index=ref)

@@ -48,8 +48,10 @@ def stems(backend: Backend, parts: Parts, suffixes: Sequence[str]) -> set[str]:
 class Documents:
     """The documents of one store, records cached for the run."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, version: int = 1) -> None:
         self.backend = backend
+        self.version = version
+        """The store's format: a manifest of the other kind is refused (3: chunks)."""
         self._records: dict[tuple[str, str], fmt.LayerRecord] = {}
         self._file_records: dict[tuple[str, str], fmt.FileRecord] = {}
         self._listed: dict[tuple[str, str], dict[str, PointLayer]] = {}
@@ -97,6 +99,9 @@ class Documents:
         if point.domain_uuid != domain_uuid or \
                 name != layout.point_name(point.seq, point.revision):
             raise CorruptStoreError(f"{path} belongs to another domain or sequence number")
+        if (point.format == 3) != (self.version == 3):
+            raise CorruptStoreError(f"{path} is a format-{point.format} manifest in a "
+                                    f"format-{self.version} store; it was not written here")
         return point
 
     def listings(self, domain_uuid: str, layer_id: str) -> dict[str, PointLayer]:

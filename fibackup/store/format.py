@@ -355,7 +355,7 @@ def _chunked_point_to_dict(point: RestorePoint) -> dict[str, Any]:
         "quiesced": point.quiesced, "skipped_disks": list(point.skipped_disks),
         "disks": {target: {
             "virtual_size": disk.virtual_size, "source_path": disk.source_path,
-            "index": _index_to_dict(disk.index) if disk.index else None,
+            "index": _index_to_dict(_required(disk.index, target)),
             "layers": [{"id": layer.id, "image_format": layer.image_format, "size": layer.size,
                         "virtual_size": layer.virtual_size, "new": layer.new}
                        for layer in disk.layers]}
@@ -364,6 +364,12 @@ def _chunked_point_to_dict(point: RestorePoint) -> dict[str, Any]:
         "bytes_new": point.bytes_new, "bytes_total": point.bytes_total,
         "domain_xml": point.domain_xml,
     }
+
+
+def _required(ref: Optional[IndexRef], target: str) -> IndexRef:
+    if ref is None:
+        raise ValueError(f"a format-3 point needs an index for disk {target}")
+    return ref
 
 
 def _index_to_dict(ref: IndexRef) -> dict[str, Any]:

@@ -58,7 +58,7 @@ class BackupStore:
             self.chunks = ChunkStore(backend, marker.store_id, marker.settings)
             backend = sealed_backend(backend, self.chunks)
         self.backend = backend
-        self.documents = Documents(backend)
+        self.documents = Documents(backend, 1 if marker.settings is None else 3)
         self.reader = Reader(backend, self.documents)
         self.writer = Writer(backend, self.documents)
         self.merger = Merger(backend, self.reader, self.writer)

@@ -13,10 +13,13 @@ from fibackup.store.v3.objects import ChunkStore
 
 
 def save_file(chunks: ChunkStore, source: str,
-              check_source: Optional[Callable[[], None]] = None) -> tuple[IndexRef, bool]:
+              check_source: Optional[Callable[[], None]] = None,
+              size: Optional[int] = None) -> tuple[IndexRef, bool]:
     """Store ``source``'s chunks and index; the index and whether anything was new.
+    ``size``: the file's size as the caller saw it (the index covers exactly that);
     ``check_source`` runs after the file was read, before the index is written."""
-    empty = DiskIndex(os.stat(source).st_size, chunks.settings.chunk_size)
+    empty = DiskIndex(os.stat(source).st_size if size is None else size,
+                      chunks.settings.chunk_size)
     done = ingest(chunks, source, empty, range(empty.chunk_count))
     if check_source is not None:
         check_source()

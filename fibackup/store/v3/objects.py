@@ -17,7 +17,7 @@ import secrets
 import threading
 from typing import Iterator, Optional
 
-from fibackup.errors import CorruptStoreError, IntegrityError
+from fibackup.errors import CorruptStoreError, IntegrityError, StoreKeyError
 from fibackup.fsutil import host_name
 from fibackup.model.naming import utc_time
 from fibackup.store import format as fmt
@@ -52,6 +52,7 @@ class ChunkStore:
         self._codec: Optional[ChunkCodec] = None
         self._index_codec: Optional[ChunkCodec] = None
         self._unlock = threading.Lock()
+        self._failed: Optional[StoreKeyError] = None
 
     # -- keys ----------------------------------------------------------------------
 
@@ -64,8 +65,14 @@ class ChunkStore:
         if not self.encrypted:
             return None
         with self._unlock:
+            if self._failed is not None:
+                raise self._failed                # asked once: never prompt again
             if self._keys is None:
-                self._keys = StoreKeys.derive(self._master(), self.store_id)
+                try:
+                    self._keys = StoreKeys.derive(self._master(), self.store_id)
+                except StoreKeyError as error:
+                    self._failed = error
+                    raise
             return self._keys
 
     def master_key(self) -> bytes:
