@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -109,17 +110,64 @@ def exported(chain: Chain, writable: bool = False,
     args = [QSD, "--blockdev", json.dumps(_node(chain, writable)),
             "--export", f"type=fuse,id=view{secrets.token_hex(3)},node-name=view,"
             f"mountpoint={mountpoint},writable={'on' if writable else 'off'}",
-            "--daemonize", "--pidfile", pidfile]
+            "--pidfile", pidfile]
+    daemon: Optional[subprocess.Popen[bytes]] = None
+    log = os.path.join(where, "log")
     try:
-        _start(args, chain)
+        daemon = _start(args, chain, mountpoint, log)
         yield mountpoint
     finally:
-        _stop(pidfile, mountpoint)
-        for name in (mountpoint, pidfile):
+        if daemon is not None:
+            _end(daemon)
+        if _mounted(mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True,
+                           check=False)
+        for name in (mountpoint, pidfile, log):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(where, name))
         with contextlib.suppress(OSError):
             os.rmdir(where)
+
+
+def _start(args: Sequence[str], chain: Chain, mountpoint: str,
+           log: str) -> "subprocess.Popen[bytes]":
+    """qemu-storage-daemon as a child of this process (reaped by it), once its export is
+    mounted; what it prints goes to ``log``."""
+    try:
+        with open(log, "wb") as output:
+            daemon = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=output,
+                                      stderr=output)
+    except FileNotFoundError:
+        raise ImageToolError("qemu-storage-daemon is not installed (Debian package "
+                             "qemu-system-common); run scripts/setup-host.sh") from None
+    deadline = time.monotonic() + 120
+    while not _mounted(mountpoint):
+        if daemon.poll() is not None:
+            with open(log, "rb") as output:
+                detail = output.read().decode(errors="replace")
+            lines = detail.strip().splitlines()
+            message = lines[-1] if lines else f"exit code {daemon.returncode}"
+            hint = " (is fuse3 installed and /dev/fuse there?)" if "fuse" in message.lower() \
+                else ""
+            raise ImageToolError(f"qemu-storage-daemon could not export {chain[-1][0]}: "
+                                 f"{message}{hint}")
+        if time.monotonic() > deadline:
+            _end(daemon)
+            raise ImageToolError(f"qemu-storage-daemon did not export {chain[-1][0]} within "
+                                 "120 s")
+        time.sleep(0.003)
+    return daemon
+
+
+def _end(daemon: "subprocess.Popen[bytes]") -> None:
+    """Stop the daemon (it flushes and unmounts its export on SIGTERM) and reap it."""
+    if daemon.poll() is None:
+        daemon.terminate()
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
 
 
 def stop_leftovers(scratch: str) -> list[str]:
@@ -140,7 +188,7 @@ def stop_leftovers(scratch: str) -> list[str]:
         elif _mounted(mountpoint):
             subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True,
                            check=False)
-        for leftover in (mountpoint, pidfile):
+        for leftover in (mountpoint, pidfile, os.path.join(where, "log")):
             with contextlib.suppress(OSError):
                 os.unlink(leftover)
         with contextlib.suppress(OSError):
@@ -160,23 +208,6 @@ def _is_daemon(pidfile: str) -> bool:
         return False
 
 
-def _start(args: Sequence[str], chain: Chain) -> None:
-    try:
-        done = subprocess.run(args, capture_output=True, text=True, check=False, timeout=120)
-    except FileNotFoundError:
-        raise ImageToolError("qemu-storage-daemon is not installed (Debian package "
-                             "qemu-system-common); run scripts/setup-host.sh") from None
-    except subprocess.TimeoutExpired:
-        raise ImageToolError(f"qemu-storage-daemon did not open {chain[-1][0]} within 120 s") \
-            from None
-    if done.returncode != 0:
-        detail = done.stderr.strip().splitlines()
-        message = detail[-1] if detail else f"exit code {done.returncode}"
-        hint = " (is fuse3 installed and /dev/fuse there?)" if "fuse" in message.lower() else ""
-        raise ImageToolError(f"qemu-storage-daemon could not export {chain[-1][0]}: "
-                             f"{message}{hint}")
-
-
 def _stop(pidfile: str, mountpoint: str) -> None:
     """End the daemon (it unmounts its export on SIGTERM); unmount by hand if it is gone."""
     try:
@@ -187,10 +218,8 @@ def _stop(pidfile: str, mountpoint: str) -> None:
     if pid > 0:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        for _ in range(300):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+        for _ in range(3000):
+            if not _alive(pid):
                 break
             time.sleep(0.01)
         else:
@@ -200,9 +229,23 @@ def _stop(pidfile: str, mountpoint: str) -> None:
         subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True, check=False)
 
 
+def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie waiting for its parent to reap it does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _mounted(path: str) -> bool:
+    """Whether a file system is mounted on ``path`` (/proc/self/mounts escapes spaces,
+    tabs, newlines and backslashes in octal)."""
+    def unescape(field: str) -> str:
+        return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
     try:
         with open("/proc/self/mounts") as handle:
-            return any(line.split()[1] == path for line in handle if len(line.split()) > 1)
+            return any(len(line.split()) > 1 and unescape(line.split()[1]) == path
+                       for line in handle)
     except OSError:
         return False
