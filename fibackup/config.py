@@ -206,7 +206,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "verify": {"bwlimit": _BWLIMIT},
     "prune": {"keep": _KEEP, "keep_daily": _KEEP, "keep_weekly": _KEEP},
     "store": {"format": Key(_store_format, 3),
-              "compression": Key(_compression, "zstd:3"),
+              "compression": Key(_compression, "zstd:2"),
               "encrypt": Key(_flag, False),
               "chunk_size": Key(_chunk_size, "4M"),
               "password_file": Key(_local_file, unset="none"),

@@ -21,7 +21,7 @@ def init(
         "passphrase wraps [default: encrypt of the configuration file's [store], else no]."),
     compression: Optional[str] = typer.Option(
         None, "--compression", metavar="zstd[:LEVEL]|none", show_default=False,
-        help="Chunk compression [default: compression of [store], else zstd:3]."),
+        help="Chunk compression [default: compression of [store], else zstd:2]."),
     chunk_size: Optional[str] = typer.Option(
         None, "--chunk-size", metavar="SIZE", show_default=False,
         help="Chunk size of the disks' view, a power of two from 64K to 64M [default: "

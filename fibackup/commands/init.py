@@ -22,7 +22,7 @@ class InitOptions:
     location: str
     format: int = 3
     encrypt: bool = False
-    compression: str = "zstd:3"
+    compression: str = "zstd:2"
     chunk_size: str = "4M"
 
 

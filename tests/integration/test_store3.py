@@ -200,7 +200,7 @@ def test_a_new_location_becomes_a_format3_store_and_init_refuses_an_existing_one
     with open(os.path.join(location, "fibackup-store.json")) as handle:
         marker = json.load(handle)
     assert marker["version"] == 3 and marker["encryption"] is None
-    assert marker["compression"] == "zstd:3" and marker["chunk_size"] == 4 * MiB
+    assert marker["compression"] == "zstd:2" and marker["chunk_size"] == 4 * MiB
     assert_same(restore_and_read_env(lab, dom.name, location, result["point"], plain),
                 dom.expected_now(), "first point")
     again = lab.cli("init", "-b", location, expect=2, env=plain)

@@ -353,7 +353,7 @@ def test_decode_refuses_zstd_frames_that_would_overflow_a_chunk(sealed, case):
         chunk_codec.decode(chunk_id, zstd_object(chunk_codec, keys_, chunk_id, frame), "chunk")
 
 
-@pytest.mark.parametrize("spec, level", [("zstd", 3), ("ZSTD:1", 1), (" zstd:19 ", 19),
+@pytest.mark.parametrize("spec, level", [("zstd", 2), ("ZSTD:1", 1), (" zstd:19 ", 19),
                                          ("none", None), ("zstd:07", 7)])
 def test_compression_specs(spec, level):
     assert Compression.parse(spec).level == level

@@ -30,7 +30,9 @@ MAGIC = b"FBC3"
 FLAG_ZSTD = 1
 FLAG_SEALED = 2
 _KNOWN_FLAGS = FLAG_ZSTD | FLAG_SEALED
-DEFAULT_LEVEL = 3
+DEFAULT_LEVEL = 2
+"""The default zstd level: on 2 cores level 2 keeps a full backup at about half of
+restic's time and the store within 5 % of its size (docs/PERFORMANCE.md, "Store")."""
 _PROBE = 64 * 1024
 _GIVE_UP = 0.97
 """A sample that zstd shrinks by less than 3 % means incompressible data (media,
@@ -50,7 +52,7 @@ class Compression:
         match = _SPEC_RE.match(spec.strip().lower())
         if not match:
             raise UsageError(f"compression {spec!r} is not valid: use zstd, zstd:LEVEL "
-                             "(1-19, default 3) or none")
+                             "(1-19, default 2) or none")
         if match.group(1) == "none":
             return cls(None)
         level = int(match.group(2)) if match.group(2) else DEFAULT_LEVEL

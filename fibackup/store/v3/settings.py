@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from fibackup.errors import CorruptStoreError, UsageError
-from fibackup.store.v3.codec import Compression
+from fibackup.store.v3.codec import DEFAULT_LEVEL, Compression
 from fibackup.store.v3.keys import CIPHER, ID_ALGORITHM_KEYED, ID_ALGORITHM_PLAIN, KDF
 
 STORE_VERSION = 3
@@ -20,7 +20,7 @@ _SIZE_RE = re.compile(r"^(\d+)([KMG]?)(?:I?B)?$")
 @dataclass(frozen=True)
 class StoreSettings:
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    compression: Compression = Compression(3)
+    compression: Compression = Compression(DEFAULT_LEVEL)
     encrypted: bool = False
 
     def to_marker(self) -> dict[str, Any]:
