@@ -58,10 +58,15 @@ class Backup:
 
 
 def prepare_backup(store: BackupStore, domain: Domain, disks: Sequence[LiveDisk],
-                   extra_files: Sequence[domfiles.SourceFile],
-                   space_check: bool) -> tuple[BackupStore, LayerIndex]:
+                   extra_files: Sequence[domfiles.SourceFile], space_check: bool,
+                   report: Reporter) -> tuple[BackupStore, LayerIndex]:
     """Check, before any snapshot, that the backup into ``store`` can be made."""
-    index = layer_index(store, domain.uuid)
+    state = host_state.load(domain.uuid)
+    index = layer_index(store, domain.uuid, state)
+    problem = host_state.rollback(state, store.store_id, store.root, [
+        (point.id, point.seq) for point in store.points(domain.uuid, problems=[])])
+    if problem is not None:
+        report.warn(f"{domain.name}: {problem}")
     needed = _preflight(domain.name, disks, index) + domfiles.planned_bytes(extra_files)
     if space_check and store.backend.capabilities.space_check:
         ensure_space(store.root, needed, f"the backup of domain '{domain.name}'")
@@ -100,7 +105,8 @@ def back_up(store: BackupStore, index: LayerIndex, domain: Domain, disks: Sequen
         host_state_before.save()                   # before the point exists that names it
     published = store.publish_point(point)
     journal.done(step, seq=published.seq)
-    host_state.remember_store(domain.uuid, store.store_id, store.root)
+    host_state.remember_store(domain.uuid, store.store_id, store.root,
+                              (published.id, published.seq, published.time))
     return Backup(published, sum(count for _, count in copied), new_generation)
 
 

@@ -184,7 +184,7 @@ def _snapshot_and_back_up(domain: Domain, options: SnapshotOptions, report: Repo
                           journal: Journal, store: Optional[BackupStore]) -> SnapshotResult:
     chosen = _select(domain, options, report, store is not None)
     backup = backups.prepare_backup(store, domain, chosen.disks, chosen.extra_files,
-                                    options.space_check) if store else None
+                                    options.space_check, report) if store else None
     moment = naming.utc_moment()
     tag = _free_tag(naming.timestamp_tag(moment), chosen.disks, store, domain.uuid)
     result = SnapshotResult(domain.name, tag, naming.overlay_paths(_actives(chosen.disks), tag),

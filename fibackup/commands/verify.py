@@ -15,6 +15,7 @@ from typing import Optional
 from fibackup.commands.restore_common import find_points
 from fibackup.commands.chunked_restore import disk_index
 from fibackup.errors import CorruptStoreError, FibackupError
+from fibackup.host import state as host_state
 from fibackup.model.chain import StoredLayer
 from fibackup.model.points import PointDisk, PointFile, PointLayer, RestorePoint, select_point
 from fibackup.progress import Bar
@@ -78,7 +79,7 @@ def verify(backup_dir: str, domain: Optional[str], at: Optional[str],
             select_point(points, None, f"domain '{domain}'")
     else:
         points = store.all_points(unreadable)
-    for problem in unreadable:
+    for problem in [*unreadable, *_rollbacks(store, points)]:
         result.problems.append(problem)
         report.warn(problem)
     with report.progress("verify", _data_bytes(points)) as bar:
@@ -98,6 +99,17 @@ def verify(backup_dir: str, domain: Optional[str], at: Optional[str],
                     result.problems.append(message)
                     report.warn(message)
     return result
+
+
+def _rollbacks(store: BackupStore, points: list[RestorePoint]) -> list[str]:
+    """Domains of the store whose newest point this host published is gone from it."""
+    problems = []
+    for uuid in sorted({point.domain_uuid for point in points}):
+        problem = host_state.rollback(host_state.load(uuid), store.store_id, store.root, [
+            (point.id, point.seq) for point in store.points(uuid, problems=[])])
+        if problem is not None:
+            problems.append(problem)
+    return problems
 
 
 def _file_problems(store: BackupStore, point: RestorePoint, item: PointFile, seen: _Seen,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from fibackup.errors import HostStateError
 from fibackup.fsutil import make_private_dirs, write_file
@@ -93,6 +93,9 @@ class HostState:
     definitions: list[str] = field(default_factory=list)
     """xxh3-128 digests of the domain definitions this host put into restore points:
     only those are defined by a restore without checking them (virt/trust.py)."""
+    written: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Store id -> the newest point this host published there ({"point", "seq",
+    "time"}): a store that no longer holds it was rolled back (:func:`rollback`)."""
 
     @property
     def path(self) -> str:
@@ -145,6 +148,7 @@ class HostState:
             "stores": self.stores,
             "consolidations": [item.to_json() for item in self.consolidations],
             "definitions": self.definitions,
+            "written": self.written,
         }
         write_file(self.path, json.dumps(document, indent=1).encode(), replace=True)
 
@@ -175,9 +179,13 @@ def load(domain_uuid: str) -> HostState:
         stores = _string_map(document.get("stores", {}), "stores")
         overlays = [_string_map(item, "overlays") for item in _list(document.get("overlays", []))]
         definitions = [str(item) for item in _list(document.get("definitions", []))]
+        written = {str(key): {"point": str(value["point"]), "seq": int(value["seq"]),
+                              "time": str(value.get("time", ""))}
+                   for key, value in dict(document.get("written", {})).items()}
     except (KeyError, TypeError, ValueError) as error:
         raise HostStateError(f"{path} has a malformed entry ({error})", path=path) from None
-    return HostState(domain_uuid, restored, overlays, stores, consolidations, definitions)
+    return HostState(domain_uuid, restored, overlays, stores, consolidations, definitions,
+                     written)
 
 
 # -- what the commands record (each loads, changes and saves the file) -----------------------
@@ -192,13 +200,34 @@ def remember_overlays(domain_uuid: str, overlays: dict[str, str], tag: str) -> N
         state.save()
 
 
-def remember_store(domain_uuid: str, store_id: str, root: str) -> None:
+def remember_store(domain_uuid: str, store_id: str, root: str,
+                   point: Optional[tuple[str, int, str]] = None) -> None:
     """Note a backup directory the domain was backed up to: consolidation checks that
-    every one holds what it would merge away."""
+    every one holds what it would merge away; ``point`` (id, seq, time) is the point
+    this host just published there."""
     state = load(domain_uuid)
-    if state.stores.get(store_id) != root:
+    written = {"point": point[0], "seq": point[1], "time": point[2]} if point else None
+    if state.stores.get(store_id) != root or (written and state.written.get(store_id) != written):
         state.stores[store_id] = root
+        if written:
+            state.written[store_id] = written
         state.save()
+
+
+def rollback(state: HostState, store_id: str, root: str,
+             points: Sequence[tuple[str, int]]) -> Optional[str]:
+    """What is wrong when the store no longer holds the newest point this host published
+    there ((id, seq) of the domain's points now): a rollback, or points removed by hand
+    (prune always keeps the newest)."""
+    written = state.written.get(store_id)
+    if written is None or (written["point"], written["seq"]) in set(points):
+        return None
+    newest = max(points, key=lambda item: item[1]) if points else None
+    holds = f"its newest is #{newest[1]} ({newest[0]})" if newest else "it holds none"
+    return (f"{root} no longer holds restore point #{written['seq']} ({written['point']}) "
+            f"that this host stored there on {written['time']}; {holds}. The store was rolled "
+            "back to an older state, or points were deleted by hand: check it before you "
+            "trust it")
 
 
 def remember_restored(domain_uuid: str, restored: list[RestoredFile]) -> None:

@@ -262,3 +262,23 @@ def test_copy_upgrades_format1_to_encrypted_s3_resumably_and_stays_incremental(l
                 "after copy")
     listed = lab.cli("list", "-b", target, "--json", env=env).json()
     assert listed[-1]["bytes_new"] < listed[0]["bytes_new"]
+
+
+@pytest.mark.parametrize("store3", ["dir-encrypted"], indirect=True)
+def test_a_rolled_back_store_is_reported(lab, store3):
+    """Replaying an older state of the store (every object genuine, only newer ones gone)
+    is seen: this host remembers the newest point it published there."""
+    import shutil
+    location, env = store3
+    dom = lab.domain(disks=(DiskDef("vda", "qcow2", 16 * MiB),))
+    lab.cli("snapshot", "-d", dom.name, "-b", location, env=env)
+    old = lab.path("old state")
+    shutil.copytree(location, old, symlinks=True)
+    dom.write("vda", 0x66, MiB, MiB)
+    lab.cli("snapshot", "-d", dom.name, "-b", location, env=env)
+    shutil.rmtree(location)
+    shutil.move(old, location)
+    checked = lab.cli("verify", "-b", location, expect=1, env=env)
+    assert "rolled back" in checked.stderr
+    made = lab.cli("snapshot", "-d", dom.name, "-b", location, env=env)
+    assert "rolled back" in made.stderr
