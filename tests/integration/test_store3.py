@@ -282,3 +282,34 @@ def test_a_rolled_back_store_is_reported(lab, store3):
     assert "rolled back" in checked.stderr
     made = lab.cli("snapshot", "-d", dom.name, "-b", location, env=env)
     assert "rolled back" in made.stderr
+
+
+@pytest.mark.parametrize("store3", ["dir-plain"], indirect=True)
+def test_a_damaged_or_swapped_chunk_is_named_and_never_restored(lab, store3):
+    location, env = store3
+    dom = lab.domain(disks=(DiskDef("vda", "qcow2", 16 * MiB),))
+    first = lab.cli("snapshot", "-d", dom.name, "-b", location, "--json", env=env).json()[0]
+    dom.write("vda", 0x42, 8 * MiB, 4 * MiB)
+    second = lab.cli("snapshot", "-d", dom.name, "-b", location, "--json", env=env).json()[0]
+    chunks = sorted(os.path.join(directory, name)
+                    for directory, _dirs, names in os.walk(os.path.join(location, "chunks"))
+                    for name in names)
+    assert len(chunks) >= 2
+    # swap two valid chunks: each is authentic, but under the other's name
+    a, b = chunks[0], chunks[1]
+    os.rename(a, a + ".x")
+    os.rename(b, a)
+    os.rename(a + ".x", b)
+    checked = lab.cli("verify", "-b", location, expect=1, env=env)
+    damaged = [line for line in checked.stderr.splitlines() if line.startswith("DAMAGED")]
+    assert damaged and all("does not hold the data its id names" in line for line in damaged)
+    assert {first["point"], second["point"]} & {line.split("/")[1].split(",")[0]
+                                               for line in damaged}
+    for point in (first["point"], second["point"]):
+        to = lab.path(f"restore {point}")
+        failed = lab.cli("restore", "-d", dom.name, "-b", location, "--to", to, "--at", point,
+                         "--no-define", expect=None, env=env)
+        if failed.code == 0:            # this point needs neither chunk: it must be exact
+            continue
+        assert "does not hold the data its id names" in failed.stderr
+        assert not os.path.exists(to) or not os.listdir(to)
