@@ -67,6 +67,13 @@ def keys_table(keys: Sequence[Any]) -> str:
                    for key in keys], ["id", "host", "created (UTC)", "this passphrase"])
 
 
+def pins_table(pins: Sequence[Any]) -> str:
+    """``fibackup pin list``: one line per pin."""
+    return _table([[pin.id, pin.domain_name, pin.seq, pin.point, pin.host, pin.time, pin.reason]
+                   for pin in pins], ["pin", "domain", "seq", "point", "host", "since (UTC)",
+                                      "reason"])
+
+
 def settings_table(settings: "Config") -> str:
     """``fibackup config show``: each setting, its value and where it comes from."""
     return _table([[name, settings.shown(name), setting.source]

@@ -42,9 +42,8 @@ from fibackup.report import Reporter
 from fibackup.store.layout import manifest_key
 from fibackup.store.format import PRUNED_VERSION, point_from_dict
 from fibackup.store.repo import BackupStore
+from fibackup.commands.collect import collect_garbage, pinned_points
 from fibackup.store.tidy import tidy_domain
-from fibackup.store.v3.gc import collect
-from fibackup.store.v3.locks import store_lock
 
 
 @dataclass
@@ -162,6 +161,7 @@ def _drop_points(store: BackupStore, uuid: str, name: str, options: PruneOptions
         plan = _Plan.make(points, options.retention, pinned, store.layer_ids(uuid),
                           store.file_ids(uuid), _merged_layers(store, uuid),
                           merging=store.chunks is None)
+        plan.keep_pinned(pinned_points(store, uuid, report))
         result.kept = [point.id for point in plan.kept]
         result.dropped = [point.id for point in plan.dropped]
         result.pinned = sorted(pinned.intersection(plan.stored))
@@ -176,26 +176,6 @@ def _drop_points(store: BackupStore, uuid: str, name: str, options: PruneOptions
         with Journal(uuid, "prune", name, options_json).running() as journal:
             _execute(store, uuid, name, plan, result, journal, report)
     return result
-
-
-def collect_garbage(store: BackupStore, report: Reporter, dry_run: bool = False) -> int:
-    """Format 3: delete the indexes and chunks no point needs (v3/gc.py), under the store's
-    exclusive lock; the bytes freed."""
-    chunks = store.chunked
-    with store_lock(store.backend, exclusive=True, command="prune (garbage collection)",
-                    waiting=lambda holder: report.info(
-                        f"garbage collection of {store.root} waits for {holder}")):
-        problems: list[str] = []
-        points = store.all_points(problems)
-        index_ids = {ref.id for point in points for ref in point.indexes()}
-        collected = collect(chunks, index_ids, problems, dry_run)
-    for problem in collected.problems:
-        report.warn(f"{problem}; garbage collection deleted nothing")
-    if not collected.problems:
-        report.info(f"garbage collection of {store.root}: removed {collected.chunks} chunk(s) "
-                    f"and {collected.indexes} index(es) no restore point needs, freed "
-                    f"{human(collected.freed_bytes)}; {collected.kept_chunks} chunk(s) kept")
-    return collected.freed_bytes
 
 
 def _check_writer_host(store: BackupStore, name: str, points: Sequence[RestorePoint],
@@ -258,6 +238,13 @@ class _Plan:
                              [adopted(point, replaced) for point in dropped], pinned) \
             if merging else []
         return cls(kept, dropped, merges, pinned, stored, stored_files, replaced)
+
+    def keep_pinned(self, seqs: set[int]) -> None:
+        """Format 3: points a pin holds are kept whatever the retention says."""
+        held = [point for point in self.dropped if point.seq in seqs]
+        if held:
+            self.dropped = [point for point in self.dropped if point.seq not in seqs]
+            self.kept = sorted([*self.kept, *held], key=lambda point: point.seq)
 
     def removable_files(self, points: Sequence[RestorePoint]) -> list[str]:
         """Stored files no remaining point lists (ids are shared between points)."""

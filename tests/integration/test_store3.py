@@ -313,3 +313,30 @@ def test_a_damaged_or_swapped_chunk_is_named_and_never_restored(lab, store3):
             continue
         assert "does not hold the data its id names" in failed.stderr
         assert not os.path.exists(to) or not os.listdir(to)
+
+
+@pytest.mark.parametrize("store3", ["dir-encrypted"], indirect=True)
+def test_a_pinned_point_survives_prune_until_unpinned(lab, store3):
+    location, env = store3
+    dom = lab.domain(disks=(DiskDef("vda", "qcow2", 16 * MiB),))
+    points = {}
+    for round_number in range(3):
+        dom.write("vda", 0x30 + round_number, 4 * MiB, 4 * MiB)
+        made = lab.cli("snapshot", "-d", dom.name, "-b", location, "--json", env=env).json()[0]
+        points[made["point"]] = dom.expected_now()
+    first = list(points)[0]
+    pin = lab.cli("pin", "add", "-b", location, "-d", dom.name, "--at", first, "--reason",
+                  "legal hold", "--json", env=env).json()["pin"]
+    listed = lab.cli("pin", "list", "-b", location, "--json", env=env).json()
+    assert [(item["id"], item["point"], item["reason"]) for item in listed] == \
+        [(pin, first, "legal hold")]
+    pruned = lab.cli("prune", "-b", location, "-d", dom.name, "--keep", "1", "--no-libvirt",
+                     "--json", env=env).json()[0]
+    assert pruned["kept"] == [first, list(points)[-1]]
+    assert_same(restore_and_read_env(lab, dom.name, location, first, env), points[first],
+                "pinned")
+    lab.cli("pin", "remove", "-b", location, pin, env=env)
+    pruned = lab.cli("prune", "-b", location, "-d", dom.name, "--keep", "1", "--no-libvirt",
+                     "--json", env=env).json()[0]
+    assert pruned["dropped"] == [first]
+    assert "ok:" in lab.cli("verify", "-b", location, env=env).stdout
