@@ -340,3 +340,33 @@ def test_a_pinned_point_survives_prune_until_unpinned(lab, store3):
                      "--json", env=env).json()[0]
     assert pruned["dropped"] == [first]
     assert "ok:" in lab.cli("verify", "-b", location, env=env).stdout
+
+
+@pytest.mark.parametrize("store3", ["dir-plain"], indirect=True)
+@pytest.mark.parametrize("method", ["commit", "active"])
+def test_consolidation_keeps_format3_backups_exact_and_small(lab, store3, method):
+    """After a commit the next backup stays incremental; after an active commit it reads
+    every chunk again (a new generation) but stores only what changed."""
+    location, env = store3
+    dom = lab.domain(disks=(DiskDef("vda", "qcow2", 32 * MiB),))
+    points = {}
+
+    def backup():
+        made = lab.cli("snapshot", "-d", dom.name, "-b", location, "--json", env=env).json()[0]
+        points[made["point"]] = dom.expected_now()
+        return made
+
+    for round_number in range(2):
+        dom.write("vda", 0x30 + round_number, (4 + 4 * round_number) * MiB, 4 * MiB)
+        backup()
+    lab.cli("consolidate", "-d", dom.name, "-b", location, "--method", method, env=env)
+    before = lab.cli("stats", "-b", location, "--json", env=env).json()["stored_bytes"]
+    dom.write("vda", 0x55, 20 * MiB, 4 * MiB)
+    made = backup()
+    stored = lab.cli("stats", "-b", location, "--json", env=env).json()["stored_bytes"] - before
+    if method == "commit":
+        assert made["bytes_copied"] <= 2 * 4 * MiB, made
+    assert stored <= 2 * 4 * MiB + 64 * 1024, stored        # the new chunk (+ its index)
+    for point_id, expected in points.items():
+        assert_same(restore_and_read_env(lab, dom.name, location, point_id, env), expected,
+                    point_id)
