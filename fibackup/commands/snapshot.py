@@ -128,6 +128,8 @@ def snapshot_locked(domain: Domain, options: SnapshotOptions, report: Reporter,
     if options.backup_dir is None:
         return _snapshot_and_back_up(domain, options, report, journal, None)
     store = backups.open_store(options.backup_dir, options.new_store)
+    if store.chunks is not None:
+        store.chunks.unlock_soon()                 # while the snapshot is taken
     waiting = (lambda: report.info(f"{domain.name}: waiting for another fibackup run on its "
                                    f"part of {store.root} (a prune or backup, maybe on "
                                    "another host)"))

@@ -114,16 +114,19 @@ def make_standalone(path: str, timeout: Optional[float] = None) -> None:
          f"qemu-img rebase (pull) of {path}", timeout)
 
 
-def explicit_chain(chain: Sequence[tuple[str, str]], read_only: bool = False) -> str:
-    """A ``json:`` image name that stacks ``[(path, format)...]`` (base first) exactly,
+def chain_node(chain: Sequence[tuple[str, str]], read_only: bool = False,
+               force_share: bool = False, writable_top: bool = False) -> dict[str, Any]:
+    """The block node tree that stacks ``[(path, format)...]`` (base first) exactly,
     without reading any backing name from the image headers (stored copies still name
-    the live files they were copied from); with ``read_only`` no layer is writable."""
+    the live files they were copied from).  ``read_only``: no layer is writable (but the
+    top with ``writable_top``); ``force_share``: read-only layers open beside a writer."""
     node: Optional[dict[str, Any]] = None
-    for path, image_format in chain:
-        layer: dict[str, Any] = {"driver": image_format,
-                                 "file": {"driver": "file", "filename": path}}
-        if read_only:
-            layer["read-only"] = True
+    for position, (path, image_format) in enumerate(chain):
+        frozen = read_only and not (writable_top and position == len(chain) - 1)
+        options: dict[str, Any] = {"read-only": True, **(
+            {"force-share": True} if force_share else {})} if frozen else {}
+        layer: dict[str, Any] = {"driver": image_format, **options,
+                                 "file": {"driver": "file", "filename": path, **options}}
         if image_format == "qcow2":
             layer["backing"] = node
         elif node is not None:
@@ -131,7 +134,12 @@ def explicit_chain(chain: Sequence[tuple[str, str]], read_only: bool = False) ->
         node = layer
     if node is None:
         raise ImageToolError("an empty chain names no image")
-    return "json:" + json.dumps(node)
+    return node
+
+
+def explicit_chain(chain: Sequence[tuple[str, str]], read_only: bool = False) -> str:
+    """A ``json:`` image name for :func:`chain_node`."""
+    return "json:" + json.dumps(chain_node(chain, read_only))
 
 
 def make_standalone_explicit(chain: Sequence[tuple[str, str]],

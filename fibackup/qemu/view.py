@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
 
 from fibackup.errors import ImageToolError
-from fibackup.qemu.img import QEMU_IMG, explicit_chain
+from fibackup.qemu.img import QEMU_IMG, chain_node, explicit_chain
 
 QSD = "qemu-storage-daemon"
 Chain = Sequence[tuple[str, str]]
@@ -75,22 +75,10 @@ def changed_ranges(extents: Sequence[Extent], top_layers: Optional[int]) -> list
 
 
 def _node(chain: Chain, writable: bool) -> dict[str, Any]:
-    """The blockdev tree of ``chain`` for qemu-storage-daemon (top node named ``view``)."""
-    node: Optional[dict[str, Any]] = None
-    for position, (path, image_format) in enumerate(chain):
-        top = position == len(chain) - 1
-        read_only = not (writable and top)
-        shared = {"read-only": True, "force-share": True} if read_only else {}
-        layer: dict[str, Any] = {"driver": image_format, **shared,
-                                 "file": {"driver": "file", "filename": os.path.abspath(path),
-                                          **shared}}
-        if image_format == "qcow2":
-            layer["backing"] = node
-        elif node is not None:
-            raise ImageToolError(f"{path} is a raw image and cannot rest on another layer")
-        node = layer
-    if node is None:
-        raise ImageToolError("an empty chain names no image")
+    """The blockdev tree of ``chain`` for qemu-storage-daemon (top node named ``view``):
+    every layer read-only and shared with a running QEMU, but the top with ``writable``."""
+    node = chain_node([(os.path.abspath(path), image_format) for path, image_format in chain],
+                      read_only=True, force_share=True, writable_top=writable)
     node["node-name"] = "view"
     return node
 

@@ -299,6 +299,16 @@ class DirectoryBackend:
         return []
 
 
+def json_names(backend: Backend, parts: Parts) -> list[str]:
+    """The published ``*.json`` documents below ``parts``, sorted (none when it does not
+    exist; hidden temporary names are skipped)."""
+    try:
+        names = backend.names(parts)
+    except FileNotFoundError:
+        return []
+    return sorted(name for name in names if name.endswith(".json") and not name.startswith("."))
+
+
 def write_new_file(path: str, data: bytes) -> None:
     """Write a small file once (FileExistsError when it exists), errors in words."""
     try:

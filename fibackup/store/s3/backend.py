@@ -50,15 +50,9 @@ class S3Backend(Bucket):
         with self.errors(f"writing {path}"):
             if self.exists(parts, name):
                 raise FileExistsError(errno.EEXIST, "object exists", path)
-            try:
-                self.client.put_object(Bucket=self.bucket, Key=self.key(parts, name),
-                                       Body=data, IfNoneMatch="*", ContentMD5=md5(data))
-            except Exception as error:
-                if error_code(error) not in ("PreconditionFailed", "412"):
-                    raise
-                if self._holds(parts, name, data):   # our own put, whose answer was lost
-                    return
-                raise FileExistsError(errno.EEXIST, "object exists", path) from None
+        if not self.write_once(parts, name, bytes(data)) \
+                and not self._holds(parts, name, data):   # not our own put, its answer lost
+            raise FileExistsError(errno.EEXIST, "object exists", path)
 
     def write_once(self, parts: Parts, name: str, data: bytes) -> bool:
         """A conditional put (``If-None-Match: *``): False when the object exists."""

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Optional
 from fibackup.errors import CorruptStoreError, StoreLockedError
 from fibackup.fsutil import host_name
 from fibackup.model.naming import parse_utc_time, utc_time
-from fibackup.store.backend import Backend
+from fibackup.store.backend import Backend, json_names
 
 LOCKS = "locks"
 LOCK_KIND = "fibackup-lock"
@@ -81,14 +81,8 @@ def _write(backend: Backend, exclusive: bool, command: str) -> str:
 
 def holders(backend: Backend) -> list[Holder]:
     """Every lock object in the store (an unreadable one is reported, never ignored)."""
-    try:
-        names = sorted(backend.names((LOCKS,)))
-    except FileNotFoundError:
-        return []
     found = []
-    for name in names:
-        if name.startswith(".") or not name.endswith(".json"):
-            continue
+    for name in json_names(backend, (LOCKS,)):
         try:
             document = json.loads(backend.read((LOCKS,), name))
         except FileNotFoundError:

@@ -17,11 +17,11 @@ import secrets
 import threading
 from typing import Iterator, Optional
 
-from fibackup.errors import CorruptStoreError, IntegrityError, StoreKeyError
+from fibackup.errors import CorruptStoreError, FibackupError, IntegrityError
 from fibackup.fsutil import host_name
 from fibackup.model.naming import utc_time
 from fibackup.store import format as fmt
-from fibackup.store.backend import Backend, Parts
+from fibackup.store.backend import Backend, Parts, json_names
 from fibackup.store.v3 import passwords
 from fibackup.store.v3.codec import ChunkCodec
 from fibackup.store.v3.index import ID_BYTES, DiskIndex
@@ -52,7 +52,7 @@ class ChunkStore:
         self._codec: Optional[ChunkCodec] = None
         self._index_codec: Optional[ChunkCodec] = None
         self._unlock = threading.Lock()
-        self._failed: Optional[StoreKeyError] = None
+        self._failed: Optional[FibackupError] = None
 
     # -- keys ----------------------------------------------------------------------
 
@@ -70,7 +70,7 @@ class ChunkStore:
             if self._keys is None:
                 try:
                     self._keys = StoreKeys.derive(self._master(), self.store_id)
-                except StoreKeyError as error:
+                except FibackupError as error:
                     self._failed = error
                     raise
             return self._keys
@@ -78,6 +78,20 @@ class ChunkStore:
     def master_key(self) -> bytes:
         """The master key itself (to wrap another copy of it: ``key add``)."""
         return self._master()
+
+    def unlock_soon(self) -> None:
+        """Start unlocking in the background (scrypt takes ~0.1 s) when the passphrase
+        comes from a file or a command, not a prompt; the first use waits for it."""
+        if not self.encrypted or self._keys is not None or not passwords.unattended():
+            return
+
+        def unlock() -> None:
+            try:
+                self.keys()
+            except Exception:  # noqa: BLE001 - kept in _failed, raised on first use
+                pass
+
+        threading.Thread(target=unlock, name="unlock", daemon=True).start()
 
     def _master(self, passphrase: Optional[bytes] = None) -> bytes:
         documents = self.key_documents()
@@ -95,14 +109,8 @@ class ChunkStore:
 
     def key_documents(self) -> list[tuple[str, dict[str, object]]]:
         """(name, document) of every wrapped key."""
-        try:
-            names = sorted(self.backend.names((KEYS,)))
-        except FileNotFoundError:
-            return []
         found = []
-        for name in names:
-            if name.startswith(".") or not name.endswith(".json"):
-                continue
+        for name in json_names(self.backend, (KEYS,)):
             origin = self.backend.path((KEYS,), name)
             document = fmt.loads(self.backend.read((KEYS,), name), origin)
             if document.get("kind") == KEY_KIND:
@@ -167,15 +175,17 @@ class ChunkStore:
         parts, name = self.place(kind, object_id)
         return len(blob) if self.backend.write_once(parts, name, blob) else 0
 
-    def get_chunk(self, chunk_id: bytes, length: Optional[int] = None) -> bytes:
-        """A chunk's plaintext, checked against its id (IntegrityError otherwise)."""
-        parts, name = self.place(CHUNKS, chunk_id)
-        what = f"chunk {name}"
+    def _read(self, kind: str, object_id: bytes, what: str) -> bytes:
+        parts, name = self.place(kind, object_id)
         try:
-            blob = self.backend.read(parts, name)
+            return self.backend.read(parts, name)
         except FileNotFoundError:
             raise IntegrityError(f"{what} is missing from the store") from None
-        return self.codec.decode(chunk_id, blob, what, length)
+
+    def get_chunk(self, chunk_id: bytes, length: Optional[int] = None) -> bytes:
+        """A chunk's plaintext, checked against its id (IntegrityError otherwise)."""
+        what = f"chunk {chunk_id.hex()}"
+        return self.codec.decode(chunk_id, self._read(CHUNKS, chunk_id, what), what, length)
 
     def settle(self) -> None:
         """Make every chunk and index written so far durable (before a document names them)."""
@@ -197,12 +207,8 @@ class ChunkStore:
         if not is_object_name(index_hex):
             raise CorruptStoreError(f"index id {index_hex!r} is not valid")
         index_id = bytes.fromhex(index_hex)
-        parts, name = self.place(INDEXES, index_id)
         what = f"index {index_hex}"
-        try:
-            blob = self.backend.read(parts, name)
-        except FileNotFoundError:
-            raise IntegrityError(f"{what} is missing from the store") from None
+        blob = self._read(INDEXES, index_id, what)
         index = DiskIndex.decode(self.index_codec.decode(index_id, blob, what), what)
         if index.chunk_size != self.settings.chunk_size:
             raise CorruptStoreError(f"{what} uses chunks of {index.chunk_size} bytes; the store's "

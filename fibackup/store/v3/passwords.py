@@ -53,6 +53,12 @@ def passphrase(root: str, new: bool = False) -> bytes:
                        "a new key needs a passphrase")
 
 
+def unattended() -> bool:
+    """Whether the passphrase comes from a file or a command (no prompt)."""
+    return bool(_sources.password_file or os.environ.get(PASSWORD_FILE_ENV)
+                or _sources.config_file or _sources.config_command)
+
+
 def read_file(path: str) -> bytes:
     """A passphrase file's first line (its newline dropped)."""
     try:

@@ -19,7 +19,7 @@ from fibackup.errors import CorruptStoreError
 from fibackup.fsutil import host_name
 from fibackup.model.naming import utc_time
 from fibackup.model.points import RestorePoint
-from fibackup.store.backend import Backend
+from fibackup.store.backend import Backend, json_names
 
 PINS = "pins"
 PIN_KIND = "fibackup-pin"
@@ -63,14 +63,8 @@ def add_pin(backend: Backend, point: RestorePoint, reason: str) -> str:
 
 def pins(backend: Backend) -> list[Pin]:
     """Every pin of the store (an unreadable one stops the caller: it is never ignored)."""
-    try:
-        names = sorted(backend.names((PINS,)))
-    except FileNotFoundError:
-        return []
     found = []
-    for name in names:
-        if name.startswith(".") or not name.endswith(".json"):
-            continue
+    for name in json_names(backend, (PINS,)):
         path = backend.path((PINS,), name)
         try:
             document = json.loads(backend.read((PINS,), name))
