@@ -370,3 +370,25 @@ def test_consolidation_keeps_format3_backups_exact_and_small(lab, store3, method
     for point_id, expected in points.items():
         assert_same(restore_and_read_env(lab, dom.name, location, point_id, env), expected,
                     point_id)
+
+
+@pytest.mark.parametrize("store3", ["s3-encrypted"], indirect=True)
+def test_instant_recovery_from_format3_restores_first_then_starts(lab, store3):
+    from tests.lab import image_bytes, PREFIX
+    import uuid as uuidlib
+    location, env = store3
+    dom = lab.domain(disks=(DiskDef("vda", "qcow2", 16 * MiB),))
+    dom.write("vda", 0x5a, 2 * MiB, MiB)
+    point = lab.cli("snapshot", "-d", dom.name, "-b", location, "--json", env=env).json()[0]
+    expected = dom.expected_now()
+    name = f"{PREFIX}{uuidlib.uuid4().hex[:8]}"
+    lab.forget_name(name)
+    to = lab.path("instant")
+    started = lab.cli("restore", "-d", dom.name, "-b", location, "--instant", "--as", name,
+                      "--to", to, "--json", env=env)
+    assert "restores the disks into" in started.stderr
+    assert lab.conn.lookupByName(name).isActive()
+    disks = started.json()["disks"]
+    lab.conn.lookupByName(name).destroy()
+    assert_same({target: image_bytes(path, "qcow2") for target, path in disks.items()},
+                expected, point["point"])
