@@ -79,7 +79,12 @@ class Backend(Protocol):
 
     def settle(self) -> None:
         """Make every object :meth:`write_once` published durable (one fsync of each
-        directory they went to, instead of one per object)."""
+        directory they went to, instead of one per object), and every one
+        :meth:`note_reused` named."""
+
+    def note_reused(self, parts: Parts) -> None:
+        """An object below ``parts`` that another run published is reused: the next
+        :meth:`settle` makes sure its name is durable too (that run may not have)."""
 
     def names(self, parts: Parts) -> list[str]:
         """The names directly below ``parts`` (objects and "directories")."""
@@ -184,6 +189,10 @@ class DirectoryBackend:
             raise
         finally:
             os.close(directory)
+
+    def note_reused(self, parts: Parts) -> None:
+        with self._settle_lock:
+            self._unsettled.add(tuple(parts))
 
     def settle(self) -> None:
         with self._settle_lock:
@@ -348,6 +357,7 @@ def open_dir(root: str, parts: Parts, create: bool = False) -> int:
             if create:
                 try:
                     os.mkdir(part, 0o700, dir_fd=fd)
+                    os.fsync(fd)                     # the new directory's name is durable
                 except FileExistsError:
                     pass
             try:

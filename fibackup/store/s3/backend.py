@@ -69,6 +69,9 @@ class S3Backend(Bucket):
     def settle(self) -> None:
         """A completed put is durable."""
 
+    def note_reused(self, parts: Parts) -> None:
+        """A completed put is durable."""
+
     def _holds(self, parts: Parts, name: str, data: bytes | bytearray) -> bool:
         try:
             return self.read(parts, name) == data

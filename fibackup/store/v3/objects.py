@@ -168,12 +168,16 @@ class ChunkStore:
     def put_chunk(self, chunk_id: bytes, data: bytes) -> int:
         """Store one chunk unless it is there; the bytes written (0: it was there)."""
         if self.has(CHUNKS, chunk_id):
+            self.backend.note_reused(self.place(CHUNKS, chunk_id)[0])
             return 0
         return self._put(CHUNKS, chunk_id, self.codec.encode(chunk_id, data))
 
     def _put(self, kind: str, object_id: bytes, blob: bytes) -> int:
         parts, name = self.place(kind, object_id)
-        return len(blob) if self.backend.write_once(parts, name, blob) else 0
+        if self.backend.write_once(parts, name, blob):
+            return len(blob)
+        self.backend.note_reused(parts)              # another run's, published meanwhile
+        return 0
 
     def _read(self, kind: str, object_id: bytes, what: str) -> bytes:
         parts, name = self.place(kind, object_id)
@@ -199,6 +203,7 @@ class ChunkStore:
         data = index.encode()
         index_id = self.index_codec.ids.of(data)
         if self.has(INDEXES, index_id):
+            self.backend.note_reused(self.place(INDEXES, index_id)[0])
             return index_id.hex(), 0
         return index_id.hex(), self._put(INDEXES, index_id,
                                          self.index_codec.encode(index_id, data))
