@@ -245,8 +245,10 @@ def _back_up(backup: tuple[BackupStore, LayerIndex], domain: Domain, disks: Sequ
     result.point = made.point
     result.new_generation.extend(made.new_generation)
     result.bytes_copied += made.bytes_copied
+    moved = f"{human(result.bytes_copied)} copied" if store.chunks is None else \
+        f"{human(result.bytes_copied)} read, {human(made.point.bytes_new)} stored"
     report.info(f"{domain.name}: restore point {made.point.id} (#{made.point.seq}) stored in "
-                f"{store.root}: {human(result.bytes_copied)} copied")
+                f"{store.root}: {moved}")
     result.timings["backup"] = time.perf_counter() - started
 
 
