@@ -32,7 +32,9 @@ raw disk; --quick 60 MiB in 192 MiB).
   skipped): a full ``snapshot -b s3://BUCKET/PREFIX`` into a format-3 store against boto3's
   ``upload_file`` of the raw image, and ``restore`` from it against ``download_file`` +
   fsync, on the files disk and on 512 MiB (--quick 64 MiB) of random data: logical
-  throughput (the disk's virtual size per second) at least 0.9x.
+  throughput (the disk's virtual size per second) at least 0.9x.  A repetition during
+  which the RGW stops answering (the test suite's cut-connection tests stop it for a
+  moment) is run again once it answers, and the note says so.
 - prune: 8 nightly points (a full backup of 512 MiB, --quick 64 MiB, of random data, then
   7 nights of 8 MiB, --quick 1 MiB, in 256 KiB writes: a quarter of the chunks change
   each night) in a format-3 store and a format-1 one; ``prune -d DOM --keep 3
@@ -41,6 +43,9 @@ raw disk; --quick 60 MiB in 192 MiB).
   its deletes dirty) and the files it created or changed in the store and in its state
   directory.  Target: no chunk, index or other data written in the store (only its run
   log; its lock objects come and go); format 1, which merges, is the baseline.
+
+The stages run in that order; FIBACKUP_BENCH_FORMAT3="S3,prune" runs only the stages named
+("copy random", "copy files", "P3", "P2", "S3", "prune").
 """
 from __future__ import annotations
 
@@ -433,10 +438,15 @@ def s3_rows(settings: Settings, disks: list[Disk]) -> list[Row]:
         bucket = f"fibench3-{uuid.uuid4().hex[:8]}"
         client.create_bucket(Bucket=bucket)
         try:
-            return [row for disk in disks for row in s3_disk_rows(settings, disk, client, bucket)]
+            return [row for disk in disks
+                    for row in s3_disk_rows(settings, disk, client, bucket, env)]
         finally:
-            empty_bucket(client, bucket, "")
-            client.delete_bucket(Bucket=bucket)
+            rgw_answers(env, wait=120)
+            try:
+                empty_bucket(client, bucket, "")
+                client.delete_bucket(Bucket=bucket)
+            except Exception as error:  # noqa: BLE001 - the rows matter more than the leftover
+                print(f"bench: format3 S3: bucket {bucket} left behind: {error}", file=sys.stderr)
 
 
 def empty_bucket(client, bucket: str, prefix: str) -> int:
@@ -454,41 +464,92 @@ def empty_bucket(client, bucket: str, prefix: str) -> int:
     return removed
 
 
-def s3_disk_rows(settings: Settings, disk: Disk, client, bucket: str) -> list[Row]:
-    from benchmarks.objects import _download_and_sync
-    up: dict[str, list[float]] = {V3: [], BOTO3: []}
-    down: dict[str, list[float]] = {V3: [], BOTO3: []}
-    stored: list[int] = []
-    for number in range(settings.repeat):
-        prefix, key = f"{disk.label}-{number}/", f"boto3-{disk.label}-{number}.raw"
+def rgw_answers(env: dict[str, str], wait: float = 0.0) -> bool:
+    """Whether the RGW answers (within ``wait`` seconds): another user of it (the test
+    suite's cut-connection tests) may stop it for a moment."""
+    import urllib.error
+    import urllib.request
+    deadline = time.monotonic() + wait
+    while True:
         try:
-            with bench_lab() as bench:
-                dom = bench.domain(disk)
-                store = bench.store(3, location=f"s3://{bucket}/{prefix.rstrip('/')}")
-                uploads: dict[str, Callable[[], object]] = {
-                    V3: lambda: bench.snapshot(dom, store),
-                    BOTO3: lambda: client.upload_file(disk.path, bucket, key)}
-                for label in rotated(tuple(uploads), number):
-                    up[label].append(timed(uploads[label], cold=[disk.path, dom.directory]))
-                stored.append(sum(item["Size"] for page in client.get_paginator(
-                    "list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-                    for item in page.get("Contents", ())))
-                to, downloaded = bench.lab.path("restored"), bench.lab.path("downloaded.raw")
-                downloads: dict[str, Callable[[], object]] = {
-                    V3: lambda: bench.restore(dom, store, to),
-                    BOTO3: lambda: _download_and_sync(client, bucket, key, downloaded)}
-                for label in rotated(tuple(downloads), number):
-                    down[label].append(timed(downloads[label], cold=False))
-                    remove(to)
-                    remove(downloaded)
-        finally:
+            urllib.request.urlopen(env["AWS_ENDPOINT_URL"], timeout=2).close()
+            return True
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(1)
+
+
+@dataclass
+class S3Samples:
+    up: dict[str, list[float]] = field(default_factory=lambda: {V3: [], BOTO3: []})
+    down: dict[str, list[float]] = field(default_factory=lambda: {V3: [], BOTO3: []})
+    stored: list[int] = field(default_factory=list)
+    retried: list[str] = field(default_factory=list)
+
+
+def s3_repetition(number: int, attempt: int, disk: Disk, client, bucket: str) -> S3Samples:
+    """One repetition: backup and upload, then restore and download, rotated; every
+    object it wrote is removed afterwards."""
+    from benchmarks.objects import _download_and_sync
+    samples = S3Samples()
+    prefix, key = f"{disk.label}-{number}-{attempt}/", f"boto3-{disk.label}-{number}-{attempt}.raw"
+    try:
+        with bench_lab() as bench:
+            dom = bench.domain(disk)
+            store = bench.store(3, location=f"s3://{bucket}/{prefix.rstrip('/')}")
+            uploads: dict[str, Callable[[], object]] = {
+                V3: lambda: bench.snapshot(dom, store),
+                BOTO3: lambda: client.upload_file(disk.path, bucket, key)}
+            for label in rotated(tuple(uploads), number):
+                samples.up[label].append(timed(uploads[label], cold=[disk.path, dom.directory]))
+            samples.stored.append(sum(item["Size"] for page in client.get_paginator(
+                "list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+                for item in page.get("Contents", ())))
+            to, downloaded = bench.lab.path("restored"), bench.lab.path("downloaded.raw")
+            downloads: dict[str, Callable[[], object]] = {
+                V3: lambda: bench.restore(dom, store, to),
+                BOTO3: lambda: _download_and_sync(client, bucket, key, downloaded)}
+            for label in rotated(tuple(downloads), number):
+                samples.down[label].append(timed(downloads[label], cold=False))
+                remove(to)
+                remove(downloaded)
+    finally:
+        try:
             empty_bucket(client, bucket, prefix)
             empty_bucket(client, bucket, key)
+        except Exception as error:  # noqa: BLE001 - s3_rows empties the bucket at the end
+            print(f"bench: format3 S3: could not remove {prefix} yet: {error}", file=sys.stderr)
+    return samples
+
+
+def s3_disk_rows(settings: Settings, disk: Disk, client, bucket: str,
+                 env: dict[str, str]) -> list[Row]:
+    total = S3Samples()
+    for number in range(settings.repeat):
+        try:
+            samples = s3_repetition(number, 0, disk, client, bucket)
+        except Exception as error:  # noqa: BLE001 - only an RGW that went away is retried
+            if rgw_answers(env):
+                raise
+            if not rgw_answers(env, wait=120):
+                raise RuntimeError(f"the RGW stopped answering in repetition {number + 1} "
+                                   f"and did not come back: {error}") from error
+            total.retried.append(f"repetition {number + 1} run again: the RGW stopped "
+                                 f"answering ({str(error)[:80]})")
+            samples = s3_repetition(number, 1, disk, client, bucket)
+        for label in (V3, BOTO3):
+            total.up[label] += samples.up[label]
+            total.down[label] += samples.down[label]
+        total.stored += samples.stored
+    up, down, stored = total.up, total.down, total.stored
     virtual = disk.virtual
     common = (f"{disk.describe}; logical MiB/s: the disk's {human(virtual)} per second; "
               f"boto3 moves the raw image ({human(virtual)}), fibackup stored "
               f"{human(statistics.median(stored))}; RGW in memory on the same 2 cores; "
-              f"median of {settings.repeat}")
+              f"median of {settings.repeat}" + "".join(f"; {item}" for item in total.retried))
     return [
         throughput_row(GROUP, f"S3 full backup, format 3 vs boto3 upload_file, {disk.label}",
                        up[V3], "boto3 upload_file", up[BOTO3], at_least=0.9,
@@ -629,16 +690,21 @@ def run(settings: Settings) -> list[Row]:
     try:
         check_space(settings, scratch)
         disks = Disks(settings, scratch)
-        random_disk, files_disk = disks.random(settings.size(2 * GiB, 256 * MiB)), disks.files()
         stages: list[tuple[str, Callable[[], list[Row]]]] = [
-            ("copy random", lambda: copy_rows(settings, random_disk, 0.7)),
-            ("copy files", lambda: copy_rows(settings, files_disk, 0.4)),
+            ("copy random", lambda: copy_rows(settings, disks.random(
+                settings.size(2 * GiB, 256 * MiB)), 0.7)),
+            ("copy files", lambda: copy_rows(settings, disks.files(), 0.4)),
             ("P3", lambda: incremental_rows(settings, disks)),
             ("P2", lambda: [sparse_row(settings, disks)]),
-            ("S3", lambda: s3_rows(settings, [files_disk, disks.random(
+            ("S3", lambda: s3_rows(settings, [disks.files(), disks.random(
                 settings.size(512 * MiB, 64 * MiB))])),
             ("prune", lambda: prune_rows(settings, disks)),
         ]
+        # FIBACKUP_BENCH_FORMAT3="S3,prune" runs those stages alone (development)
+        chosen = os.environ.get("FIBACKUP_BENCH_FORMAT3")
+        if chosen:
+            wanted = {name.strip() for name in chosen.split(",")}
+            stages = [(name, stage) for name, stage in stages if name in wanted]
         for name, stage in stages:
             start = time.perf_counter()
             try:
