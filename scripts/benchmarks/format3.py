@@ -200,6 +200,13 @@ class Bench:
         return max(points, key=lambda point: point["seq"])
 
     def close(self) -> None:
+        import libvirt
+        try:
+            alive = self.lab.conn.isAlive()
+        except libvirt.libvirtError:
+            alive = False
+        if not alive and libvirt_answers(120):      # libvirtd restarted meanwhile
+            self.lab.reconnect()
         self.lab.close()
 
 
@@ -674,6 +681,42 @@ def prune_rows(settings: Settings, disks: Disks) -> list[Row]:
 # -- the group -----------------------------------------------------------------------------
 
 
+OUTAGES = ("cannot connect to libvirt", "libvirt-sock", "cannot reach the S3 endpoint",
+           "Could not connect to the endpoint")
+"""What an error says when libvirtd or the RGW was down for a moment: the test suite
+restarts libvirtd and stops radosgw in some of its tests, on this same host."""
+
+
+def libvirt_answers(wait: float) -> bool:
+    import libvirt
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            libvirt.open("qemu:///system").close()
+            return True
+        except libvirt.libvirtError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(1)
+
+
+def run_stage(name: str, stage: Callable[[], list[Row]]) -> list[Row]:
+    """The stage's rows; a stage that libvirtd or the RGW dropped out of is run again,
+    once, when libvirtd answers again (its rows say so)."""
+    try:
+        return stage()
+    except Exception as error:  # noqa: BLE001 - only an outage is retried
+        if not any(text in str(error) for text in OUTAGES) or not libvirt_answers(120):
+            raise
+        traceback.print_exc()
+        print(f"bench: format3 {name}: run again after an outage", file=sys.stderr)
+        time.sleep(5)
+        rows = stage()
+        for row in rows:
+            row.note += f"; stage run again after an outage of libvirtd or the RGW ({str(error)[:60]})"
+        return rows
+
+
 def check_space(settings: Settings, scratch: str) -> None:
     need = settings.size(40 * GiB, 4 * GiB)
     free = shutil.disk_usage(scratch).free
@@ -708,7 +751,7 @@ def run(settings: Settings) -> list[Row]:
         for name, stage in stages:
             start = time.perf_counter()
             try:
-                rows.extend(stage())
+                rows.extend(run_stage(name, stage))
             except Exception as error:  # noqa: BLE001 - one stage failing must not hide the others
                 traceback.print_exc()
                 rows.append(Row(GROUP, f"{name}: stage failed", 0.0, "", 0.0, 0.0, met=False,
