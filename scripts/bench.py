@@ -13,6 +13,13 @@ Groups (scripts/benchmarks/, docs/PERFORMANCE.md explains each target):
   store     an encrypted format-3 store vs restic (zstd) and borg (lz4), same ext4 disk of
             the host's files: full and incremental times, store size after both (restic
             and borgbackup installed from Debian's packages when missing)
+  format3   format 3 vs format 1 (init --format 1: layer copies) on the same disks: full
+            backup and restore throughput (random data, host files; plain and encrypted),
+            P3 incremental time and bytes stored per chunk size (1M, 2M, 4M), P2 sparse
+            base, S3 backup and restore vs boto3 (when the RGW runs), prune's bytes written
+Stores are made by `fibackup init --format N` (FIBACKUP_CONFIG=/dev/null), never by
+`snapshot -b` into an empty directory (which makes format 3 now): chains and peers keep
+measuring format 1, as copy and s3 do (they call format 1's copy engine in this process).
 Each comparison alternates the tools over --repeat rounds and takes medians; files are
 evicted from the page cache before each timed run (needs root).  Nothing is asserted: the
 table says which targets were met; --quick shrinks every size (CI runs it to prove the
@@ -36,10 +43,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from benchmarks.common import Row, Settings, print_rows  # noqa: E402
 
-GROUPS = ("copy", "chains", "snapshot", "peers", "s3", "store")
+GROUPS = ("copy", "chains", "snapshot", "peers", "s3", "store", "format3")
 MODULES = {"copy": "benchmarks.copying", "chains": "benchmarks.chains",
            "snapshot": "benchmarks.stall", "peers": "benchmarks.peers",
-           "s3": "benchmarks.objects", "store": "benchmarks.stores"}
+           "s3": "benchmarks.objects", "store": "benchmarks.stores",
+           "format3": "benchmarks.format3"}
 
 
 def machine() -> dict[str, object]:

@@ -1,5 +1,9 @@
 """P3, P4, verify and the start-up path, on real domains and a real backup directory.
 
+Every backup directory here is a format-1 store (``fibackup init --format 1``: byte
+copies of the layer files), the format these targets were set for; format 3 has its
+own rows (benchmarks/format3.py).
+
 - P3 incremental: `snapshot -b` after 64 MiB changed, on a 64 GiB disk against a
   1 GiB disk (--quick: 8 GiB), each holding the same data: at most 1.2x.
 - P4 restore of a 10-layer chain (`restore --no-define`, every chunk checked on
@@ -30,8 +34,8 @@ if __package__ in (None, ""):
     __package__ = "benchmarks"
 
 from benchmarks.common import (GiB, MiB, Row, Settings, alternate, ensure_debian_package,
-                               evict, fibackup, remove, run_command, throughput_row,
-                               time_ratio_row)
+                               evict, fibackup, fibackup_env, init_store, remove, run_command,
+                               throughput_row, time_ratio_row)
 from tests.lab import Lab, LabDomain
 
 GROUP = "chains"
@@ -49,6 +53,7 @@ def incremental_row(settings: Settings) -> Row:
         domains = {label: lab.data_domain(size, data) for label, size in sizes.items()}
         backups = {label: lab.path(f"backup-{label}") for label in sizes}
         for label, dom in domains.items():
+            init_store(lab.state_dir, backups[label], 1)
             snapshot_json(lab, dom, backups[label])
         rounds = {label: 0 for label in sizes}
         copied: dict[str, int] = {}
@@ -75,6 +80,7 @@ def ten_layer_backup(settings: Settings, lab: Lab, backup: str) -> LabDomain:
     base_data = settings.size(512 * MiB, 64 * MiB)
     change = settings.size(64 * MiB, 8 * MiB)
     dom = lab.data_domain(2 * GiB, base_data)
+    init_store(lab.state_dir, backup, 1)
     snapshot_json(lab, dom, backup)
     for number in range(9):
         dom.write("vda", 0x50 + number, number * change, change)
@@ -187,7 +193,7 @@ def _incremental_run(lab: Lab, dom: LabDomain, backup: str,
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "fibackup", "snapshot", "-d", dom.name, "-b",
                            backup, "--json", "-q"], capture_output=True, text=True,
-                          env={**os.environ, "FIBACKUP_STATE_DIR": lab.state_dir, **env})
+                          env={**os.environ, **fibackup_env(lab.state_dir, env)})
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"fibackup snapshot failed: {done.stderr.strip()}")

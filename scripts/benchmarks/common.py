@@ -158,10 +158,28 @@ run_command = run
 """The same, for modules whose own entry point is called ``run``."""
 
 
-def fibackup(state_dir: str, *args: str) -> str:
+CONFIG = "/dev/null"
+"""FIBACKUP_CONFIG of every run: no configuration file, so the host's /etc/fibackup.toml
+never changes what a row measures (each store's format is chosen by ``init_store``)."""
+
+
+def fibackup_env(state_dir: str, env: Optional[dict[str, str]] = None) -> dict[str, str]:
+    return {"FIBACKUP_STATE_DIR": state_dir, "FIBACKUP_CONFIG": CONFIG, **(env or {})}
+
+
+def fibackup(state_dir: str, *args: str, env: Optional[dict[str, str]] = None,
+             quiet: bool = True) -> str:
     """The fibackup CLI in a fresh process, as an operator runs it."""
-    return run([sys.executable, "-m", "fibackup", *args, "-q"],
-               env={"FIBACKUP_STATE_DIR": state_dir})
+    return run([sys.executable, "-m", "fibackup", *args, *(["-q"] if quiet else [])],
+               env=fibackup_env(state_dir, env))
+
+
+def init_store(state_dir: str, store: str, store_format: int, *options: str,
+               env: Optional[dict[str, str]] = None) -> None:
+    """``fibackup init -b STORE --format N [OPTIONS]`` (untimed): every row says which
+    format it measures, whatever ``snapshot -b`` into an empty directory makes by default."""
+    fibackup(state_dir, "init", "-b", store, "--format", str(store_format), *options,
+             env=env, quiet=False)
 
 
 def cp_sync(src: str, dst: str, sparse: str = "auto") -> None:

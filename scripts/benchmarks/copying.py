@@ -12,7 +12,9 @@
 - page cache: how much of the source and the copy each tool leaves cached, with a
   quarter of the source cached before as the host's own hot data (fibackup keeps that
   quarter and drops what it brought in; cp leaves source and copy cached).
-The engine runs in this process (`scan_file`, what `snapshot -b` runs per layer).
+The engine runs in this process (`scan_file`, what `snapshot -b` runs per layer of a
+format-1 store, whatever format `snapshot -b` gives a new store; format 3's counterparts
+of P1 and P2 are in benchmarks/format3.py).
 """
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """S3: fibackup's upload and download of a layer against plain boto3 transfers of the same
 bytes, on the real Ceph RGW of scripts/setup-s3.sh (started here, or reused when it runs).
 
+These are format-1 stores' transfers (layer copies, called in this process, whatever format
+a new store gets); format 3's backup and restore on S3 are in benchmarks/format3.py.
+
 - upload: ``S3Backend.copy_in`` (what ``snapshot -b s3://`` runs per layer: read, hash
   every 4 MiB chunk, multipart parts of 8 MiB, 6 in flight) against boto3's
   ``upload_file`` (its default TransferConfig: 8 MiB parts, 10 threads), which hashes

@@ -16,7 +16,9 @@ the repetitions are compared.
   overlay) into a directory; no hashing, no metadata.
 - fibackup: ``fibackup snapshot -d DOM -b DIR --json`` in a fresh process (it hashes
   and fsyncs what it copies); the incremental run's ``bytes_copied`` is checked against
-  the amount changed, and its phase timings are reported in the note.
+  the amount changed, and its phase timings are reported in the note.  DIR is a
+  format-1 store (``fibackup init --format 1``, untimed): layer copies, the format
+  these targets were set for (format 3 has its own rows: benchmarks/format3.py).
 - virtnbdbackup (Debian 12's 1.9.15): ``virtnbdbackup -U qemu:///system -d DOM -l full
   -o DIR --noprogress``, then ``-l inc``; libvirt's pull-mode backup API with a
   checkpoint (persistent dirty bitmap) per run, data read over NBD.  Should it fail
@@ -39,7 +41,7 @@ if __package__ in (None, ""):
     __package__ = "benchmarks"
 
 from benchmarks.common import (GiB, MiB, Row, Settings, ensure_debian_package, fibackup,
-                               rounded, time_ratio_row, timed)
+                               init_store, rounded, time_ratio_row, timed)
 from benchmarks.common import run as run_command
 import libvirt
 from tests.lab import DiskDef, Lab, LabDomain, qemu_io
@@ -158,7 +160,10 @@ def make_subject(lab: Lab, tool: str, sizes: Sizes) -> Subject:
     dom = lab.domain(disks=[DiskDef(TARGET, "qcow2", sizes.disk, model=False)], start=False)
     qemu_io(dom.image_path(dom.disks[0]), "qcow2", f"write -P 1 0 {sizes.data}")
     dom.start()
-    return Subject(tool, dom, lab.path(f"backup {tool}"))
+    subject = Subject(tool, dom, lab.path(f"backup {tool}"))
+    if tool == OURS:
+        init_store(lab.state_dir, subject.backup_dir, 1)
+    return subject
 
 
 def rotated(labels: tuple[str, ...], number: int) -> list[str]:

@@ -206,16 +206,25 @@ def differing_extents(path_a: str, path_b: str, step: int = 4 * MiB) -> list[tup
     return extents
 
 
-def build_images(sizes: Sizes, scratch: str) -> Images:
+def build_filesystem(disk: int, data: int, scratch: str,
+                     name: str = "full.raw") -> tuple[str, int, int]:
+    """A raw image of ``disk`` bytes holding an ext4 filesystem of the host's files (the
+    first ``data`` bytes of DATA_ROOTS, sorted), made reproducibly by ``mke2fs -d``:
+    (its path, files, bytes of file data)."""
     tree = os.path.join(scratch, "tree")
-    files, data = copy_tree(DATA_ROOTS, sizes.data, tree)
-    raw_full = os.path.join(scratch, "full.raw")
+    files, total = copy_tree(DATA_ROOTS, data, tree)
+    raw = os.path.join(scratch, name)
+    run_command(["mke2fs", "-q", "-F", "-t", "ext4", "-b", str(BLOCK), "-U", FS_UUID,
+                 "-E", f"hash_seed={FS_HASH_SEED},root_owner=0:0", "-d", tree, raw,
+                 f"{disk // 1024}k"], env={"E2FSPROGS_FAKE_TIME": FS_TIME})
+    remove(tree)
+    return raw, files, total
+
+
+def build_images(sizes: Sizes, scratch: str) -> Images:
+    raw_full, files, data = build_filesystem(sizes.disk, sizes.data, scratch)
     raw_changed = os.path.join(scratch, "changed.raw")
     env = {"E2FSPROGS_FAKE_TIME": FS_TIME}
-    run_command(["mke2fs", "-q", "-F", "-t", "ext4", "-b", str(BLOCK), "-U", FS_UUID,
-                 "-E", f"hash_seed={FS_HASH_SEED},root_owner=0:0", "-d", tree, raw_full,
-                 f"{sizes.disk // 1024}k"], env=env)
-    remove(tree)
     staged = stage_binaries(CHANGE_ROOTS, sizes.changed, os.path.join(scratch, "binaries"))
     run_command(["cp", "--sparse=always", raw_full, raw_changed])
     commands = os.path.join(scratch, "debugfs.commands")
@@ -314,7 +323,7 @@ class Run:
             if self.encrypted:
                 # FIBACKUP_BENCH_COMPRESSION=zstd:N measures another level than the default
                 level = os.environ.get("FIBACKUP_BENCH_COMPRESSION")
-                self.fibackup("init", "-b", self.store(OURS), "--encrypt",
+                self.fibackup("init", "-b", self.store(OURS), "--format", "3", "--encrypt",
                               "--password-file", self.password_file,
                               *(["--compression", level] if level else []))
         elif tool == RESTIC:
