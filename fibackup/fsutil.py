@@ -13,6 +13,15 @@ from fibackup.errors import NotEnoughSpaceError
 from fibackup.model.chain import FileIdentity, FileStamp
 
 
+def fsync_file(path: str) -> None:
+    """Flush a file's data to disk (by name)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

@@ -8,6 +8,7 @@ import os
 from typing import Callable, Optional
 
 from fibackup.errors import IntegrityError
+from fibackup.fsutil import fsync_file
 from fibackup.model.points import PointDisk, RestorePoint
 from fibackup.qemu import img, view
 from fibackup.store.repo import BackupStore
@@ -49,7 +50,7 @@ def write_disk(store: BackupStore, point: RestorePoint, disk: PointDisk, path: s
         with view.exported([(path, "qcow2")], writable=True) as presented:
             write_out(store.chunked, index, presented, progress, throttle, check,
                       truncate=False)
-        _fsync(path)
+        fsync_file(path)
     _prove(store, point, disk, index, path, image_format)
 
 
@@ -68,11 +69,3 @@ def _prove(store: BackupStore, point: RestorePoint, disk: PointDisk, index: Disk
         raise IntegrityError(f"the restored {disk.target} does not read back as restore point "
                              f"{point.id} (chunks {', '.join(map(str, wrong[:8]))}); nothing "
                              "was published", point=point.id, disk=disk.target)
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 from fibackup import faults
 from fibackup.errors import IntegrityError
-from fibackup.fsutil import publish, remove_quietly, temp_name
+from fibackup.fsutil import fsync_file, publish, remove_quietly, temp_name
 from fibackup.model.chain import NO_SOURCE, StoredLayer
 from fibackup.qemu import img
 from fibackup.store import layout
@@ -51,7 +51,7 @@ class Merger:
             with disk_full(f"the backup disk filled up while merging layers into {final}; "
                            "nothing was changed: free up space and run prune again"):
                 checked_merge(inputs, temporary, chain, final)
-                _fsync_file(temporary)
+                fsync_file(temporary)
                 chunks = scan_file(temporary, progress=progress).chunks
                 publish(temporary, final)
             faults.point("store.image-published")
@@ -118,12 +118,4 @@ def _refuse_external_data(inputs: Sequence[tuple[str, str]]) -> None:
         if image_format == "qcow2" and img.info(path, "qcow2").data_file:
             raise IntegrityError(f"{path} keeps its data in an external file, which is not in "
                                  "the backup; prune merges nothing from it")
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
