@@ -211,7 +211,9 @@ def _announce(point: RestorePoint, names: Sequence[DiskFiles], destination: str,
     report.info(f"restoring restore point {point.id} (#{point.seq}) of '{point.domain_name}' "
                 f"into {destination}")
     for files in names:
-        report.info(f"restoring {files.disk.target} ({len(files.disk.layers)} layer(s)) to "
+        what = f"{len(files.disk.layers)} layer(s)" if files.disk.index is None else \
+            f"{files.disk.index.chunks} chunk(s)"
+        report.info(f"restoring {files.disk.target} ({what}) to "
                     f"{os.path.join(destination, files.top)}")
 
 

@@ -20,7 +20,8 @@ from fibackup.store.v3.index import DiskIndex
 from fibackup.store.v3.objects import ChunkStore
 
 ProgressFn = Callable[[int], None]
-_ZERO = bytes(64 * 1024 * 1024)
+_ZEROS: dict[int, bytes] = {}
+"""Zero buffers by length (a chunk is compared with one, never a fresh copy)."""
 
 
 def threads() -> int:
@@ -29,7 +30,10 @@ def threads() -> int:
 
 
 def is_zero(data: bytes) -> bool:
-    return data == _ZERO[:len(data)] if len(data) != len(_ZERO) else data == _ZERO
+    zero = _ZEROS.get(len(data))
+    if zero is None:
+        zero = _ZEROS.setdefault(len(data), bytes(len(data)))
+    return data == zero
 
 
 @dataclass(frozen=True)
