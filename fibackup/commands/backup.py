@@ -17,14 +17,12 @@ from fibackup import faults
 from fibackup.commands import chunked, domfiles
 from fibackup.commands.common import layer_index
 from fibackup.commands.parallel import Guard, IOOptions, run_each
-from fibackup.errors import (ImageToolError, InconsistentChainError, StoreUnavailableError,
-                             UnsupportedDiskError)
+from fibackup.errors import ImageToolError, StoreUnavailableError, UnsupportedDiskError
 from fibackup.fsutil import allocated_bytes, ensure_space, file_identity
 from fibackup.host import state as host_state
 from fibackup.host.journal import Journal
 from fibackup.model import naming
-from fibackup.model.chain import (DiskPlan, FileIdentity, FrozenLayer, LayerIndex, LiveDisk,
-                                  LiveLayer, StoredLayer, plan_disk)
+from fibackup.model.chain import DiskPlan, FrozenLayer, LayerIndex, LiveDisk, LiveLayer, plan_disk
 from fibackup.model.points import PointDisk, PointFile, PointLayer, RestorePoint
 from fibackup.model.states import Method, Outcome
 from fibackup.qemu import img
@@ -87,11 +85,13 @@ def back_up(store: BackupStore, index: LayerIndex, domain: Domain, disks: Sequen
                         f"({_new_generation_reason(plan, state.last_consolidation(disk.target))})")
     throttle = io.throttle()
 
+    earlier = store.points(domain.uuid, problems=[]) if store.chunks is not None else []
+
     def copy_disk(item: tuple[LiveDisk, DiskPlan], guard: Guard) -> tuple[PointDisk, int]:
         disk, plan = item
         if store.chunks is not None:
-            return chunked.back_up_disk(store, domain.uuid, domain.name, disk, plan, draft.id,
-                                        report, journal, throttle, guard)
+            return chunked.back_up_disk(store, earlier, domain.uuid, domain.name, disk, plan,
+                                        draft.id, report, journal, throttle, guard)
         return _back_up_disk(store, domain, disk, plan, draft.id, report, journal,
                              throttle, guard, io.reflink)
 
@@ -224,7 +224,7 @@ def _back_up_disk(store: BackupStore, domain: Domain, disk: LiveDisk, plan: Disk
                   report: Reporter, journal: Journal, throttle: Optional[Throttle],
                   guard: Guard, clone: bool) -> tuple[PointDisk, int]:
     """Copy one disk's missing layers in order; its point entry and the bytes copied."""
-    layers = [_point_layer(stored, new=False) for stored in plan.reuse]
+    layers = [PointLayer.of(stored, new=False) for stored in plan.reuse]
     parent = plan.parent_of_first_copy
     start = len(plan.reuse)
     copied = 0
@@ -240,24 +240,14 @@ def _back_up_disk(store: BackupStore, domain: Domain, disk: LiveDisk, plan: Disk
                                        item.virtual_size, parent, disk.target, item.identity,
                                        progress=guard(faults.counting(bar)), throttle=throttle,
                                        clone=clone, check_source=functools.partial(
-                                           _unchanged, item.layer.path, item.identity))
+                                           chunked.require_unchanged, item.layer.path,
+                                           item.identity, "copied"))
         journal.done(step)
-        layers.append(_point_layer(stored, new=True))
+        layers.append(PointLayer.of(stored, new=True))
         copied += stored.data_bytes
         parent = stored.id
     point_disk = PointDisk(target=disk.target, virtual_size=layers[-1].virtual_size,
                            layers=tuple(layers), source_path=disk.active.path)
     return point_disk, copied
 
-
-def _unchanged(path: str, identity: FileIdentity) -> None:
-    if file_identity(path) != identity:
-        raise InconsistentChainError(
-            f"{path} changed while it was being copied although it should be frozen; the "
-            "copy was discarded and no restore point was made")
-
-
-def _point_layer(stored: StoredLayer, new: bool) -> PointLayer:
-    return PointLayer(stored.id, stored.image_format, stored.size, stored.virtual_size,
-                      stored.digest, new=new, data_bytes=stored.data_bytes)
 

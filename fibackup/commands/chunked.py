@@ -13,7 +13,7 @@ sees them, through the whole frozen chain exported by qemu-storage-daemon.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 from fibackup import faults
 from fibackup.commands.parallel import Guard
@@ -23,7 +23,7 @@ from fibackup.host.journal import Journal
 from fibackup.host.state import state_dir
 from fibackup.model import naming
 from fibackup.model.chain import DiskPlan, FileIdentity, LiveDisk, StoredLayer
-from fibackup.model.points import IndexRef, PointDisk, PointLayer
+from fibackup.model.points import IndexRef, PointDisk, PointLayer, RestorePoint
 from fibackup.qemu import view
 from fibackup.report import Reporter
 from fibackup.store.chunks import ChunkList, Throttle
@@ -32,14 +32,14 @@ from fibackup.store.v3.index import DiskIndex, chunk_numbers
 from fibackup.store.v3.ingest import ingest
 
 
-def starting_index(store: BackupStore, domain_uuid: str, target: str,
+def starting_index(store: BackupStore, points: Sequence[RestorePoint], target: str,
                    plan: DiskPlan) -> Optional[DiskIndex]:
-    """The index the new one starts from: the newest point's whose disk ``target``
-    ends on the last reused layer (None: read everything)."""
+    """The index the new one starts from: that of the newest of the domain's ``points``
+    whose disk ``target`` ends on the last reused layer (None: read everything)."""
     if not plan.reuse or plan.new_generation:
         return None
     last = plan.reuse[-1].id
-    for point in reversed(store.points(domain_uuid, problems=[])):
+    for point in reversed(points):
         disk = point.disks.get(target)
         if disk is not None and disk.index is not None and disk.layers[-1].id == last:
             index = store.chunked.get_index(disk.index.id)
@@ -47,15 +47,17 @@ def starting_index(store: BackupStore, domain_uuid: str, target: str,
     return None
 
 
-def back_up_disk(store: BackupStore, domain_uuid: str, name: str, disk: LiveDisk,
-                 plan: DiskPlan, tag: str, report: Reporter, journal: Journal,
-                 throttle: Optional[Throttle], guard: Guard) -> tuple[PointDisk, int]:
+def back_up_disk(store: BackupStore, points: Sequence[RestorePoint], domain_uuid: str,
+                 name: str, disk: LiveDisk, plan: DiskPlan, tag: str, report: Reporter,
+                 journal: Journal, throttle: Optional[Throttle],
+                 guard: Guard) -> tuple[PointDisk, int]:
     """Read what changed, store the new chunks and the index, then the records of the
-    newly frozen layers; the point's entry for the disk and the bytes read."""
+    newly frozen layers; the point's entry for the disk and the bytes read.  ``points``:
+    the domain's points in the store, oldest first (read once for all its disks)."""
     chunks = store.chunked
     chain = [(layer.path, layer.format) for layer in disk.layers]
     virtual_size = plan.copy[-1].virtual_size if plan.copy else plan.reuse[-1].virtual_size
-    base = starting_index(store, domain_uuid, disk.target, plan)
+    base = starting_index(store, points, disk.target, plan)
     if base is None and plan.reuse and plan.copy:
         report.info(f"{name}: disk {disk.target}: no restore point of this store ends on its "
                     "stored layers; every chunk holding data is read (only new ones are stored)")
@@ -75,13 +77,12 @@ def back_up_disk(store: BackupStore, domain_uuid: str, name: str, disk: LiveDisk
             done = ingest(chunks, presented, start, numbers, progress=guard(faults.counting(bar)),
                           throttle=throttle.consume if throttle else None, check=guard.check)
     for item in plan.copy:
-        _unchanged(item.layer.path, item.identity)
+        require_unchanged(item.layer.path, item.identity, "read")
     index_id, index_bytes = chunks.put_index(done.index)
     chunks.settle()
     journal.done(step, new_chunks=done.new_chunks)
     faults.point("store.image-published")
-    layers = [PointLayer(layer.id, layer.image_format, layer.size, layer.virtual_size, "",
-                         new=False) for layer in plan.reuse]
+    layers = [PointLayer.of(layer, new=False) for layer in plan.reuse]
     parent = plan.parent_of_first_copy
     for position, item in enumerate(plan.copy, start=len(plan.reuse)):
         layer = StoredLayer(id=naming.new_layer_id(tag, disk.target, position), disk=disk.target,
@@ -89,8 +90,7 @@ def back_up_disk(store: BackupStore, domain_uuid: str, name: str, disk: LiveDisk
                             size=item.identity.size, virtual_size=item.virtual_size, digest="",
                             source=item.identity)
         store.writer.write_layer_record(domain_uuid, layer, ChunkList(layer.size, 0, ()))
-        layers.append(PointLayer(layer.id, layer.image_format, layer.size, layer.virtual_size,
-                                 "", new=True))
+        layers.append(PointLayer.of(layer, new=True))
         parent = layer.id
     ref = IndexRef(id=index_id, data_bytes=done.index.data_bytes, chunks=len(done.index.chunks),
                    new_chunks=done.new_chunks, stored_bytes=done.stored_bytes + index_bytes)
@@ -105,8 +105,10 @@ def views_dir() -> str:
     return path
 
 
-def _unchanged(path: str, identity: FileIdentity) -> None:
+def require_unchanged(path: str, identity: FileIdentity, doing: str) -> None:
+    """InconsistentChainError when a frozen layer changed while it was being ``doing``
+    (copied, read): nothing of it is published."""
     if file_identity(path) != identity:
         raise InconsistentChainError(
-            f"{path} changed while it was being read although it should be frozen; nothing "
-            "was published and no restore point was made")
+            f"{path} changed while it was being {doing} although it should be frozen; "
+            "nothing of it was published and no restore point was made")

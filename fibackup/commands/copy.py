@@ -156,11 +156,9 @@ def _copy_disk(source: BackupStore, target: BackupStore, point: RestorePoint, di
     index_id, index_bytes = chunks.put_index(index)
     result.new_chunks += new
     result.stored_bytes += stored + index_bytes
-    ref = IndexRef(id=index_id, data_bytes=index.data_bytes, chunks=len(index.chunks),
-                   new_chunks=new, stored_bytes=stored + index_bytes)
-    layers = tuple(PointLayer(layer.id, layer.image_format, layer.size, layer.virtual_size, "",
-                              new=False) for layer in disk.layers)
-    return PointDisk(disk.target, disk.virtual_size, layers, disk.source_path, index=ref)
+    return replace(disk, index=IndexRef(id=index_id, data_bytes=index.data_bytes,
+                                        chunks=len(index.chunks), new_chunks=new,
+                                        stored_bytes=stored + index_bytes))
 
 
 def _transfer(source: ChunkStore, target: ChunkStore,
@@ -238,18 +236,18 @@ def _copy_records(source: BackupStore, target: BackupStore, point: RestorePoint,
             raise CorruptStoreError(f"restore point {point.id}, disk {name}: its layers do not "
                                     f"stack once prune's merges are expanded ({error}); it "
                                     "was not copied", point=point.id, disk=name) from None
-        for layer in layers:
-            if layer.id in present:
+        records = [StoredLayer(id=layer.id, disk=layer.disk, parent=layer.parent,
+                               image_format=layer.image_format, size=layer.size,
+                               virtual_size=layer.virtual_size, digest="", source=layer.source)
+                   for layer in layers]
+        for record in records:
+            if record.id in present:
                 continue
-            record = StoredLayer(id=layer.id, disk=layer.disk, parent=layer.parent,
-                                 image_format=layer.image_format, size=layer.size,
-                                 virtual_size=layer.virtual_size, digest="", source=layer.source)
             try:
-                target.writer.write_layer_record(uuid, record, ChunkList(layer.size, 0, ()))
+                target.writer.write_layer_record(uuid, record, ChunkList(record.size, 0, ()))
             except FileExistsError:
                 pass
-            present.add(layer.id)
-        listed[name] = replace(disk, layers=tuple(
-            PointLayer(layer.id, layer.image_format, layer.size, layer.virtual_size, "",
-                       new=False) for layer in layers))
+            present.add(record.id)
+        listed[name] = replace(disk, layers=tuple(PointLayer.of(record, new=False)
+                                                  for record in records))
     return listed

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from fibackup.errors import RestorePointNotFoundError
+
+if TYPE_CHECKING:
+    from fibackup.model.chain import StoredLayer
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,13 @@ class PointLayer:
     new: bool
     data_bytes: int = 0
     """Bytes of data in the stored file (its size less holes and zero chunks)."""
+
+    @classmethod
+    def of(cls, stored: "StoredLayer", new: bool) -> "PointLayer":
+        """How a restore point lists a stored layer (a format-3 record has no digest and
+        no data of its own: "" and 0)."""
+        return cls(stored.id, stored.image_format, stored.size, stored.virtual_size,
+                   stored.digest, new=new, data_bytes=stored.data_bytes)
 
 
 @dataclass(frozen=True)
