@@ -20,7 +20,7 @@ def pinned_points(store: BackupStore, uuid: str, report: Reporter) -> set[int]:
     return set(held)
 
 
-def collect_garbage(store: BackupStore, report: Reporter, dry_run: bool = False) -> int:
+def collect_garbage(store: BackupStore, report: Reporter) -> int:
     """Format 3: delete the indexes and chunks no point needs (v3/gc.py), under the store's
     exclusive lock; the bytes freed."""
     chunks = store.chunked
@@ -31,7 +31,7 @@ def collect_garbage(store: BackupStore, report: Reporter, dry_run: bool = False)
         points = store.all_points(problems)
         index_ids = {ref.id for point in points for ref in point.indexes()}
         index_ids.update(index for pin in pins(store.backend) for index in pin.indexes)
-        collected = collect(chunks, index_ids, problems, dry_run)
+        collected = collect(chunks, index_ids, problems)
     for problem in collected.problems:
         report.warn(f"{problem}; garbage collection deleted nothing")
     if not collected.problems:

@@ -86,13 +86,16 @@ PinnedFn = Callable[[BackupStore], set[str]]
 
 @dataclass
 class PruneRun:
-    """A prune of one backup directory: its domains are pruned one by one."""
+    """A prune of one backup directory: its domains are pruned one by one; in a format-3
+    store, garbage collection runs once, after the last of them."""
 
     store: BackupStore
     options: PruneOptions
     selected: list[tuple[str, str]]
     """(uuid, name) of each domain to prune."""
     pinned_layers: PinnedFn
+    pruned: int = 0
+    """How many of ``selected`` :meth:`prune` was called for so far."""
 
     @classmethod
     def open(cls, options: PruneOptions, pinned_layers: PinnedFn) -> "PruneRun":
@@ -108,7 +111,21 @@ class PruneRun:
         return cls(store, options, _select(store, options), pinned_layers)
 
     def prune(self, uuid: str, name: str, report: Reporter) -> PruneResult:
-        return _prune_domain(self.store, uuid, name, self.options, self.pinned_layers, report)
+        """Prune one domain; after the last one (whether it succeeded or not), collect
+        the format-3 store's garbage once for all of them (its bytes count for that one)."""
+        self.pruned += 1
+        last = self.pruned == len(self.selected) and self.store.chunks is not None \
+            and not self.options.dry_run
+        try:
+            result = _drop_points(self.store, uuid, name, self.options, self.pinned_layers,
+                                  report)
+        except Exception:
+            if last:
+                collect_garbage(self.store, report)
+            raise
+        if last:
+            result.freed_bytes += collect_garbage(self.store, report)
+        return result
 
 
 def _select(store: BackupStore, options: PruneOptions) -> list[tuple[str, str]]:
@@ -132,14 +149,6 @@ def _select(store: BackupStore, options: PruneOptions) -> list[tuple[str, str]]:
                              "give the UUID ('fibackup list --json' shows it)")
         chosen.append(matches[0])
     return list(dict.fromkeys(chosen))
-
-
-def _prune_domain(store: BackupStore, uuid: str, name: str, options: PruneOptions,
-                  pinned_layers: PinnedFn, report: Reporter) -> PruneResult:
-    result = _drop_points(store, uuid, name, options, pinned_layers, report)
-    if store.chunks is not None and not options.dry_run:
-        result.freed_bytes += collect_garbage(store, report)
-    return result
 
 
 def _drop_points(store: BackupStore, uuid: str, name: str, options: PruneOptions,

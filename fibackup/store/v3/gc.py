@@ -13,8 +13,6 @@ temporary objects killed runs left.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
-
 from fibackup.errors import FibackupError
 from fibackup.store.v3.objects import CHUNKS, INDEXES, ChunkStore
 
@@ -35,9 +33,8 @@ def referenced(chunks: ChunkStore, index_ids: set[str]) -> set[bytes]:
     return needed
 
 
-def collect(chunks: ChunkStore, index_ids: set[str], problems: list[str],
-            dry_run: bool = False, progress: Optional[Callable[[int], None]] = None) -> Collected:
-    """Sweep what ``index_ids`` (every index any manifest names) do not reach.
+def collect(chunks: ChunkStore, index_ids: set[str], problems: list[str]) -> Collected:
+    """Sweep what ``index_ids`` (every index any manifest or pin names) do not reach.
     ``problems``: what went wrong reading the manifests; any problem means no sweep."""
     result = Collected(problems=list(problems))
     if result.problems:
@@ -45,24 +42,27 @@ def collect(chunks: ChunkStore, index_ids: set[str], problems: list[str],
     try:
         needed = referenced(chunks, index_ids)
     except FibackupError as error:
-        result.problems.append(f"an index cannot be read ({error}); garbage collection "
-                               "deleted nothing (run 'fibackup verify')")
+        result.problems.append(f"an index cannot be read ({error}; run 'fibackup verify')")
         return result
-    if not dry_run:
-        for kind in (CHUNKS, INDEXES):
-            for parts, name in list(chunks.partials(kind)):
-                chunks.backend.remove(parts, name)
-    wanted_indexes = {bytes.fromhex(index_id) for index_id in index_ids}
-    for kind, keep, count in ((INDEXES, wanted_indexes, "indexes"), (CHUNKS, needed, "chunks")):
-        for object_id in list(chunks.object_ids(kind)):
-            if object_id in keep:
-                if kind == CHUNKS:
-                    result.kept_chunks += 1
-                continue
-            if not dry_run:
-                result.freed_bytes += chunks.freed(kind, object_id)
-                chunks.remove(kind, object_id)
-            setattr(result, count, getattr(result, count) + 1)
-            if progress is not None:
-                progress(1)
+    for kind in (CHUNKS, INDEXES):
+        for parts, name in list(chunks.partials(kind)):
+            chunks.backend.remove(parts, name)
+    result.indexes, _ = _sweep(chunks, INDEXES,
+                               {bytes.fromhex(index_id) for index_id in index_ids}, result)
+    result.chunks, result.kept_chunks = _sweep(chunks, CHUNKS, needed, result)
     return result
+
+
+def _sweep(chunks: ChunkStore, kind: str, keep: set[bytes],
+           result: Collected) -> tuple[int, int]:
+    """Delete every object of ``kind`` not in ``keep`` (its bytes added to ``result``);
+    how many were removed and how many kept."""
+    removed = kept = 0
+    for object_id in list(chunks.object_ids(kind)):
+        if object_id in keep:
+            kept += 1
+            continue
+        result.freed_bytes += chunks.freed(kind, object_id)
+        chunks.remove(kind, object_id)
+        removed += 1
+    return removed, kept

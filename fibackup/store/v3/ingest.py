@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
+from fibackup.errors import FibackupError
 from fibackup.store.v3.index import DiskIndex
 from fibackup.store.v3.objects import ChunkStore
 
@@ -176,7 +177,6 @@ def check_chunks(chunks: ChunkStore, wanted: dict[bytes, int],
                  throttle: Optional[Callable[[int], None]] = None) -> dict[bytes, str]:
     """Read back, decrypt, decompress and check each chunk of ``wanted`` (id -> length);
     what is wrong with each damaged one."""
-    from fibackup.errors import FibackupError
     tally = _Tally(progress)
 
     def one(item: tuple[bytes, int]) -> Optional[tuple[bytes, str]]:
