@@ -50,10 +50,9 @@ def list_keys(backup_dir: str) -> list[KeyInfo]:
 def add_key(backup_dir: str, new_password_file: str | None) -> str:
     """Wrap the master key with a new passphrase; the new key's id."""
     store, chunks = _encrypted(backup_dir)
-    chunks.keys()                                        # the current passphrase opens it
+    master = chunks.master_key()                         # the current passphrase opens it
     new = passwords.read_file(new_password_file) if new_password_file else \
         passwords.prompt_new(store.root)
-    master = chunks.master_key()
     return chunks.add_key(new, master)
 
 

@@ -53,6 +53,7 @@ class ChunkStore:
         self._index_codec: Optional[ChunkCodec] = None
         self._unlock = threading.Lock()
         self._failed: Optional[FibackupError] = None
+        self._master_key: Optional[bytes] = None
 
     # -- keys ----------------------------------------------------------------------
 
@@ -69,15 +70,19 @@ class ChunkStore:
                 raise self._failed                # asked once: never prompt again
             if self._keys is None:
                 try:
-                    self._keys = StoreKeys.derive(self._master(), self.store_id)
+                    self._master_key = self._master()
+                    self._keys = StoreKeys.derive(self._master_key, self.store_id)
                 except FibackupError as error:
                     self._failed = error
                     raise
             return self._keys
 
     def master_key(self) -> bytes:
-        """The master key itself (to wrap another copy of it: ``key add``)."""
-        return self._master()
+        """The master key itself (to wrap another copy of it: ``key add``); unlocking the
+        store once gives it."""
+        self.keys()
+        assert self._master_key is not None
+        return self._master_key
 
     def unlock_soon(self) -> None:
         """Start unlocking in the background (scrypt takes ~0.1 s) when the passphrase
@@ -121,7 +126,7 @@ class ChunkStore:
         """Write a new wrapped copy of the master key (a new one for a new store);
         its key id."""
         if master is None:
-            master = self._master() if self.key_documents() else new_master_key()
+            master = self.master_key() if self.key_documents() else new_master_key()
         key_id = secrets.token_hex(8)
         document = wrap(master, passphrase, self.store_id, key_id, host_name(), utc_time())
         self.backend.ensure_dir((KEYS,))
@@ -131,7 +136,8 @@ class ChunkStore:
     def unlock_with(self, passphrase: bytes) -> None:
         """Unlock with this passphrase (StoreKeyError when it opens no key)."""
         with self._unlock:
-            self._keys = StoreKeys.derive(self._master(passphrase), self.store_id)
+            self._master_key = self._master(passphrase)
+            self._keys = StoreKeys.derive(self._master_key, self.store_id)
 
     # -- chunks ----------------------------------------------------------------------
 
