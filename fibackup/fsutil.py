@@ -1,13 +1,14 @@
 """Small file-system helpers: atomic write-once publishing, fsync, space."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
 import socket
 
 import xxhash
-from typing import Optional
+from typing import Iterator, Optional, Protocol
 
 from fibackup.errors import NotEnoughSpaceError
 from fibackup.model.chain import FileIdentity, FileStamp
@@ -163,3 +164,47 @@ def file_identity(path: str) -> FileIdentity:
     return FileIdentity(host=host_name(), path=os.path.abspath(path), dev=stamp.dev,
                         ino=stamp.ino, size=stamp.size, mtime_ns=stamp.mtime_ns,
                         head_digest=xxhash.xxh3_128(head).hexdigest())
+
+
+class ViewReader(Protocol):
+    """A reader of the bytes of a view (a disk as the guest sees it)."""
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` (OSError past the end of the view)."""
+
+
+def pread_exactly(fd: int, length: int, offset: int) -> bytes:
+    """``length`` bytes of ``fd`` at ``offset`` (FUSE and network file systems may
+    return short reads; OSError if the file ends first)."""
+    data = os.pread(fd, length, offset)
+    if len(data) == length:
+        return data
+    parts = [data]
+    done = len(data)
+    while done < length:
+        more = os.pread(fd, length - done, offset + done)
+        if not more:
+            raise OSError(f"the view ended at byte {offset + done}, inside the disk")
+        parts.append(more)
+        done += len(more)
+    return b"".join(parts)
+
+
+class FileReader:
+    """The view as one plain file (a raw image, or an export of the chain)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def read(self, offset: int, length: int) -> bytes:
+        return pread_exactly(self.fd, length, offset)
+
+
+@contextlib.contextmanager
+def reading_file(path: str) -> Iterator[FileReader]:
+    """A reader of the file ``path`` for the duration of the ``with``."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        yield FileReader(fd)
+    finally:
+        os.close(fd)

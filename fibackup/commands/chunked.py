@@ -8,7 +8,9 @@ layers hold re-read (``qemu-img map``: depth below their count); the identity
 rules prove that the view below them is that point's view.  Anything unproven
 (no such point, a resized disk, a new generation) reads every chunk holding data
 (a new full index: dedup stores only what differs).  Chunks are read as the guest
-sees them, through the whole frozen chain exported by qemu-storage-daemon.
+sees them: from the layer files at the offsets ``qemu-img map`` gives, and what only
+QEMU can decode (compressed clusters) through the chain exported by qemu-storage-daemon
+(qemu/reader.py).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from fibackup.host.state import state_dir
 from fibackup.model import naming
 from fibackup.model.chain import DiskPlan, FileIdentity, LiveDisk, StoredLayer
 from fibackup.model.points import IndexRef, PointDisk, PointLayer, RestorePoint
-from fibackup.qemu import view
+from fibackup.qemu import reader, view
 from fibackup.report import Reporter
 from fibackup.store.chunks import ChunkList, Throttle
 from fibackup.store.repo import BackupStore
@@ -73,7 +75,7 @@ def back_up_disk(store: BackupStore, points: Sequence[RestorePoint], domain_uuid
                 f"({os.path.basename(disk.active.path)})")
     with report.progress(f"{disk.target} {os.path.basename(disk.active.path)}",
                          sum(start.length(number) for number in numbers)) as bar:
-        with view.exported(chain, scratch=scratch) as presented:
+        with reader.reading(chain, extents, scratch=scratch) as presented:
             done = ingest(chunks, presented, start, numbers, progress=guard(faults.counting(bar)),
                           throttle=throttle.consume if throttle else None, check=guard.check)
     for item in plan.copy:

@@ -28,7 +28,7 @@ from fibackup.errors import CorruptStoreError, UsageError
 from fibackup.host import state as host_state
 from fibackup.model.chain import StoredLayer, chain_from_ids
 from fibackup.model.points import IndexRef, PointDisk, PointFile, PointLayer, RestorePoint
-from fibackup.qemu import view
+from fibackup.qemu import reader, view
 from fibackup.report import Reporter
 from fibackup.store.chunks import ChunkList
 from fibackup.store.opening import NewStore
@@ -179,7 +179,8 @@ def _transfer(source: ChunkStore, target: ChunkStore,
         new_id = chunk_id if same_ids else target.chunk_id(data)
         return number, new_id, target.put_chunk(new_id, data)
 
-    with ThreadPoolExecutor(max_workers=threads(), thread_name_prefix="copy") as pool:
+    workers = max(threads(source), threads(target))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="copy") as pool:
         done = list(pool.map(one, index.items()))
     copied = DiskIndex(index.virtual_size, index.chunk_size,
                        {number: chunk_id for number, chunk_id, _ in done})
@@ -196,9 +197,10 @@ def _from_layers(source: BackupStore, chunks: ChunkStore, point: RestorePoint,
         source.restore_layer(point.domain_uuid, layer.id, path, expected=layer)
         chain.append((path, layer.image_format))
     empty = DiskIndex(disk.virtual_size, chunks.settings.chunk_size)
-    numbers = chunk_numbers(view.changed_ranges(view.allocation(chain), None), empty.chunk_size,
+    extents = view.allocation(chain)
+    numbers = chunk_numbers(view.changed_ranges(extents, None), empty.chunk_size,
                             empty.virtual_size)
-    with view.exported(chain, scratch=scratch) as presented:
+    with reader.reading(chain, extents, scratch=scratch) as presented:
         done = ingest(chunks, presented, empty, numbers)
     for path, _format in chain:
         os.unlink(path)

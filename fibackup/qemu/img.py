@@ -20,6 +20,9 @@ class ImageInfo:
     backing_format: Optional[str]
     data_file: Optional[str] = None
     """An external data file (qcow2 ``data_file``): the data is not in this file."""
+    encrypted: bool = False
+    """The image's data is encrypted inside it (qcow2 with LUKS): its bytes are not the
+    guest's."""
 
 
 def _run(args: Sequence[str], what: str, timeout: Optional[float] = None) -> str:
@@ -68,7 +71,8 @@ def _image_info(document: dict[str, Any], path: str) -> ImageInfo:
                      virtual_size=int(document["virtual-size"]),
                      backing_file=document.get("full-backing-filename") or document.get("backing-filename"),
                      backing_format=document.get("backing-filename-format"),
-                     data_file=specific.get("data-file"))
+                     data_file=specific.get("data-file"),
+                     encrypted=bool(document.get("encrypted", False)))
 
 
 def create_image(path: str, image_format: str, virtual_size: int) -> None:

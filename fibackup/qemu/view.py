@@ -40,6 +40,9 @@ class Extent:
     """Some layer of the chain holds this range (data, or clusters marked zero)."""
     data: bool
     zero: bool
+    offset: Optional[int] = None
+    """Where the layer at ``depth`` keeps this range's bytes, as they are, in its file
+    (None: QEMU cannot say, e.g. compressed qcow2 clusters)."""
 
 
 def allocation(chain: Chain, timeout: Optional[float] = None) -> list[Extent]:
@@ -61,7 +64,8 @@ def allocation(chain: Chain, timeout: Optional[float] = None) -> list[Extent]:
         extents.append(Extent(start=int(entry["start"]), length=int(entry["length"]),
                               depth=int(entry.get("depth", len(chain))),
                               present=bool(entry.get("present", data)), data=data,
-                              zero=bool(entry.get("zero"))))
+                              zero=bool(entry.get("zero")),
+                              offset=int(entry["offset"]) if "offset" in entry else None))
     return extents
 
 

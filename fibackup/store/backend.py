@@ -51,10 +51,14 @@ class Capabilities:
     """The store holds each domain's lock itself (``flock`` on ``domains/<uuid>/.lock``),
     so runs on every host sharing it see it.  Otherwise only one host may write a
     domain there (its host lock keeps its own runs apart)."""
+    requests_in_flight: int = 0
+    """How many objects to move at once for its round trips to overlap (0: as many as
+    the CPUs keep busy: a local write costs no round trip)."""
 
 
 DIRECTORY = Capabilities(local_files=True, space_check=True, shared_lock=True)
-OBJECT_STORAGE = Capabilities(local_files=False, space_check=False, shared_lock=False)
+OBJECT_STORAGE = Capabilities(local_files=False, space_check=False, shared_lock=False,
+                              requests_in_flight=8)
 
 
 class Backend(Protocol):

@@ -18,12 +18,25 @@ from fibackup.store.opening import NewStore
 from fibackup.store.repo import BackupStore
 from fibackup.store.v3 import files as v3files
 from fibackup.store.v3.index import DiskIndex
-from fibackup.store.v3.ingest import check_chunks, check_view, ingest, write_out
+from fibackup.fsutil import reading_file
+from fibackup.store.v3 import ingest as v3ingest
+from fibackup.store.v3.ingest import check_chunks, write_out
 from fibackup.store.v3.keys import unwrap
 from fibackup.store.v3.objects import (CHUNKS, INDEXES, SEALED_MAGIC, SealedBackend,
                                        sealed_backend)
 from fibackup.store.v3.settings import StoreSettings
 from tests.storelab import CHUNK3, chunk_store, flip_byte, make_view
+
+
+def ingest(chunks, path, *args, **options):
+    """ingest() of a plain file (a raw disk is its own view)."""
+    with reading_file(str(path)) as view:
+        return v3ingest.ingest(chunks, view, *args, **options)
+
+
+def check_view(chunks, index, path, numbers):
+    with reading_file(str(path)) as view:
+        return v3ingest.check_view(chunks, index, view, numbers)
 
 CS = CHUNK3
 PASS = b"correct horse battery staple"

@@ -5,7 +5,7 @@ import errno
 import os
 import secrets
 from collections import deque
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from fibackup.errors import CorruptStoreError, StoreUnavailableError
 from fibackup.store.backend import OBJECT_STORAGE, CheckFn, Parts

@@ -120,9 +120,11 @@ class ChunkCodec:
         return header + payload
 
     def decode(self, chunk_id: bytes, blob: bytes, what: str,
-               length: Optional[int] = None) -> bytes:
+               length: Optional[int] = None, check_id: bool = True) -> bytes:
         """The plaintext of a stored chunk, checked against ``chunk_id`` (and its
-        expected ``length``); IntegrityError/CorruptStoreError otherwise."""
+        expected ``length``); IntegrityError/CorruptStoreError otherwise.  Without
+        ``check_id`` the plaintext is not hashed: only for a caller that checks what it
+        wrote against the id afterwards, before anything names it (restore's proof)."""
         if len(blob) < len(MAGIC) + 1 or blob[:len(MAGIC)] != MAGIC:
             raise IntegrityError(f"{what} is not a fibackup chunk (damaged or truncated)")
         flags = blob[len(MAGIC)]
@@ -149,7 +151,7 @@ class ChunkCodec:
             data = bytes(payload)
         if length is not None and len(data) != length:
             raise IntegrityError(f"{what} holds {len(data)} bytes where {length} were stored")
-        if self.ids.of(data) != chunk_id:
+        if check_id and self.ids.of(data) != chunk_id:
             raise IntegrityError(f"{what} does not hold the data its id names (damaged, or "
                                  "swapped for another chunk)")
         return data

@@ -6,6 +6,7 @@ import os
 from typing import Callable, Optional
 
 from fibackup.errors import CorruptStoreError, FibackupError
+from fibackup.fsutil import reading_file
 from fibackup.model.points import IndexRef
 from fibackup.store.v3.index import DiskIndex
 from fibackup.store.v3.ingest import ingest, write_out
@@ -20,7 +21,8 @@ def save_file(chunks: ChunkStore, source: str,
     ``check_source`` runs after the file was read, before the index is written."""
     empty = DiskIndex(os.stat(source).st_size if size is None else size,
                       chunks.settings.chunk_size)
-    done = ingest(chunks, source, empty, range(empty.chunk_count))
+    with reading_file(source) as view:
+        done = ingest(chunks, view, empty, range(empty.chunk_count))
     if check_source is not None:
         check_source()
     index_id, index_bytes = chunks.put_index(done.index)

@@ -1,10 +1,11 @@
 """Reading chunks of a disk's view into a format-3 store, and writing them back out.
 
-:func:`ingest` reads the chunks a backup must look at from a plain file that
-presents the guest's view (qemu/view.py), names each by its id, stores the ones
+:func:`ingest` reads the chunks a backup must look at from a reader of the
+guest's view (fsutil.ViewReader: qemu/reader.py for a chain), names each by its id, stores the ones
 the store lacks (zero chunks never: they leave the index) and returns the new
 index.  :func:`write_out` writes an index's chunks into a file of the disk's size
-(holes stay holes), each chunk checked against its id first.  Both run a small
+(holes stay holes), each chunk checked against its id first (or, for a restore
+that proves the whole image afterwards with :func:`check_view`, only there).  Both run a small
 thread pool: hashing, zstd and AES-GCM release the GIL, so two cores compress two
 chunks at once.
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 from fibackup.errors import FibackupError
+from fibackup.fsutil import ViewReader
 from fibackup.store.v3.index import DiskIndex
 from fibackup.store.v3.objects import ChunkStore
 
@@ -25,9 +27,14 @@ _ZEROS: dict[int, bytes] = {}
 """Zero buffers by length (a chunk is compared with one, never a fresh copy)."""
 
 
-def threads() -> int:
-    """Workers per disk: one more than the cores (one is always waiting on I/O)."""
-    return min(8, (os.cpu_count() or 1) + 1)
+def threads(chunks: Optional[ChunkStore] = None) -> int:
+    """Workers per disk: one more than the cores (one is always waiting on I/O), or
+    as many requests as the store's backend wants in flight (object storage: the
+    round trips overlap)."""
+    cpus = min(8, (os.cpu_count() or 1) + 1)
+    if chunks is None:
+        return cpus
+    return max(cpus, chunks.backend.capabilities.requests_in_flight)
 
 
 def is_zero(data: bytes) -> bool:
@@ -65,17 +72,16 @@ class _Tally:
                 self.progress(read)
 
 
-def ingest(chunks: ChunkStore, view: str, base: DiskIndex, numbers: Iterable[int],
+def ingest(chunks: ChunkStore, view: ViewReader, base: DiskIndex, numbers: Iterable[int],
            progress: Optional[ProgressFn] = None,
            throttle: Optional[Callable[[int], None]] = None,
            check: Optional[Callable[[], None]] = None) -> Ingested:
-    """``base`` with chunks ``numbers`` re-read from ``view`` (a file of the disk's size).
+    """``base`` with chunks ``numbers`` re-read from ``view`` (the disk's view).
 
     ``check`` runs before each chunk (it raises to stop: another disk failed).
     """
     known = base.ids()
     tally = _Tally(progress)
-    fd = os.open(view, os.O_RDONLY | os.O_CLOEXEC)
 
     def one(number: int) -> tuple[int, Optional[bytes]]:
         if check is not None:
@@ -83,7 +89,7 @@ def ingest(chunks: ChunkStore, view: str, base: DiskIndex, numbers: Iterable[int
         length = base.length(number)
         if throttle is not None:
             throttle(length)
-        data = _pread(fd, length, number * base.chunk_size)
+        data = view.read(number * base.chunk_size, length)
         if is_zero(data):
             tally.add(length, 0)
             return number, None
@@ -92,32 +98,22 @@ def ingest(chunks: ChunkStore, view: str, base: DiskIndex, numbers: Iterable[int
         tally.add(length, stored)
         return number, chunk_id
 
-    try:
-        with ThreadPoolExecutor(max_workers=threads(), thread_name_prefix="chunk") as pool:
-            changes = dict(pool.map(one, sorted(set(numbers))))
-    finally:
-        os.close(fd)
+    with ThreadPoolExecutor(max_workers=threads(chunks), thread_name_prefix="chunk") as pool:
+        changes = dict(pool.map(one, sorted(set(numbers))))
     chunks.settle()
     return Ingested(base.replaced(changes), tally.read, tally.new, tally.stored)
-
-
-def _pread(fd: int, length: int, offset: int) -> bytes:
-    data = os.pread(fd, length, offset)
-    while len(data) < length:                    # FUSE may return short reads
-        more = os.pread(fd, length - len(data), offset + len(data))
-        if not more:
-            raise OSError(f"the view ended at byte {offset + len(data)}, inside the disk")
-        data += more
-    return data
 
 
 def write_out(chunks: ChunkStore, index: DiskIndex, destination: str,
               progress: Optional[ProgressFn] = None,
               throttle: Optional[Callable[[int], None]] = None,
-              check: Optional[Callable[[], None]] = None, truncate: bool = True) -> int:
+              check: Optional[Callable[[], None]] = None, truncate: bool = True,
+              proven_after: bool = False) -> int:
     """Write every chunk of ``index`` into ``destination`` at its offset (``truncate``:
     the file is first sized to the disk, so what is not written reads as zeros);
-    bytes written.  Every chunk is checked against its id before it is written."""
+    bytes written.  Every chunk is checked against its id before it is written, unless
+    ``proven_after``: the caller reads the whole file back with :func:`check_view`
+    before anything names it (each chunk is then hashed once, not twice)."""
     fd = os.open(destination, os.O_WRONLY | os.O_CLOEXEC)
     tally = _Tally(progress)
     try:
@@ -131,11 +127,11 @@ def write_out(chunks: ChunkStore, index: DiskIndex, destination: str,
             length = index.length(number)
             if throttle is not None:
                 throttle(length)
-            data = chunks.get_chunk(chunk_id, length)
+            data = chunks.get_chunk(chunk_id, length, check_id=not proven_after)
             _pwrite(fd, data, number * index.chunk_size)
             tally.add(length, 0)
 
-        with ThreadPoolExecutor(max_workers=threads(), thread_name_prefix="chunk") as pool:
+        with ThreadPoolExecutor(max_workers=threads(chunks), thread_name_prefix="chunk") as pool:
             for _ in pool.map(one, index.items()):
                 pass
         os.fsync(fd)
@@ -152,24 +148,19 @@ def _pwrite(fd: int, data: bytes, offset: int) -> None:
         offset += written
 
 
-def check_view(chunks: ChunkStore, index: DiskIndex, view: str,
+def check_view(chunks: ChunkStore, index: DiskIndex, view: ViewReader,
                numbers: Iterable[int]) -> list[int]:
     """The chunks of ``numbers`` whose bytes in ``view`` differ from ``index`` (a
     chunk the index does not list must be zeros)."""
-    fd = os.open(view, os.O_RDONLY | os.O_CLOEXEC)
-
     def one(number: int) -> Optional[int]:
-        data = _pread(fd, index.length(number), number * index.chunk_size)
+        data = view.read(number * index.chunk_size, index.length(number))
         expected = index.chunks.get(number)
         if expected is None:
             return None if is_zero(data) else number
         return None if chunks.chunk_id(data) == expected else number
 
-    try:
-        with ThreadPoolExecutor(max_workers=threads(), thread_name_prefix="check") as pool:
-            return [number for number in pool.map(one, sorted(set(numbers))) if number is not None]
-    finally:
-        os.close(fd)
+    with ThreadPoolExecutor(max_workers=threads(), thread_name_prefix="check") as pool:
+        return [number for number in pool.map(one, sorted(set(numbers))) if number is not None]
 
 
 def check_chunks(chunks: ChunkStore, wanted: dict[bytes, int],
@@ -191,5 +182,5 @@ def check_chunks(chunks: ChunkStore, wanted: dict[bytes, int],
             tally.add(length, 0)
         return None
 
-    with ThreadPoolExecutor(max_workers=threads(), thread_name_prefix="verify") as pool:
+    with ThreadPoolExecutor(max_workers=threads(chunks), thread_name_prefix="verify") as pool:
         return dict(found for found in pool.map(one, sorted(wanted.items())) if found)

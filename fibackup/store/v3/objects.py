@@ -192,10 +192,13 @@ class ChunkStore:
         except FileNotFoundError:
             raise IntegrityError(f"{what} is missing from the store") from None
 
-    def get_chunk(self, chunk_id: bytes, length: Optional[int] = None) -> bytes:
-        """A chunk's plaintext, checked against its id (IntegrityError otherwise)."""
+    def get_chunk(self, chunk_id: bytes, length: Optional[int] = None,
+                  check_id: bool = True) -> bytes:
+        """A chunk's plaintext, checked against its id (IntegrityError otherwise; see
+        ChunkCodec.decode for ``check_id``)."""
         what = f"chunk {chunk_id.hex()}"
-        return self.codec.decode(chunk_id, self._read(CHUNKS, chunk_id, what), what, length)
+        return self.codec.decode(chunk_id, self._read(CHUNKS, chunk_id, what), what, length,
+                                 check_id)
 
     def settle(self) -> None:
         """Make every chunk and index written so far durable (before a document names them)."""
