@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 import threading
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence
 
 from fibackup.errors import CorruptStoreError, NotEnoughSpaceError, StoreUnavailableError
-from fibackup.fsutil import publish, remove_quietly, temp_name, write_all, write_file
+from fibackup.store.batched import Batch
+from fibackup.fsutil import publish, remove_quietly, temp_name, write_file
 from fibackup.store.chunks import ChunkList, ProgressFn, ScanResult, Throttle, scan_file
 
 Parts = Sequence[str]
@@ -79,7 +79,8 @@ class Backend(Protocol):
 
     def write_once(self, parts: Parts, name: str, data: bytes) -> bool:
         """Publish an object named after its content unless it exists (False then); it
-        is durable once :meth:`settle` returned.  Safe to call from several threads."""
+        is durable (and visible to other processes) once :meth:`settle` returned.
+        Safe to call from several threads."""
 
     def settle(self) -> None:
         """Make every object :meth:`write_once` published durable (one fsync of each
@@ -147,12 +148,14 @@ class DirectoryBackend:
         self.root = root
         self._unsettled: set[tuple[str, ...]] = set()
         self._settle_lock = threading.Lock()
+        self._batch = Batch(lambda parts: open_dir(self.root, parts, create=True), self.path)
 
     def path(self, parts: Parts, name: str = "") -> str:
         return os.path.join(self.root, *parts, name) if name else os.path.join(self.root, *parts)
 
     def read(self, parts: Parts, name: str) -> bytes:
         path = self.path(parts, name)
+        self._publish_if_pending(parts, name)
         try:
             fd = open_file(self.root, parts, name)
             with os.fdopen(fd, "rb") as handle:
@@ -166,41 +169,31 @@ class DirectoryBackend:
         write_new_file(self.path(parts, name), data)
 
     def write_once(self, parts: Parts, name: str, data: bytes) -> bool:
-        directory = open_dir(self.root, parts, create=True)
-        temporary = f".{name}.partial-{secrets.token_hex(4)}"
-        try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
-                         dir_fd=directory)
-            try:
-                write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            try:
-                os.link(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
-            except FileExistsError:
-                return False
-            finally:
-                os.unlink(temporary, dir_fd=directory)
+        """Written now, published with its batch (store/batched.py): by :meth:`settle`
+        at the latest."""
+        added, published = self._batch.add(parts, name, data)
+        if published:
             with self._settle_lock:
-                self._unsettled.add(tuple(parts))
-            return True
-        except OSError as error:
-            if error.errno == errno.ENOSPC:
-                raise NotEnoughSpaceError(f"the backup disk is full while writing "
-                                          f"{self.path(parts, name)}; free up space and run "
-                                          "again") from None
-            raise
-        finally:
-            os.close(directory)
+                self._unsettled.update(published)
+        return added
+
+    def _publish_if_pending(self, parts: Parts, name: Optional[str] = None) -> None:
+        """An object this process wrote and has not published yet (any, with no
+        ``name``) is published first: the writer sees what it wrote as soon as
+        :meth:`write_once` returned; other processes once :meth:`settle` returned."""
+        if self._batch.pending(parts, name):
+            published = self._batch.flush()
+            with self._settle_lock:
+                self._unsettled.update(published)
 
     def note_reused(self, parts: Parts) -> None:
         with self._settle_lock:
             self._unsettled.add(tuple(parts))
 
     def settle(self) -> None:
+        published = self._batch.flush()
         with self._settle_lock:
-            pending, self._unsettled = self._unsettled, set()
+            pending, self._unsettled = self._unsettled | published, set()
         for parts in sorted(pending):
             directory = open_dir(self.root, parts)
             try:
@@ -209,6 +202,7 @@ class DirectoryBackend:
                 os.close(directory)
 
     def names(self, parts: Parts) -> list[str]:
+        self._publish_if_pending(parts)
         directory = open_dir(self.root, parts)
         try:
             return os.listdir(directory)
@@ -216,6 +210,7 @@ class DirectoryBackend:
             os.close(directory)
 
     def size(self, parts: Parts, name: str) -> int:
+        self._publish_if_pending(parts, name)
         return self._stat(parts, name).st_size
 
     def freed(self, parts: Parts, name: str) -> int:
@@ -245,6 +240,7 @@ class DirectoryBackend:
             os.close(directory)
 
     def head(self, parts: Parts, name: str, length: int) -> bytes:
+        self._publish_if_pending(parts, name)
         fd = open_file(self.root, parts, name)
         try:
             return os.pread(fd, length, 0)

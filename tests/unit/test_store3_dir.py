@@ -106,6 +106,7 @@ def test_a_missing_damaged_or_swapped_chunk_is_refused(chunks):
     id_first, id_second = chunks.chunk_id(first), chunks.chunk_id(second)
     chunks.put_chunk(id_first, first)
     chunks.put_chunk(id_second, second)
+    chunks.settle()                          # published: now the files are there to damage
     with pytest.raises(IntegrityError, match="missing"):
         chunks.get_chunk(chunks.chunk_id(b"never stored"))
     # chunk 1's object put in chunk 2's place
@@ -147,6 +148,7 @@ def test_an_index_of_another_chunk_size_is_refused(chunks):
 def test_a_swapped_index_is_refused(chunks):
     one, _ = chunks.put_index(DiskIndex(4 * CS, CS, {}))
     two, _ = chunks.put_index(DiskIndex(8 * CS, CS, {}))
+    chunks.settle()
     path_two = object_path(chunks, INDEXES, bytes.fromhex(two))
     os.unlink(path_two)
     shutil.copyfile(object_path(chunks, INDEXES, bytes.fromhex(one)), path_two)
@@ -361,6 +363,7 @@ def test_the_right_passphrase_reads_what_another_run_wrote(encrypted_root, tmp_p
     data = text_chunk("secret")
     chunk_id = writer.chunked.chunk_id(data)
     writer.chunked.put_chunk(chunk_id, data)
+    writer.chunked.settle()                  # what a finished run leaves
     writer.backend.ensure_dir(("domains", "u"))
     writer.backend.write_new(("domains", "u"), "a.json", DOCUMENT)
     reader = BackupStore.open(encrypted_root)
@@ -390,6 +393,7 @@ def test_a_second_key_opens_the_same_data(encrypted_root, tmp_path, monkeypatch)
     data = text_chunk("x")
     chunk_id = store.chunked.chunk_id(data)
     store.chunked.put_chunk(chunk_id, data)
+    store.chunked.settle()
     store.chunked.add_key(b"second passphrase")
     assert len(os.listdir(os.path.join(encrypted_root, "keys"))) == 2
     other = BackupStore.open(encrypted_root)
