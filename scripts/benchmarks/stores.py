@@ -38,6 +38,11 @@ store.  Medians over the repetitions are compared.
 - borg (Debian 12's 1.2.4): ``borg init -e repokey``, then ``borg create --compression lz4``
   (its default) of the same raw image file, then of the changed one.
 Both peers read holes of the raw image as zeros: what an image-level backup with them costs.
+- virtnbdbackup (Debian 12's 1.9.15; no target, it is the issue's fourth row): ``virtnbdbackup
+  -U qemu:///system -d DOM -l full|inc -o DIR --compress --noprogress`` of a second domain
+  that runs (libvirt's backup API needs one; no guest kernel, the firmware idles) on its own
+  copy of the qcow2 base; the change reaches it as guest writes (HMP ``qemu-io write -s``
+  on its virtio backend), so its incremental reads what its dirty bitmap recorded.
 """
 from __future__ import annotations
 
@@ -57,14 +62,17 @@ if __package__ in (None, ""):
 
 from benchmarks.common import (MiB, Row, Settings, ensure_debian_package, remove,
                                rounded, run_command, time_ratio_row, timed)
-from benchmarks.peers import human, rotated, sync_tree
-from tests.lab import DiskDef, Lab, LabDomain
+from benchmarks.peers import error_lines, human, rotated, sync_tree
+import libvirt
+from tests.lab import DiskDef, Lab, LabDomain, libvirt_qemu_monitor
 
 GROUP = "store"
 OURS = "fibackup"
 RESTIC = "restic (zstd, encrypted)"
 BORG = "borg (lz4, encrypted)"
-TOOLS = (OURS, RESTIC, BORG)
+VIRTNBD = "virtnbdbackup (--compress)"
+TOOLS = (OURS, RESTIC, BORG, VIRTNBD)
+URI = "qemu:///system"
 PHASES = ("full", "incremental")
 TARGET = "vda"
 DATA_ROOTS = ("/usr/share", "/usr/include", "/usr/lib/python3")
@@ -245,13 +253,16 @@ def build_images(sizes: Sizes, scratch: str) -> Images:
                   differing_extents(raw_full, raw_changed))
 
 
-def apply_change(images: Images, active: str, scratch: str) -> None:
+def apply_change(images: Images, active: str, scratch: str,
+                 live: Optional[LabDomain] = None) -> None:
     """Write the blocks the change touched into the domain's active image (qemu-io), then
-    check that the chain reads as the changed raw image."""
+    check that the chain reads as the changed raw image; the same as guest writes into
+    ``live``, the running domain, if there is one."""
     pieces = os.path.join(scratch, "pieces")
     os.makedirs(pieces)
     try:
         args = ["qemu-io", "-f", "qcow2"]
+        written = []
         with open(images.raw_changed, "rb") as source:
             for number, (offset, length) in enumerate(images.extents):
                 piece = os.path.join(pieces, str(number))
@@ -259,9 +270,12 @@ def apply_change(images: Images, active: str, scratch: str) -> None:
                 with open(piece, "wb") as handle:
                     handle.write(source.read(length))
                 args += ["-c", f"write -q -s {piece} {offset} {length}"]
+                written.append((piece, offset, length))
         done = subprocess.run([*args, active], capture_output=True, text=True)
         if done.returncode != 0 or done.stdout.strip() or done.stderr.strip():
             raise RuntimeError(f"qemu-io on {active}: {(done.stdout + done.stderr).strip()}")
+        if live is not None:
+            write_live(live, written)
     finally:
         remove(pieces)
     run_command(["qemu-img", "compare", "-q", "-f", "qcow2", "-F", "raw", active,
@@ -288,6 +302,8 @@ class Run:
     encrypted: bool
     disk_file: str
     password_file: str
+    live: Optional[LabDomain] = None
+    """The running domain virtnbdbackup backs up (None when it cannot run here)."""
     outputs: dict[str, str] = field(default_factory=dict)
 
     def store(self, tool: str) -> str:
@@ -328,6 +344,10 @@ class Run:
                               *(["--compression", level] if level else []))
         elif tool == RESTIC:
             run_command(["restic", "init", "-q"], env=self.restic_env())
+        elif tool == VIRTNBD:
+            if self.live is None:
+                raise RuntimeError("its running domain could not be made")
+            os.makedirs(self.store(tool))
         else:
             run_command(["borg", "init", "-e", "repokey", self.store(BORG)], env=self.borg_env())
 
@@ -338,6 +358,15 @@ class Run:
         elif tool == RESTIC:
             run_command(["restic", "backup", "-q", "--host", "bench", self.disk_file],
                         env=self.restic_env())
+        elif tool == VIRTNBD:
+            assert self.live is not None
+            args = ["virtnbdbackup", "-U", URI, "-d", self.live.name, "-l",
+                    "full" if phase == "full" else "inc", "-o", self.store(tool),
+                    "--compress", "--noprogress"]
+            done = subprocess.run(args, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"virtnbdbackup exited {done.returncode}: "
+                                   f"{error_lines(done.stderr)}")
         else:
             run_command(["borg", "create", "--compression", "lz4",
                          f"{self.store(BORG)}::{phase}", self.disk_file], env=self.borg_env())
@@ -348,14 +377,37 @@ class Run:
 
     def cold(self) -> list[str]:
         return [self.images.raw_full, self.images.raw_changed, self.dom.directory,
-                self.lab.path("stores"), self.lab.path("caches")]
+                self.lab.path("stores"), self.lab.path("caches"),
+                *([self.live.directory] if self.live is not None else [])]
 
 
 def du_mib(path: str) -> float:
     return int(run_command(["du", "-sb", path]).split()[0]) / MiB
 
 
-def make_run(images: Images, encrypted: bool, scratch: str) -> Run:
+def make_live(lab: Lab, images: Images, size: int) -> Optional[LabDomain]:
+    """virtnbdbackup's running domain on a copy of the base (None if it cannot start)."""
+    try:
+        live = lab.domain(disks=[DiskDef(TARGET, "qcow2", size, model=False)], start=False)
+        run_command(["cp", "--sparse=always", images.base_qcow2, live.image_path(live.disks[0])])
+        live.start()
+        return live
+    except (RuntimeError, OSError, libvirt.libvirtError):
+        return None
+
+
+def write_live(live: LabDomain, pieces: list[tuple[str, int, int]]) -> None:
+    """The change as guest writes into the running domain (HMP qemu-io on its backend)."""
+    domain = live.lab.conn.lookupByName(live.name)
+    device = f"/machine/peripheral/{live.alias(TARGET)}/virtio-backend"
+    for piece, offset, length in pieces:
+        reply = libvirt_qemu_monitor(domain, f'qemu-io -d {device} "write -q -s {piece} '
+                                             f'{offset} {length}"')
+        if reply.strip():
+            raise RuntimeError(f"qemu-io in {live.name}: {reply.strip()}")
+
+
+def make_run(images: Images, encrypted: bool, scratch: str, with_live: bool = True) -> Run:
     lab = Lab()
     try:
         size = os.path.getsize(images.raw_full)
@@ -366,7 +418,8 @@ def make_run(images: Images, encrypted: bool, scratch: str) -> Run:
             handle.write(PASSWORD)
         disk_file = os.path.join(scratch, "host disk", "vda.raw")
         os.makedirs(os.path.dirname(disk_file), exist_ok=True)
-        run = Run(lab, dom, images, encrypted, disk_file, password_file)
+        run = Run(lab, dom, images, encrypted, disk_file, password_file,
+                  live=make_live(lab, images, size) if with_live else None)
         run.point_disk_at(images.raw_full)
         return run
     except BaseException:
@@ -401,7 +454,7 @@ def record_fibackup(run: Run, tally: Tally) -> None:
 
 def repetition(number: int, images: Images, encrypted: bool, scratch: str,
                tally: Tally) -> None:
-    run = make_run(images, encrypted, scratch)
+    run = make_run(images, encrypted, scratch, with_live=VIRTNBD not in tally.errors)
     try:
         tools = [tool for tool in TOOLS if tool not in tally.errors]
         for tool in tools:
@@ -414,7 +467,8 @@ def repetition(number: int, images: Images, encrypted: bool, scratch: str,
         order = [tool for tool in rotated(tuple(tools), number) if tool not in tally.errors]
         for phase in PHASES:
             if phase == "incremental":
-                apply_change(images, run.dom.top(TARGET, inactive=True), scratch)
+                live = run.live if VIRTNBD not in tally.errors else None
+                apply_change(images, run.dom.top(TARGET, inactive=True), scratch, live)
                 run.point_disk_at(images.raw_changed)
             for tool in order:
                 if tool not in tally.errors:
@@ -501,6 +555,11 @@ def build_rows(images: Images, sizes: Sizes, tally: Tally, encrypted: bool,
                  incremental_note, 0.3),
         store_row(f"store after both vs restic (MiB){kind}", RESTIC, tally, store_note, 1.1),
         store_row(f"store after both vs borg (MiB){kind}", BORG, tally, store_note, None),
+        peer_row(f"full vs virtnbdbackup{kind}", "full", VIRTNBD, tally, full_note, None),
+        peer_row(f"incremental vs virtnbdbackup{kind}", "incremental", VIRTNBD, tally,
+                 incremental_note, None),
+        store_row(f"store after both vs virtnbdbackup (MiB){kind}", VIRTNBD, tally, store_note,
+                  None),
     ]
     return rows
 
