@@ -62,7 +62,7 @@ if __package__ in (None, ""):
 
 from benchmarks.common import (MiB, Row, Settings, ensure_debian_package, remove,
                                rounded, run_command, time_ratio_row, timed)
-from benchmarks.peers import error_lines, human, rotated, sync_tree
+from benchmarks.peers import error_lines, human, release_checkpoints, rotated, sync_tree
 import libvirt
 from tests.lab import DiskDef, Lab, LabDomain, libvirt_qemu_monitor
 
@@ -478,6 +478,7 @@ def repetition(number: int, images: Images, encrypted: bool, scratch: str,
                 tally.store_mib[tool].append(du_mib(run.store(tool)))
         record_fibackup(run, tally)
     finally:
+        release_checkpoints(run.lab)        # virtnbdbackup's, which block a plain undefine
         run.lab.close()
 
 
