@@ -48,6 +48,8 @@ class Batch:
         self._open_dir = open_dir
         self._describe = describe
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
+        """Held for a whole flush: a second one waits until the first has published."""
         self._written: list[_Written] = []
         self._names: set[tuple[tuple[str, ...], str]] = set()
         self._bytes = 0
@@ -59,7 +61,7 @@ class Batch:
         with self._lock:
             if name is not None:
                 return (key, name) in self._names
-            return any(written.parts[:len(key)] == key for written in self._written)
+            return any(parts[:len(key)] == key for parts, _name in self._names)
 
     def add(self, parts: Sequence[str], name: str, data: bytes) -> tuple[bool, set[tuple[str, ...]]]:
         """Write ``data`` for the object ``name`` below ``parts``: False when it is in the
@@ -103,7 +105,12 @@ class Batch:
     def flush(self) -> set[tuple[str, ...]]:
         """fsync every object of the batch, then link each to its name (one that
         appeared meanwhile, another run's, is kept); the directories published to
-        (the caller fsyncs them)."""
+        (the caller fsyncs them).  Returns only once every object written before the
+        call is published, also those another thread's flush was publishing."""
+        with self._flushing:
+            return self._flush()
+
+    def _flush(self) -> set[tuple[str, ...]]:
         with self._lock:
             batch, self._written, self._bytes = self._written, [], 0
         published: set[tuple[str, ...]] = set()
