@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Iterator, Optional, Sequence
 
-from fibackup.fsutil import FileReader, ViewReader, pread_exactly
+from fibackup.fsutil import ViewReader, pread_exactly, reading_file
 from fibackup.qemu import img, view
 from fibackup.qemu.view import Chain, Extent
 
@@ -130,7 +130,5 @@ def reading(chain: Chain, extents: Optional[Sequence[Extent]] = None,
         fallback: Optional[ViewReader] = None
         if Source.QEMU in where:
             presented = stack.enter_context(view.exported(chain, scratch=scratch))
-            export_fd = os.open(presented, os.O_RDONLY | os.O_CLOEXEC)
-            stack.callback(os.close, export_fd)
-            fallback = FileReader(export_fd)
+            fallback = stack.enter_context(reading_file(presented))
         yield ChainReader(extents, where, fds, fallback)

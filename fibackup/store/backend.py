@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence
 
 from fibackup.errors import CorruptStoreError, NotEnoughSpaceError, StoreUnavailableError
-from fibackup.store.batched import Batch
 from fibackup.fsutil import publish, remove_quietly, temp_name, write_file
+from fibackup.store.batched import Batch
 from fibackup.store.chunks import ChunkList, ProgressFn, ScanResult, Throttle, scan_file
 
 Parts = Sequence[str]
@@ -172,9 +172,7 @@ class DirectoryBackend:
         """Written now, published with its batch (store/batched.py): by :meth:`settle`
         at the latest."""
         added, published = self._batch.add(parts, name, data)
-        if published:
-            with self._settle_lock:
-                self._unsettled.update(published)
+        self._to_settle(published)
         return added
 
     def _publish_if_pending(self, parts: Parts, name: Optional[str] = None) -> None:
@@ -182,18 +180,21 @@ class DirectoryBackend:
         ``name``) is published first: the writer sees what it wrote as soon as
         :meth:`write_once` returned; other processes once :meth:`settle` returned."""
         if self._batch.pending(parts, name):
-            published = self._batch.flush()
+            self._to_settle(self._batch.flush())
+
+    def _to_settle(self, directories: set[tuple[str, ...]]) -> None:
+        """Directories that names were published to: :meth:`settle` fsyncs them."""
+        if directories:
             with self._settle_lock:
-                self._unsettled.update(published)
+                self._unsettled.update(directories)
 
     def note_reused(self, parts: Parts) -> None:
-        with self._settle_lock:
-            self._unsettled.add(tuple(parts))
+        self._to_settle({tuple(parts)})
 
     def settle(self) -> None:
-        published = self._batch.flush()
+        self._to_settle(self._batch.flush())
         with self._settle_lock:
-            pending, self._unsettled = self._unsettled | published, set()
+            pending, self._unsettled = self._unsettled, set()
         for parts in sorted(pending):
             directory = open_dir(self.root, parts)
             try:

@@ -61,7 +61,7 @@ class Batch:
         with self._lock:
             if name is not None:
                 return (key, name) in self._names
-            return any(parts[:len(key)] == key for parts, _name in self._names)
+            return any(held[:len(key)] == key for held, _name in self._names)
 
     def add(self, parts: Sequence[str], name: str, data: bytes) -> tuple[bool, set[tuple[str, ...]]]:
         """Write ``data`` for the object ``name`` below ``parts``: False when it is in the

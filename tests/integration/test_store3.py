@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.lab import MiB, DiskDef, assert_same, backup_history, restore_and_read
+from tests.lab import MiB, DiskDef, assert_same, backup_history
 
 
 @pytest.fixture(params=["dir-plain", "dir-encrypted", "s3-plain", "s3-encrypted"])

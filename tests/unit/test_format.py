@@ -389,7 +389,6 @@ def test_disk_target_that_could_name_a_path_is_refused():
     from fibackup.store import format as fmt_module
     from fibackup.errors import CorruptStoreError as Corrupt
     import pytest as _pytest
-    from fibackup.model.points import PointDisk, PointLayer, RestorePoint
     layer = PointLayer("a-1", "raw", 1, 1, "0" * 32, True, 1)
     point = RestorePoint("20260101-000000", 1, "2026-01-01T00:00:00Z", "d",
                          "12345678-1234-1234-1234-123456789abc", "h",
