@@ -41,6 +41,7 @@ Hierarchy::
     │   ├── StoreKeyError                    an encrypted store and no key, or the wrong one
     │   └── StoreLockedError         exit 4  another run holds the store's lock (garbage collection)
     ├── DestinationError                     restore target unusable or in the way
+    │   └── MountpointError                  a mountpoint is busy, missing or not fibackup's
     ├── InconsistentChainError               live chain differs from what fibackup expects
     ├── ImageInUseError                      another domain uses an image fibackup would change
     ├── UnbackedLayerError                   consolidation would merge layers no backup holds
@@ -48,6 +49,9 @@ Hierarchy::
     ├── ConsolidationFailedError             snapshot --consolidate: backup made, consolidation not
     ├── AccessGrantError                     QEMU cannot be given read access to stored layers
     ├── UntrustedDefinitionError             a stored domain definition reaches outside --to
+    ├── ServeError                           a restore point's disks cannot be served (nbdkit)
+    ├── ApplianceError                       libguestfs's appliance failed, or cannot read a guest filesystem
+    │   └── GuestPathError                   no such path in the restore point's filesystems
     └── RepairNeededError                    an interrupted run left work only 'fibackup repair' may finish
 """
 from __future__ import annotations
@@ -258,3 +262,22 @@ class UntrustedDefinitionError(FibackupError):
 class AccessGrantError(FibackupError):
     """Instant recovery cannot let QEMU read the stored layers (no setfacl, no ACL support,
     a link in the backup directory, a directory above it QEMU cannot search)."""
+
+
+class MountpointError(DestinationError):
+    """``fibackup mount``/``umount``: the mountpoint is not an empty directory, is already
+    a mount, or is not one of fibackup's mounts."""
+
+
+class ServeError(FibackupError):
+    """A restore point's disks cannot be served over NBD (nbdkit or its Python plugin is
+    missing, or the server did not start); the message says what to install or read."""
+
+
+class ApplianceError(FibackupError):
+    """libguestfs's appliance did not start, or a guest filesystem cannot be read (damaged,
+    encrypted, of a type the appliance lacks); guest filesystems are read only there."""
+
+
+class GuestPathError(ApplianceError):
+    """``restore-files``: a path is not in the restore point's filesystems."""

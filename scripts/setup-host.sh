@@ -11,7 +11,12 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
           pkg-config gcc busybox-static cpio xxhash procps xfsprogs acl ovmf swtpm swtpm-tools
-          ceph-mon ceph-osd radosgw ceph-common curl fuse3 zstd)
+          ceph-mon ceph-osd radosgw ceph-common curl fuse3 zstd
+          nbdkit nbdkit-plugin-python libguestfs-tools python3-guestfs libguestfs-xfs
+          btrfs-progs dosfstools ntfs-3g lvm2 gdisk)
+# serving points (nbdkit) and reading guest filesystems inside libguestfs's appliance;
+# supermin builds that appliance from the host's kernel, so a host without one in /boot
+# (a container) gets Debian's cloud kernel
 
 need_root() {
   if [ "$(id -u)" -ne 0 ]; then
@@ -31,6 +36,9 @@ install_packages() {
   fi
   if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
     missing+=(python3-venv)
+  fi
+  if ! ls /boot/vmlinuz-* >/dev/null 2>&1; then
+    missing+=("linux-image-$(dpkg --print-architecture | sed 's/amd64/cloud-amd64/')")
   fi
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing: ${missing[*]}"

@@ -109,6 +109,7 @@ class Lab:
         self.extra_names: list[str] = []
         self.mounts: list[str] = []
         self.loops: list[str] = []
+        self.extra_dirs: list[str] = []
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
@@ -152,6 +153,10 @@ class Lab:
 
     def forget_name(self, name: str) -> None:
         self.extra_names.append(name)
+
+    def forget_dir(self, path: str) -> None:
+        """A directory outside the lab's root that close removes."""
+        self.extra_dirs.append(path)
 
     def tmpfs(self, name: str, size: str, readonly: bool = False) -> str:
         mountpoint = self.path(name)
@@ -206,7 +211,8 @@ class Lab:
             subprocess.run(["umount", "-l", mountpoint], check=False, capture_output=True)
         for loop in self.loops:
             subprocess.run(["losetup", "-d", loop], check=False, capture_output=True)
-        shutil.rmtree(self.root, ignore_errors=True)
+        for path in [*self.extra_dirs, self.root]:
+            shutil.rmtree(path, ignore_errors=True)
         self.conn.close()
 
 

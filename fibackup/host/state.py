@@ -37,6 +37,12 @@ def state_dir() -> str:
     return os.environ.get("FIBACKUP_STATE_DIR") or "/var/lib/fibackup"
 
 
+def runtime_dir() -> str:
+    """Where this host's servers keep their sockets (short paths: a Unix socket's is at
+    most 107 bytes); gone after a reboot, as the servers are."""
+    return os.environ.get("FIBACKUP_RUN_DIR") or "/run/fibackup"
+
+
 @dataclass(frozen=True)
 class RestoredFile:
     store_id: str
