@@ -12,7 +12,7 @@ from __future__ import annotations
 from fibackup.cli.root import app
 # each command module registers its command on app; --help lists them in this order
 from fibackup.cli import snapshot, consolidate, repair, listing, status, verify  # noqa: F401
-from fibackup.cli import restore, prune, copy, init, stats, keys, pin, config  # noqa: F401
+from fibackup.cli import restore, mount, prune, copy, init, stats, keys, pin, config  # noqa: F401
 
 __all__ = ["app", "main"]
 

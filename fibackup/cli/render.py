@@ -86,3 +86,10 @@ def verify_summary(result: "VerifyResult") -> str:
     files = f"{result.files} file(s), " if result.files else ""
     return (f"{result.points} restore point(s), {result.layers} layer(s), {files}"
             f"{_human(result.bytes_read)} read")
+
+
+def mounts_table(records: Sequence[Any]) -> str:
+    return _table([(record.mountpoint, record.domain, record.point, record.state,
+                    record.system or f"{len(record.shown)} filesystem(s)", record.pid)
+                   for record in records],
+                  ["mountpoint", "domain", "point", "state", "shows", "pid"])

@@ -53,6 +53,12 @@ def passphrase(root: str, new: bool = False) -> bytes:
                        "a new key needs a passphrase")
 
 
+def given_file() -> Optional[str]:
+    """``--password-file`` of this run, if any (a background process it starts gets it;
+    the environment and the configuration it reads itself)."""
+    return _sources.password_file
+
+
 def unattended() -> bool:
     """Whether the passphrase comes from a file or a command (no prompt)."""
     return bool(_sources.password_file or os.environ.get(PASSWORD_FILE_ENV)
