@@ -151,6 +151,7 @@ def unmount(mountpoint: str, report: Reporter) -> MountRecord:
                                   path=mountpoint)
     _wait_gone(record)
     cleanup(mounts.find(record.mountpoint), report)
+    remove_quietly(mounts.log_path(record.id))
     return record
 
 

@@ -59,6 +59,7 @@ def find_point(store: BackupStore, spec: KeeperSpec) -> RestorePoint:
 
 def keep(spec: KeeperSpec, status: Status) -> None:
     """Serve until unmounted; ``status`` is called once, when the tree answers."""
+    _use_passphrase(spec)
     store = BackupStore.open(spec.store)
     point = find_point(store, spec)
     record = MountRecord(id=spec.id, mountpoint=spec.mountpoint, store=store.root,
@@ -82,19 +83,32 @@ def keep(spec: KeeperSpec, status: Status) -> None:
         mounts.remove(record.id)
 
 
+def _use_passphrase(spec: KeeperSpec) -> None:
+    """Where the passphrase comes from: the mount's --password-file, else the
+    environment's and the configuration file's (never a prompt: no terminal here)."""
+    from fibackup.config import load_config
+    from fibackup.store.v3 import passwords
+    config = load_config()
+    passwords.use(passwords.Sources(password_file=spec.password_file,
+                                    config_file=config.value("store.password_file"),
+                                    config_command=config.value("store.password_command")))
+
+
 def _appliance(stack: contextlib.ExitStack, store: BackupStore, point: RestorePoint,
                spec: KeeperSpec) -> Appliance:
     """Every disk served by nbdkit, and the appliance launched over them."""
     sockets = nbdkit.sockets_dir()
     stack.callback(shutil.rmtree, sockets, True)
-    appliance = Appliance()
-    stack.callback(appliance.close)
+    servers = {}
     for target in sorted(point.disks):
         disk = point.disks[target]
         assert disk.index is not None
-        server = stack.enter_context(nbdkit.served(
+        servers[target] = stack.enter_context(nbdkit.served(
             ServedDisk(store.root, disk.index.id, disk.virtual_size), sockets, target,
             password_file=spec.password_file))
+    appliance = Appliance()
+    stack.callback(appliance.close)                 # before the servers stop
+    for target, server in servers.items():
         appliance.add_nbd(target, server.socket)
     appliance.launch()
     return appliance

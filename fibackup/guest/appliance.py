@@ -48,6 +48,7 @@ class Appliance:
         module = binding()
         os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
         self.g = module.GuestFS(python_return_dict=True, close_on_exit=False)
+        self.g.set_autosync(False)             # read-only: closing needs no sync
         self.targets: list[str] = []
 
     def add_nbd(self, target: str, socket: str) -> None:
@@ -135,10 +136,8 @@ class Appliance:
         self.g.mount_local_run()
 
     def close(self) -> None:
-        try:
-            self.g.shutdown()
-        except RuntimeError:
-            pass
+        """Stop the appliance at once: every disk is read-only, there is nothing to flush
+        (an orderly shutdown costs ~10 s under TCG)."""
         self.g.close()
 
 
