@@ -18,8 +18,7 @@ if TYPE_CHECKING:
 
 @app.command()
 def mount(
-    mountpoint: Optional[str] = typer.Argument(None, metavar="MOUNTPOINT",
-                                               help="An empty directory."),
+    mountpoint: Optional[str] = typer.Argument(None, metavar="MOUNTPOINT", show_default=False),
     domain: Optional[str] = typer.Option(None, "-d", "--domain", metavar="NAME",
                                          help="Domain name (or UUID)."),
     backup_dir: Optional[str] = BackupOpt,
@@ -35,6 +34,7 @@ def mount(
     a whole disk: <disk>/disk/) and each LVM volume as MOUNTPOINT/lvm/<vg>/<lv>/.  The
     filesystems are read inside libguestfs's appliance, never by this host's kernel; the
     point is pinned in the store (prune leaves it alone) until 'fibackup umount'.
+    MOUNTPOINT must be an empty directory; only root can read the mountpoint.
     Format-3 stores (directory or S3, encrypted or not); no libvirtd needed.
 
     \b
@@ -42,7 +42,8 @@ def mount(
       fibackup mount -d web -b /backup /mnt/web          # the newest point
       fibackup mount -d web -b s3://bk/site --at 12 /mnt/web12
       fibackup mount --list
-      fibackup umount /mnt/web
+
+    End it with 'fibackup umount MOUNTPOINT'.
     """
     from fibackup.commands.mount import MountOptions, list_mounts, mount_point
     report = reporter(quiet, as_json)
@@ -84,6 +85,8 @@ def _print_mounted(record: "MountRecord") -> None:
 def umount(mountpoint: str = typer.Argument(..., metavar="MOUNTPOINT"),
            as_json: bool = JsonOpt, quiet: bool = QuietOpt, debug: bool = DebugOpt) -> None:
     """End a 'fibackup mount': unmount, stop its servers, remove its pin.
+
+    A mountpoint whose server died ('mount --list' shows it stale) is cleaned up too.
 
     \b
     Examples:

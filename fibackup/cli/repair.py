@@ -26,7 +26,8 @@ def repair(
     headers and the backup directories: waits for a block job still running,
     pivots (--method active) or aborts a job left in READY, records overlays and
     consolidations, syncs the definition, deletes merged files, removes partial
-    copies and undoes half-published restores. Every other command does the
+    copies, undoes half-published restores and cleans up the domain's mounts whose server
+    died ('fibackup mount'). Every other command does the
     safe part of this by itself and names 'fibackup repair' for the rest.
 
     \b

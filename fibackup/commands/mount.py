@@ -196,14 +196,21 @@ def _stale_mount(path: str) -> bool:
 
 
 def list_mounts() -> list[MountRecord]:
-    return mounts.records()
+    """This host's mounts; one whose keeper is gone shows as ``stale`` (``umount`` or
+    ``repair`` cleans it up)."""
+    found = mounts.records()
+    for record in found:
+        if not alive(record.pid):
+            record.state = "stale"
+    return found
 
 
-def repair_mounts(report: Reporter) -> list[str]:
-    """Clean up every mount whose keeper is gone (``repair``); what was done."""
+def repair_mounts(report: Reporter, domain: set[str]) -> list[str]:
+    """Clean up the mounts of ``domain`` (its name or UUID) whose keeper is gone
+    (``repair``); what was done."""
     done = []
     for record in mounts.records():
-        if not alive(record.pid) and cleanup(record, report):
+        if record.domain in domain and not alive(record.pid) and cleanup(record, report):
             done.append(f"removed the mount of {record.domain} point {record.point} at "
                         f"{record.mountpoint} (its server had stopped)")
     return done

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Optional
 
 from fibackup.commands.journalled import reconcile
+from fibackup.commands.mount import repair_mounts
 from fibackup.commands.recovery.context import RepairResult
 from fibackup.commands.recovery.restore import repair_restores
 from fibackup.host.lock import DomainLock
@@ -32,6 +33,7 @@ def repair_domain(conn: Connection, name: str, backup_dir: Optional[str], report
         result = reconcile(conn, domain, report, wait=True, backup_dir=backup_dir,
                            timeout=timeout)
     result.actions.extend(repair_restores(conn, report, {domain.name, domain.uuid}))
+    result.actions.extend(repair_mounts(report, {domain.name, domain.uuid}))
     if not result.actions:
         report.info(f"{domain.name}: nothing to repair")
     return result

@@ -6,7 +6,6 @@ hang.  Appliance launches (~15 s each under TCG) are shared: the history is buil
 once per module."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -264,8 +263,18 @@ def test_a_point_holding_an_os_shows_its_tree_as_the_guest_mounts_it(history):
         root = {path: entry for path, entry in trees[""].items()}
         compare_tree(mountpoint, root, exact_names=False)
         compare_tree(os.path.join(mountpoint, "boot"), trees["boot"])
+        os.kill(shown["pid"], 9)                 # a keeper killed: nothing may linger
+        deadline = time.monotonic() + 30
+        while lab.cli("mount", "--list", "--json").json()[0]["state"] != "stale":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert lab.cli("pin", "list", "-b", store, "--json").json() != []
     finally:
         lab.cli("umount", mountpoint)
+    assert not os.path.ismount(mountpoint) and os.listdir(mountpoint) == []
+    assert lab.cli("mount", "--list", "--json").json() == []
+    assert lab.cli("pin", "list", "-b", store, "--json").json() == []
+    assert subprocess.run(["pgrep", "-f", f"nbdkit.*{store}"]).returncode == 1
     to = lab.path("os files")
     lab.cli("restore-files", "-d", dom.name, "-b", store, "--path", "/etc/hostname",
             "--path", "/home/ann", "--to", to)
