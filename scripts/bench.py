@@ -17,6 +17,9 @@ Groups (scripts/benchmarks/, docs/PERFORMANCE.md explains each target):
             backup and restore throughput (random data, host files; plain and encrypted),
             P3 incremental time and bytes stored per chunk size (1M, 2M, 4M), P2 sparse
             base, S3 backup and restore vs boto3 (when the RGW runs), prune's bytes written
+  files     fibackup mount of a 20 GiB-virtual point (local and S3) vs a bare guestmount of
+            the same point restored to a local image: time to the first file read, and
+            reading a 1 GiB file
 Stores are made by `fibackup init --format N` (FIBACKUP_CONFIG=/dev/null), never by
 `snapshot -b` into an empty directory (which makes format 3 now): chains and peers keep
 measuring format 1, as copy and s3 do (they call format 1's copy engine in this process).
@@ -43,11 +46,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from benchmarks.common import Row, Settings, print_rows  # noqa: E402
 
-GROUPS = ("copy", "chains", "snapshot", "peers", "s3", "store", "format3")
+GROUPS = ("copy", "chains", "snapshot", "peers", "s3", "store", "format3", "files")
 MODULES = {"copy": "benchmarks.copying", "chains": "benchmarks.chains",
            "snapshot": "benchmarks.stall", "peers": "benchmarks.peers",
            "s3": "benchmarks.objects", "store": "benchmarks.stores",
-           "format3": "benchmarks.format3"}
+           "format3": "benchmarks.format3", "files": "benchmarks.files"}
 
 
 def machine() -> dict[str, object]:
