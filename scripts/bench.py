@@ -20,6 +20,8 @@ Groups (scripts/benchmarks/, docs/PERFORMANCE.md explains each target):
   files     fibackup mount of a 20 GiB-virtual point (local and S3) vs a bare guestmount of
             the same point restored to a local image: time to the first file read, and
             reading a 1 GiB file
+  instant   restore --instant of the tiny guest from a format-3 store on S3 vs from a local
+            format-3 directory: time to the guest ready (its disk read over the served disk)
 Stores are made by `fibackup init --format N` (FIBACKUP_CONFIG=/dev/null), never by
 `snapshot -b` into an empty directory (which makes format 3 now): chains and peers keep
 measuring format 1, as copy and s3 do (they call format 1's copy engine in this process).
@@ -46,11 +48,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from benchmarks.common import Row, Settings, print_rows  # noqa: E402
 
-GROUPS = ("copy", "chains", "snapshot", "peers", "s3", "store", "format3", "files")
+GROUPS = ("copy", "chains", "snapshot", "peers", "s3", "store", "format3", "files",
+          "instant")
 MODULES = {"copy": "benchmarks.copying", "chains": "benchmarks.chains",
            "snapshot": "benchmarks.stall", "peers": "benchmarks.peers",
            "s3": "benchmarks.objects", "store": "benchmarks.stores",
-           "format3": "benchmarks.format3", "files": "benchmarks.files"}
+           "format3": "benchmarks.format3", "files": "benchmarks.files",
+           "instant": "benchmarks.instant"}
 
 
 def machine() -> dict[str, object]:

@@ -182,6 +182,19 @@ class Lab:
         os.chmod(mountpoint, 0o755)
         return mountpoint
 
+    def _stop_served(self) -> None:
+        """Stop the NBD servers of this lab's instant recoveries from served disks (a
+        failed test leaves them running), and remove their socket directories."""
+        from fibackup.serve import daemons
+        records = os.path.join(self.state_dir, "instant")
+        for name in os.listdir(records) if os.path.isdir(records) else ():
+            domain_uuid = name[:-len(".json")]
+            directory = daemons.domain_dir(domain_uuid)
+            for entry in os.listdir(directory) if os.path.isdir(directory) else ():
+                if entry.endswith(".sock"):
+                    daemons.stop(daemons.place(domain_uuid, entry[:-len(".sock")]))
+            daemons.remove_dir(domain_uuid)
+
     def close(self) -> None:
         names = [d.name for d in self.domains] + self.extra_names
         for name in names:
@@ -207,6 +220,7 @@ class Lab:
             except libvirt.libvirtError:
                 if os.path.exists(stray):
                     os.unlink(stray)
+        self._stop_served()
         for mountpoint in reversed(self.mounts):
             subprocess.run(["umount", "-l", mountpoint], check=False, capture_output=True)
         for loop in self.loops:

@@ -26,8 +26,10 @@ def repair(
     headers and the backup directories: waits for a block job still running,
     pivots (--method active) or aborts a job left in READY, records overlays and
     consolidations, syncs the definition, deletes merged files, removes partial
-    copies, undoes half-published restores and cleans up the domain's mounts whose server
-    died ('fibackup mount'). Every other command does the
+    copies, undoes half-published restores, cleans up the domain's mounts whose
+    server died ('fibackup mount'), brings back the NBD servers of an
+    instant-recovery domain that runs from a format-3 store (after a reboot) and
+    resumes it if an I/O error of the store paused it. Every other command does the
     safe part of this by itself and names 'fibackup repair' for the rest.
 
     \b

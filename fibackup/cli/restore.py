@@ -58,7 +58,7 @@ def restore(
     no_space_check: bool = typer.Option(False, "--no-space-check", help="Skip the free-space check."),
     jobs: Optional[int] = JobsOpt, bwlimit: Optional[str] = BwlimitOpt,
     no_reflink: bool = typer.Option(False, "--no-reflink", help="Always write full copies. By default, where --to is on the backup's btrfs/XFS filesystem, restored layers share the stored blocks (nothing is written; every chunk is still read and checked), so a media error there would damage both."),
-    instant: bool = typer.Option(False, "--instant", help="Instant recovery: start a new domain (--as) that runs straight from the stored layers through new overlays in --to, copying nothing."),
+    instant: bool = typer.Option(False, "--instant", help="Instant recovery: start a new domain (--as) that runs straight from the store through new overlays in --to, copying nothing (format 1/2: from its stored layers; format 3, a directory or S3: from its disks served over NBD)."),
     finalize: Optional[str] = typer.Option(None, "--finalize", metavar="NAME", help="Make the instant-recovery domain NAME independent of the backup directory (live, while it runs)."),
     no_verify: bool = typer.Option(False, "--no-verify", help="With --instant: skip checking every stored byte of the chain first (UNSAFE: damaged data would reach the guest)."),
     trust_xml: bool = typer.Option(False, "--trust-xml", help="Define the stored domain definition even if it holds raw QEMU options, host devices or paths outside --to (refused by default when it comes from object storage or another host)."),
@@ -143,15 +143,14 @@ def _instant(args: RestoreArgs, settings: "Config", uri: str, as_json: bool,
                              as_name=args.as_name, at=args.at, disks=args.disks,
                              verify=not args.no_verify, space_check=not args.no_space_check,
                              throttle=throttle, trust_xml=args.trust_xml)
-    from fibackup.commands.instant_copy import restore_and_start, runs_in_place
+    from fibackup.commands.instant_served import runs_in_place, served_instant
     if not runs_in_place(directory):
-        restored = restore_and_start(options, connector(uri), report)
-        print_disks(restored.to_json(), restored.disks, as_json)
-        return EXIT_OK
-    if args.no_verify:
-        report.warn("--no-verify: the stored layers were not checked; damaged backup data "
-                    "would reach the guest unnoticed")
-    started = instant_restore(options, connector(uri), report)
+        started = served_instant(options, connector(uri), report)
+    else:
+        if args.no_verify:
+            report.warn("--no-verify: the stored layers were not checked; damaged backup "
+                        "data would reach the guest unnoticed")
+        started = instant_restore(options, connector(uri), report)
     document = started.to_json()
     disks = document["disks"]
     assert isinstance(disks, dict)

@@ -18,9 +18,11 @@ from typing import Callable, Literal
 
 from fibackup.commands.grants import grants_lock, release, release_gone
 from fibackup.commands.journalled import journalled
+from fibackup.commands.served_disks import bring_up, take_down
 from fibackup.errors import (BlockJobError, DomainNotFoundError, InconsistentChainError,
                              JobNotStartedError, UsageError)
 from fibackup.fsutil import ensure_space
+from fibackup.host import acl
 from fibackup.host import instant as records
 from fibackup.host.instant import InstantDisk, InstantRecord
 from fibackup.host.journal import Journal
@@ -64,11 +66,13 @@ def finalize(name: str, connect: Callable[[], Connection], report: Reporter,
     result = FinalizeResult(domain.name)
     with journalled(conn, domain, "finalize", {"record": record.path}, report) as journal:
         pending = [disk for disk in record.disks.values() if _attached(domain, record, disk)]
+        if pending and record.served is not None:
+            bring_up(record, acl.qemu_account())       # after a reboot they may be down
         if pending and space_check:
-            ensure_space(record.to, sum(_layer_bytes(disk) for disk in pending),
+            ensure_space(record.to, sum(_layer_bytes(record, disk) for disk in pending),
                          f"the data of {domain.name}'s stored layers")
         for disk in pending:
-            result.seconds += _detach(domain, disk, journal, report)
+            result.seconds += _detach(domain, record, disk, journal, report)
             result.method = "pull" if domain.is_active() else "rebase"
         step = journal.start("finalize.release", disks=sorted(record.disks))
         _sync_definition(domain, record)
@@ -81,6 +85,8 @@ def finalize(name: str, connect: Callable[[], Connection], report: Reporter,
             result.disks[disk.target] = disk.overlay
         with grants_lock():
             result.revoked, result.kept = release(record)
+        if record.served is not None:
+            take_down(record, report)                # the servers and the point's pin
         record.remove()
         journal.done(step)
     report.info(f"domain '{domain.name}' no longer uses {record.store_root}; its disks are "
@@ -108,11 +114,15 @@ def _attached(domain: Domain, record: InstantRecord, disk: InstantDisk) -> bool:
     return bool(chain) or not _standalone(domain, disk)
 
 
-def _layer_bytes(disk: InstantDisk) -> int:
+def _layer_bytes(record: InstantRecord, disk: InstantDisk) -> int:
+    """What the disk's backing holds at most: its stored files, or the served disk."""
+    if record.served is not None:
+        return record.served.sizes.get(disk.target, 0)
     return sum(os.stat(layer.path).st_blocks * 512 for layer in disk.layers)
 
 
-def _detach(domain: Domain, disk: InstantDisk, journal: Journal, report: Reporter) -> float:
+def _detach(domain: Domain, record: InstantRecord, disk: InstantDisk, journal: Journal,
+            report: Reporter) -> float:
     """Copy the disk's backing data into its overlay: a live pull, or offline a rebase
     through the explicit chain.  Returns the seconds it took."""
     live = domain.is_active()
@@ -121,13 +131,16 @@ def _detach(domain: Domain, disk: InstantDisk, journal: Journal, report: Reporte
     if not live:
         began = time.monotonic()
         report.info(f"{disk.target}: copying the stored data into {disk.overlay} (offline)")
-        img.make_standalone_explicit(disk.chain)
+        if record.served is not None:                # its header names the served disk
+            img.make_standalone(disk.overlay)
+        else:
+            img.make_standalone_explicit(disk.chain)
         journal.done(step, outcome=Outcome.MERGED)
         return time.monotonic() - began
     report.info(f"{disk.target}: pulling the stored data into {disk.overlay} while "
                 f"'{domain.name}' runs")
     try:
-        with report.progress(f"{disk.target} pull", _layer_bytes(disk)) as bar:
+        with report.progress(f"{disk.target} pull", _layer_bytes(record, disk)) as bar:
             job = blockjobs.pull(domain, disk.target, 0, None, bar)
     except JobNotStartedError:
         journal.done(step, outcome=Outcome.NOT_STARTED)
@@ -147,7 +160,7 @@ def _sync_definition(domain: Domain, record: InstantRecord) -> None:
     if not domain.is_persistent():
         return
     xml = domain.inactive_xml()
-    stored = record.store_files()
+    stored = {layer.path for disk in record.disks.values() for layer in disk.layers}
     targets = [target for target, chain in domxml.backing_files(xml, sorted(record.disks)).items()
                if set(chain) & stored and _standalone(domain, record.disks[target])]
     if targets:

@@ -10,6 +10,7 @@ import os
 import time
 from typing import Iterator, Optional
 
+from fibackup.commands.served_disks import take_down
 from fibackup.errors import DomainLockedError, FibackupError
 from fibackup.fsutil import remove_quietly
 from fibackup.host import acl
@@ -51,7 +52,10 @@ def _store_dirs(root: str, domain_uuid: str) -> list[str]:
 
 
 def _access_paths(record: InstantRecord) -> list[tuple[str, str]]:
-    """Every path QEMU needs, with the permission: the store's directories, the layers."""
+    """Every path QEMU needs, with the permission: the store's directories, the layers
+    (none for served disks: their sockets are made for QEMU, fibackup/serve/daemons.py)."""
+    if record.served is not None:
+        return []
     dirs = _store_dirs(record.store_root, record.source_uuid)
     return [*((path, "x") for path in dirs), *((path, "r") for path in sorted(record.store_files()))]
 
@@ -121,6 +125,8 @@ def release_gone(conn: Connection, report: Reporter,
                             f"its overlays ({overlays}) rest on stored layers of "
                             f"{record.store_root} and are kept")
             revoked.extend(release(record)[0])
+            if record.served is not None:
+                take_down(record, report)           # its servers and the point's pin
             record.remove()
             report.info(f"released the backup files instant-recovery domain "
                         f"'{record.domain_name}' used (it no longer exists)")

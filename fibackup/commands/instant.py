@@ -132,15 +132,8 @@ def instant_restore(options: InstantOptions, connect: Callable[[], Connection],
     store = BackupStore.open(options.backup_dir)
     conn = connect()
     account = acl.qemu_account()
-    if conn.find_domain(options.as_name) is not None:
-        raise DestinationError(f"a domain named '{options.as_name}' already exists; choose "
-                               "another name for --as")
-    problems: list[str] = []
-    points = find_points(store, options.domain, problems)
-    for problem in problems:
-        report.warn(f"{problem} (that restore point is not offered)")
-    point = select_point(points, options.at, f"domain '{options.domain}'")
-    disks = chosen_disks(point, options.disks)
+    require_new_name(conn, options.as_name)
+    point, disks = chosen_point(store, options, report)
     # the source domain's lock: no backup run of it tidies or changes its stored layers
     # while they are checked and handed to the new domain
     with DomainLock(point.domain_uuid, point.domain_name):
@@ -150,20 +143,38 @@ def instant_restore(options: InstantOptions, connect: Callable[[], Connection],
         chains = {disk.target: _checked_chain(store, root, point, disk, options, report)
                   for disk in disks}
         record = _new_record(store, root, point, disks, chains, destination, options, account)
-        _check_overlays_free(record)
+        check_overlays_free(record)
         if options.space_check:
             ensure_space(destination, stored_bytes(store, point, disks),
                          f"'restore --finalize {options.as_name}' later (it copies the "
                          "stored data of the chain there)")
-        xml = _definition(point, disks, record)
+        xml = definition(point, disks, record)
         if not options.trust_xml:
-            _check_trust(point, xml, destination, record)
+            check_trust(point, xml, destination,
+                        [layer.path for disk in record.disks.values() for layer in disk.layers])
         with DomainLock(record.domain_uuid, record.domain_name):
             _set_up(conn, record, xml, disks, account, report)
     report.info(f"domain '{record.domain_name}' runs from restore point {point.id} of "
                 f"'{point.domain_name}' in {root}; make it independent of the backup with "
                 f"'fibackup restore --finalize {record.domain_name}'")
     return InstantResult(point, record, options.verify)
+
+
+def require_new_name(conn: Connection, name: str) -> None:
+    if conn.find_domain(name) is not None:
+        raise DestinationError(f"a domain named '{name}' already exists; choose another name "
+                               "for --as")
+
+
+def chosen_point(store: BackupStore, options: InstantOptions,
+                 report: Reporter) -> tuple[RestorePoint, list[PointDisk]]:
+    """The restore point ``--at`` names (a damaged one is not offered) and its disks."""
+    problems: list[str] = []
+    points = find_points(store, options.domain, problems)
+    for problem in problems:
+        report.warn(f"{problem} (that restore point is not offered)")
+    point = select_point(points, options.at, f"domain '{options.domain}'")
+    return point, chosen_disks(point, options.disks)
 
 
 def _checked_chain(store: BackupStore, root: str, point: RestorePoint, disk: PointDisk,
@@ -229,16 +240,17 @@ def _new_record(store: BackupStore, root: str, point: RestorePoint, disks: Seque
         created=naming.utc_time())
 
 
-def _check_overlays_free(record: InstantRecord) -> None:
+def check_overlays_free(record: InstantRecord) -> None:
     taken = [disk.overlay for disk in record.disks.values() if os.path.lexists(disk.overlay)]
     if taken:
         raise DestinationError(f"{', '.join(taken)} already exist(s); choose an empty --to "
                                "directory (instant recovery never overwrites a file)")
 
 
-def _definition(point: RestorePoint, disks: Sequence[PointDisk], record: InstantRecord) -> str:
+def definition(point: RestorePoint, disks: Sequence[PointDisk], record: InstantRecord) -> str:
     """The new domain: a copy of the point's definition (new name, UUID, MACs, console
-    files) whose disks run on overlays over their explicit stored chains."""
+    files) whose disks run on overlays over their explicit chains (stored files, or a
+    served disk)."""
     targets = [disk.target for disk in disks]
     xml, _removed = domxml.as_copy(point.domain_xml, record.domain_name, targets)
     xml, unplaced = domxml.add_missing_disks(xml, point.domain_xml, targets)
@@ -252,11 +264,10 @@ def _definition(point: RestorePoint, disks: Sequence[PointDisk], record: Instant
         for target, disk in record.disks.items()})
 
 
-def _check_trust(point: RestorePoint, xml: str, destination: str,
-                 record: InstantRecord) -> None:
+def check_trust(point: RestorePoint, xml: str, destination: str, chain: Sequence[str]) -> None:
     """A definition this host did not store is untrusted input (virt/trust.py): refused
-    when it reaches outside --to (the stored chain aside) unless --trust-xml."""
-    chain = [layer.path for disk in record.disks.values() for layer in disk.layers]
+    when it reaches outside --to (the ``chain`` below the overlays aside) unless
+    --trust-xml."""
     problems = definition_problems(point, xml, destination, allowed=chain)
     if problems:
         raise UntrustedDefinitionError(
@@ -283,7 +294,7 @@ def _set_up(conn: Connection, record: InstantRecord, xml: str, disks: Sequence[P
             img.create_overlay(disk.overlay, top.path, top.format, sizes[disk.target])
             os.chmod(disk.overlay, 0o600)
         domain = conn.define(xml)
-        _start(domain)
+        start_domain(domain)
         record.status = records.READY
         record.save()
     except BaseException:
@@ -291,7 +302,7 @@ def _set_up(conn: Connection, record: InstantRecord, xml: str, disks: Sequence[P
         raise
 
 
-def _start(domain: Domain) -> None:
+def start_domain(domain: Domain) -> None:
     try:
         domain.handle.create()
     except libvirt.libvirtError as error:
@@ -299,8 +310,8 @@ def _start(domain: Domain) -> None:
                            f"{libvirt_message(error)}; nothing was left behind") from None
 
 
-def _undo_set_up(conn: Connection, record: InstantRecord, report: Reporter) -> None:
-    """Remove what a failed ``--instant`` did: domain, overlays, ACL entries, record."""
+def remove_domain_and_overlays(conn: Connection, record: InstantRecord) -> None:
+    """The first undo steps of a failed start: its domain (if defined) and overlays."""
     domain = conn.domain_by_uuid(record.domain_uuid)
     if domain is not None:
         with contextlib.suppress(libvirt.libvirtError):
@@ -309,6 +320,11 @@ def _undo_set_up(conn: Connection, record: InstantRecord, report: Reporter) -> N
             domain.handle.undefine()
     for disk in record.disks.values():
         remove_quietly(disk.overlay)
+
+
+def _undo_set_up(conn: Connection, record: InstantRecord, report: Reporter) -> None:
+    """Remove what a failed ``--instant`` did: domain, overlays, ACL entries, record."""
+    remove_domain_and_overlays(conn, record)
     try:
         with grants_lock():
             release(record)

@@ -5,7 +5,9 @@ and removes it when it ends.  A journal found later means that run died.
 Repair replays it step by step, through each command's recovery handlers
 (fibackup/commands/recovery/, which say what each step needs), waiting for a
 block job the dead run left running (up to ``--timeout``); then it tidies every
-backup directory of the domain and undoes the domain's interrupted restores.
+backup directory of the domain, undoes the domain's interrupted restores, cleans up
+its dead mounts, and brings back the servers of an instant-recovery domain that runs
+from served disks (after a reboot) and resumes it if the store's failure paused it.
 
 Every other command runs the same reconciliation first
 (fibackup/commands/journalled.py), but never waits: a job still running makes
@@ -19,6 +21,7 @@ from fibackup.commands.journalled import reconcile
 from fibackup.commands.mount import repair_mounts
 from fibackup.commands.recovery.context import RepairResult
 from fibackup.commands.recovery.restore import repair_restores
+from fibackup.commands.served_disks import repair_served
 from fibackup.host.lock import DomainLock
 from fibackup.report import Reporter
 from fibackup.virt.libvirt_api import Connection
@@ -34,6 +37,7 @@ def repair_domain(conn: Connection, name: str, backup_dir: Optional[str], report
                            timeout=timeout)
     result.actions.extend(repair_restores(conn, report, {domain.name, domain.uuid}))
     result.actions.extend(repair_mounts(report, {domain.name, domain.uuid}))
+    result.actions.extend(repair_served(domain, report))
     if not result.actions:
         report.info(f"{domain.name}: nothing to repair")
     return result

@@ -45,6 +45,37 @@ class InstantDisk:
         return [*((layer.path, layer.format) for layer in self.layers), (self.overlay, "qcow2")]
 
 
+SERVED_FORMAT = "nbd"
+"""The format of a served layer: ``path`` is the socket of an nbdkit serving the raw
+disk of a format-3 point (fibackup/serve/daemons.py), ``id`` the index it serves."""
+
+
+@dataclass
+class ServedFrom:
+    """What a domain running from served disks needs to bring its servers back."""
+
+    location: str
+    """The store (a directory or s3://...)."""
+    sizes: dict[str, int]
+    """Target -> virtual size of the served disk."""
+    password_file: Optional[str] = None
+    """The --password-file the recovery was started with (else the configuration's)."""
+    pin: Optional[str] = None
+    """The pin that keeps the point in the store while the domain runs from it."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"location": self.location, "sizes": dict(sorted(self.sizes.items())),
+                "password_file": self.password_file, "pin": self.pin}
+
+    @staticmethod
+    def from_json(document: Any) -> "ServedFrom":
+        return ServedFrom(str(document["location"]),
+                          {str(key): int(value) for key, value in document["sizes"].items()},
+                          None if document.get("password_file") is None
+                          else str(document["password_file"]),
+                          None if document.get("pin") is None else str(document["pin"]))
+
+
 @dataclass
 class InstantRecord:
     domain_uuid: str
@@ -62,13 +93,17 @@ class InstantRecord:
     status: str = STARTING
     """An :class:`~fibackup.model.states.InstantStatus` (as read: the file's string)."""
     created: str = ""
+    served: Optional[ServedFrom] = None
+    """Set when the disks rest on served format-3 disks (NBD), not on stored files."""
 
     @property
     def path(self) -> str:
         return record_path(self.domain_uuid)
 
     def store_files(self) -> set[str]:
-        return {layer.path for disk in self.disks.values() for layer in disk.layers}
+        """The stored files the domain's chains name (none for served disks)."""
+        return {layer.path for disk in self.disks.values() for layer in disk.layers
+                if layer.format != SERVED_FORMAT}
 
     def save(self) -> None:
         try:
@@ -93,6 +128,7 @@ class InstantRecord:
                                "layers": [layer.__dict__ for layer in disk.layers]}
                       for target, disk in sorted(self.disks.items())},
             "grants": sorted(self.grants),
+            **({"served": self.served.to_json()} if self.served else {}),
         }
 
     @staticmethod
@@ -114,7 +150,9 @@ class InstantRecord:
                 point=str(document["point"]), to=str(document["to"]),
                 qemu_user=str(document["qemu_user"]), disks=disks,
                 grants=[str(item) for item in document.get("grants", [])],
-                status=str(document["status"]), created=str(document.get("created", "")))
+                status=str(document["status"]), created=str(document.get("created", "")),
+                served=ServedFrom.from_json(document["served"]) if "served" in document
+                else None)
         except (AttributeError, KeyError, TypeError, ValueError) as error:
             raise InstantRecordError(f"the instant-recovery record {path} is malformed ({error}); "
                                      "move it away after checking the domain by hand",

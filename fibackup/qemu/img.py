@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import urllib.parse
 import subprocess
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -116,6 +117,11 @@ def make_standalone(path: str, timeout: Optional[float] = None) -> None:
     backing file (offline pull); the backing files are only read."""
     _run(["rebase", "-q", "-f", "qcow2", "-b", "", path],
          f"qemu-img rebase (pull) of {path}", timeout)
+
+
+def nbd_uri(socket: str) -> str:
+    """The NBD URI of the export on the Unix socket ``socket``."""
+    return f"nbd+unix:///?socket={urllib.parse.quote(socket)}"
 
 
 def chain_node(chain: Sequence[tuple[str, str]], read_only: bool = False,

@@ -54,13 +54,20 @@ def plugin_path() -> str:
 
 def arguments(disk: ServedDisk, socket: str, pidfile: str,
               cache_bytes: int = DEFAULT_CACHE_BYTES,
-              password_file: Optional[str] = None) -> list[str]:
-    args = [NBDKIT, "--foreground", "--readonly", "--exit-with-parent", "--unix", socket,
+              password_file: Optional[str] = None, daemon_log: Optional[str] = None) -> list[str]:
+    """nbdkit's command line: in the foreground, dying with the process that starts it;
+    with ``daemon_log``, a daemon that outlives it (the long-lived server of instant
+    recovery), whose plugin appends its lines to that file (a daemon's stderr is
+    /dev/null)."""
+    mode = ["--log=stderr"] if daemon_log else ["--foreground", "--exit-with-parent"]
+    args = [NBDKIT, *mode, "--readonly", "--unix", socket,
             "--pidfile", pidfile, "python", PLUGIN, f"path={plugin_path()}",
             f"store={disk.location}", f"index={disk.index_id}", f"size={disk.virtual_size}",
             f"cache={cache_bytes}"]
     if password_file:
         args.append(f"password_file={os.path.abspath(password_file)}")
+    if daemon_log:
+        args.append(f"log={daemon_log}")
     return args
 
 
@@ -83,7 +90,7 @@ def served(disk: ServedDisk, directory: str, name: str,
     for stale in (socket, pidfile):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(stale)
-    server = _start(arguments(disk, socket, pidfile, cache_bytes, password_file), pidfile, log)
+    server = start_process(arguments(disk, socket, pidfile, cache_bytes, password_file), pidfile, log)
     try:
         yield Server(socket, server.pid, log)
     finally:
@@ -93,7 +100,34 @@ def served(disk: ServedDisk, directory: str, name: str,
                 os.unlink(leftover)
 
 
-def _start(args: list[str], pidfile: str, log: str) -> "subprocess.Popen[bytes]":
+def start_daemon(args: list[str], pidfile: str, log: str) -> int:
+    """Start nbdkit as a daemon (``arguments(daemon_log=...)``): it forks into the
+    background once it listens, in its own session; the daemon's pid."""
+    if shutil.which(NBDKIT) is None:
+        raise ServeError(f"nbdkit is not installed: {INSTALL_HINT}")
+    with open(log, "ab") as output:
+        starter = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+                                   env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+                                   start_new_session=True)
+    try:
+        code = starter.wait(START_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        stop(starter)
+        raise ServeError(f"nbdkit did not listen within {START_TIMEOUT:.0f} s (its log: "
+                         f"{log})") from None
+    if code != 0:
+        raise ServeError(f"nbdkit did not start: {_last_words(log)}")
+    deadline = time.monotonic() + 10.0              # the daemon writes it after the fork
+    while not _ready(pidfile):
+        if time.monotonic() > deadline:
+            raise ServeError(f"nbdkit wrote no pid file {pidfile} (its log: {log})")
+        time.sleep(0.01)
+    with open(pidfile, "rb") as handle:
+        return int(handle.read().strip())
+
+
+def start_process(args: list[str], pidfile: str, log: str) -> "subprocess.Popen[bytes]":
+    """Start nbdkit in the foreground, as a child, and wait until it listens."""
     if shutil.which(NBDKIT) is None:
         raise ServeError(f"nbdkit is not installed: {INSTALL_HINT}")
     with open(log, "wb") as output:

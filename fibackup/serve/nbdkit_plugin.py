@@ -6,15 +6,16 @@ interpreter: ``path=`` names the directories to put first on ``sys.path`` (fibac
 package root and the venv's site-packages, as the process that starts nbdkit has
 them).  The rest of the parameters (fibackup/serve/nbdkit.py builds them)::
 
-    store=LOCATION index=HEX size=BYTES [cache=BYTES] [password_file=PATH]
+    store=LOCATION index=HEX size=BYTES [cache=BYTES] [password_file=PATH] [log=PATH]
 
 The store's passphrase and S3 credentials come from the configuration file and the
 environment, as for every fibackup command (never a prompt).  Every chunk is checked
 against its id before any byte of it is served; a damaged chunk is an EIO for that
-read and one line on stderr naming the chunk.
+read and one line on stderr (and in ``log=``, for a daemon) naming the chunk.
 """
 from __future__ import annotations
 
+import builtins
 import errno
 import site
 import sys
@@ -31,6 +32,15 @@ _params: dict[str, str] = {}
 _source: Optional[Any] = None
 
 
+def _say(line: str) -> None:
+    """One line on stderr and, for a daemon (whose stderr is /dev/null), in ``log=``."""
+    print(line, file=sys.stderr, flush=True)
+    if "log" in _params:
+        import time
+        with builtins.open(_params["log"], "a", encoding="utf-8") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {line}\n")
+
+
 def thread_model() -> int:
     return int(nbdkit.THREAD_MODEL_PARALLEL)
 
@@ -43,7 +53,7 @@ def config(key: str, value: str) -> None:
                 sys.path.remove(entry)
                 sys.path.insert(0, entry)
         return
-    if key not in ("store", "index", "size", "cache", "password_file"):
+    if key not in ("store", "index", "size", "cache", "password_file", "log"):
         raise ValueError(f"fibackup plugin: unknown parameter {key}")
     _params[key] = value
 
@@ -65,7 +75,7 @@ def config_complete() -> None:
         disk = ServedDisk(_params["store"], _params["index"], int(_params["size"]))
         _source = open_source(disk, int(_params.get("cache", DEFAULT_CACHE_BYTES)))
     except FibackupError as error:
-        print(f"fibackup: {error}", file=sys.stderr, flush=True)
+        _say(f"fibackup: {error}")
         raise
 
 
@@ -96,7 +106,6 @@ def pread(handle: int, buf: Any, offset: int, flags: int) -> None:
     try:
         buf[:] = _source.read(offset, len(buf))
     except FibackupError as error:
-        print(f"fibackup: refused a read of {len(buf)} bytes at {offset}: {error}",
-              file=sys.stderr, flush=True)
+        _say(f"fibackup: refused a read of {len(buf)} bytes at {offset}: {error}")
         nbdkit.set_error(errno.EIO)
         raise

@@ -83,7 +83,9 @@ def _backing(element: ET.Element) -> tuple[tuple[LiveLayer, ...], bool]:
         if source is None or node.get("type") is None:
             return tuple(layers), True
         if node.get("type") != "file":
-            layers.append(LiveLayer(path=source.get("dev") or source.get("name") or "",
+            host = source.find("host")
+            socket = host.get("socket", "") if host is not None else ""
+            layers.append(LiveLayer(path=source.get("dev") or source.get("name") or socket,
                                     format="network:" + node.get("type", "")))
             return tuple(layers), True
         form = node.find("format")
@@ -331,13 +333,46 @@ def set_explicit_chains(xml: str, chains: Mapping[str, tuple[str, Sequence[tuple
         _overlay, chain = chains[target.get("dev", "")]
         parent = element
         for path, image_format in reversed(chain):
-            node = ET.Element("backingStore", type="file")
-            ET.SubElement(node, "format", type=image_format)
-            source = ET.SubElement(node, "source", file=path)
-            ET.SubElement(source, "seclabel", model="dac", relabel="no")
+            node = _backing_node(path, image_format)
             _insert_after_source(parent, node)
             parent = node
         _insert_after_source(parent, ET.Element("backingStore"))
+    return ET.tostring(root, encoding="unicode")
+
+
+NBD_LAYER = "nbd"
+"""A chain layer whose path is the Unix socket of an NBD server of a raw disk."""
+
+
+def _backing_node(path: str, image_format: str) -> ET.Element:
+    """One ``<backingStore>``: a file, or (format :data:`NBD_LAYER`) a raw disk served
+    over NBD on the Unix socket ``path``."""
+    if image_format == NBD_LAYER:
+        node = ET.Element("backingStore", type="network")
+        ET.SubElement(node, "format", type="raw")
+        source = ET.SubElement(node, "source", protocol="nbd")
+        ET.SubElement(source, "host", transport="unix", socket=path)
+        return node
+    node = ET.Element("backingStore", type="file")
+    ET.SubElement(node, "format", type=image_format)
+    source = ET.SubElement(node, "source", file=path)
+    ET.SubElement(source, "seclabel", model="dac", relabel="no")
+    return node
+
+
+def set_error_policy(xml: str, targets: Sequence[str], policy: str) -> str:
+    """Set ``error_policy`` and ``rerror_policy`` of the disks ``targets`` to ``policy``
+    (``stop``: QEMU pauses the guest on an I/O error instead of passing it on)."""
+    root = parse(xml)
+    for element in root.findall("./devices/disk"):
+        target = element.find("target")
+        if target is None or target.get("dev") not in targets:
+            continue
+        driver = element.find("driver")
+        if driver is None:
+            driver = ET.SubElement(element, "driver", name="qemu")
+        driver.set("error_policy", policy)
+        driver.set("rerror_policy", policy)
     return ET.tostring(root, encoding="unicode")
 
 
