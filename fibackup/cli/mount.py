@@ -24,6 +24,7 @@ def mount(
     backup_dir: Optional[str] = BackupOpt,
     at: Optional[str] = typer.Option(None, "--at", metavar="ID",
                                      help="The restore point (id or seq) [default: the newest]."),
+    raw: bool = typer.Option(False, "--raw", help="Show each disk as the read-only raw file MOUNTPOINT/<disk>.raw instead of its filesystems (for tools that want whole disks)."),
     list_: bool = typer.Option(False, "--list", help="Show what is mounted, and exit."),
     as_json: bool = JsonOpt, quiet: bool = QuietOpt, debug: bool = DebugOpt,
 ) -> None:
@@ -36,11 +37,14 @@ def mount(
     point is pinned in the store (prune leaves it alone) until 'fibackup umount'.
     MOUNTPOINT must be an empty directory; only root can read the mountpoint.
     Format-3 stores (directory or S3, encrypted or not); no libvirtd needed.
+    With --raw each disk is instead the read-only file MOUNTPOINT/<disk>.raw (no
+    appliance: nothing parses the guest's filesystems).
 
     \b
     Examples:
       fibackup mount -d web -b /backup /mnt/web          # the newest point
       fibackup mount -d web -b s3://bk/site --at 12 /mnt/web12
+      fibackup mount -d web -b /backup --raw /mnt/web-disks   # /mnt/web-disks/vda.raw
       fibackup mount --list
 
     End it with 'fibackup umount MOUNTPOINT'.
@@ -60,7 +64,7 @@ def mount(
             raise UsageError("mount needs -d DOMAIN and a MOUNTPOINT (or --list)")
         settings = load_settings()
         record = mount_point(MountOptions(domain=domain, backup_dir=settings.backup_dir(backup_dir),
-                                          mountpoint=mountpoint, at=at))
+                                          mountpoint=mountpoint, at=at, raw=raw))
         if as_json:
             emit_json(record.to_json())
         else:
@@ -71,7 +75,7 @@ def mount(
 
 
 def _print_mounted(record: "MountRecord") -> None:
-    what = record.system or "no operating system"
+    what = "raw disks" if record.raw else record.system or "no operating system"
     print(f"mounted restore point {record.point} of {record.domain} ({what}) at "
           f"{record.mountpoint}, read-only")
     for item in record.shown:

@@ -10,6 +10,7 @@ record whose keeper died.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -44,6 +45,7 @@ class MountOptions:
     backup_dir: str
     mountpoint: str
     at: Optional[str] = None
+    raw: bool = False
 
 
 def check_mountpoint(path: str) -> str:
@@ -80,7 +82,8 @@ def open_point(backup_dir: str, domain: str, at: Optional[str]) -> tuple[BackupS
 def mount_point(options: MountOptions) -> MountRecord:
     mountpoint = check_mountpoint(options.mountpoint)
     _store, spec = open_point(options.backup_dir, options.domain, options.at)
-    return start_keeper(KeeperSpec(**{**spec.__dict__, "mountpoint": mountpoint}))
+    return start_keeper(KeeperSpec(**{**spec.__dict__, "mountpoint": mountpoint,
+                                      "raw": options.raw}))
 
 
 def start_keeper(spec: KeeperSpec) -> MountRecord:
@@ -141,7 +144,9 @@ def unmount(mountpoint: str, report: Reporter) -> MountRecord:
     if record is None:
         raise MountpointError(f"{mountpoint} is not a fibackup mount ('fibackup mount --list' "
                               "shows them)", path=mountpoint)
-    if alive(record.pid) and os.path.ismount(record.mountpoint):
+    if alive(record.pid) and record.raw:
+        os.kill(record.pid, signal.SIGTERM)         # the keeper ends its exports
+    elif alive(record.pid) and os.path.ismount(record.mountpoint):
         done = subprocess.run(["fusermount3", "-u", record.mountpoint], capture_output=True,
                               text=True, check=False)
         if done.returncode != 0:
@@ -170,7 +175,9 @@ def cleanup(record: Optional[MountRecord], report: Optional[Reporter] = None) ->
         return True
     if alive(record.pid):
         return False
-    if os.path.ismount(record.mountpoint) or _stale_mount(record.mountpoint):
+    if record.raw:
+        _end_raw_exports(record)
+    elif os.path.ismount(record.mountpoint) or _stale_mount(record.mountpoint):
         subprocess.run(["fusermount3", "-u", "-z", record.mountpoint], capture_output=True,
                        check=False)
     if record.pin:
@@ -185,6 +192,27 @@ def cleanup(record: Optional[MountRecord], report: Optional[Reporter] = None) ->
     mounts.remove(record.id)
     remove_quietly(mounts.log_path(record.id))
     return True
+
+
+def _end_raw_exports(record: MountRecord) -> None:
+    """The raw files a dead keeper left: their exports' daemons (if still there)
+    stopped, the FUSE mounts removed, the files deleted."""
+    for item in record.shown:
+        path = os.path.join(record.mountpoint, item["path"].lstrip("/"))
+        pid = int(item.get("pid", "0") or 0)
+        if pid > 0 and alive(pid) and _is_export_daemon(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True, check=False)
+        remove_quietly(path)
+
+
+def _is_export_daemon(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return b"qemu-storage-daemon" in handle.read().split(b"\0")[0]
+    except OSError:
+        return False
 
 
 def _stale_mount(path: str) -> bool:

@@ -7,8 +7,10 @@ stdin.  It records itself (fibackup/host/mounts.py), pins the point in the store
 libguestfs's appliance over them, mounts the filesystems read-only inside it and
 shows them at the mountpoint (FUSE).  One JSON line on STATUS-FD says ``{"ready":
 record}`` or ``{"error": ...}``; then the keeper serves until ``fusermount3 -u`` and
-undoes all of it on the way out, whatever happened.  If it is killed, nbdkit and
-the appliance die with it; ``umount`` and ``repair`` remove the record and the pin.
+undoes all of it on the way out, whatever happened.  With ``raw`` it shows each disk
+as the read-only file MOUNTPOINT/<disk>.raw (qemu-storage-daemon's FUSE export of the
+served disk) and serves until SIGTERM.  If it is killed, nbdkit, the appliance and
+the exports die with it; ``umount`` and ``repair`` remove the record and the pin.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
@@ -26,8 +29,9 @@ from fibackup.guest.appliance import Appliance
 from fibackup.host import mounts
 from fibackup.host.mounts import MountRecord
 from fibackup.model.fslayout import Placement, Skipped, data_layout, mountpoint_dirs, os_layout
-from fibackup.model.naming import utc_time
+from fibackup.model.naming import safe_component, utc_time
 from fibackup.model.points import RestorePoint
+from fibackup.qemu.view import exported_nbd
 from fibackup.serve import nbdkit
 from fibackup.serve.source import ServedDisk
 from fibackup.store.repo import BackupStore
@@ -44,6 +48,8 @@ class KeeperSpec:
     domain_uuid: str
     point: str
     password_file: Optional[str] = None
+    raw: bool = False
+    """Each disk as the read-only file MOUNTPOINT/<disk>.raw instead of filesystems."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -64,7 +70,7 @@ def keep(spec: KeeperSpec, status: Status) -> None:
     point = find_point(store, spec)
     record = MountRecord(id=spec.id, mountpoint=spec.mountpoint, store=store.root,
                          domain=point.domain_name, point=point.id, seq=point.seq,
-                         pid=os.getpid(), started=utc_time())
+                         raw=spec.raw, pid=os.getpid(), started=utc_time())
     mounts.save(record)
     try:
         with contextlib.ExitStack() as stack:
@@ -72,6 +78,13 @@ def keep(spec: KeeperSpec, status: Status) -> None:
                                  f"mounted at {spec.mountpoint} on {host_name()}")
             mounts.save(record)
             stack.callback(remove_pin, store.backend, record.pin)
+            if spec.raw:
+                _show_raw(stack, _servers(stack, store, point, spec), record)
+                record.state = "mounted"
+                mounts.save(record)
+                status({"ready": record.to_json()})
+                _until_stopped()
+                return
             appliance = _appliance(stack, store, point, spec)
             _show(appliance, record)
             appliance.expose(spec.mountpoint)
@@ -94,9 +107,9 @@ def _use_passphrase(spec: KeeperSpec) -> None:
                                     config_command=config.value("store.password_command")))
 
 
-def _appliance(stack: contextlib.ExitStack, store: BackupStore, point: RestorePoint,
-               spec: KeeperSpec) -> Appliance:
-    """Every disk served by nbdkit, and the appliance launched over them."""
+def _servers(stack: contextlib.ExitStack, store: BackupStore, point: RestorePoint,
+             spec: KeeperSpec) -> dict[str, nbdkit.Server]:
+    """Every disk of the point served by nbdkit (stopped when ``stack`` unwinds)."""
     sockets = nbdkit.sockets_dir()
     stack.callback(shutil.rmtree, sockets, True)
     servers = {}
@@ -106,6 +119,31 @@ def _appliance(stack: contextlib.ExitStack, store: BackupStore, point: RestorePo
         servers[target] = stack.enter_context(nbdkit.served(
             ServedDisk(store.root, disk.index.id, disk.virtual_size), sockets, target,
             password_file=spec.password_file))
+    return servers
+
+
+def _show_raw(stack: contextlib.ExitStack, servers: dict[str, nbdkit.Server],
+              record: MountRecord) -> None:
+    """Each served disk as the read-only file MOUNTPOINT/<disk>.raw (FUSE)."""
+    for target, server in servers.items():
+        name = f"{safe_component(target)}.raw"
+        pid = stack.enter_context(exported_nbd(
+            server.socket, os.path.join(record.mountpoint, name), server.log + ".qsd"))
+        record.shown.append({"path": f"/{name}", "device": target, "fstype": "raw",
+                             "pid": str(pid)})
+
+
+def _until_stopped() -> None:
+    """Wait for SIGTERM or SIGINT (``umount`` of a raw mount sends SIGTERM)."""
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    signal.sigwait(stop)
+
+
+def _appliance(stack: contextlib.ExitStack, store: BackupStore, point: RestorePoint,
+               spec: KeeperSpec) -> Appliance:
+    """Every disk served by nbdkit, and the appliance launched over them."""
+    servers = _servers(stack, store, point, spec)
     appliance = Appliance()
     stack.callback(appliance.close)                 # before the servers stop
     for target, server in servers.items():

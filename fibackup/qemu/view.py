@@ -121,14 +121,48 @@ def exported(chain: Chain, writable: bool = False,
             os.rmdir(where)
 
 
+@contextlib.contextmanager
+def exported_nbd(socket: str, path: str, log: str) -> Iterator[int]:
+    """The raw disk served on the NBD Unix ``socket`` as the read-only plain file
+    ``path`` (FUSE, by qemu-storage-daemon) for the duration of the ``with``; yields the
+    daemon's pid.  ``path`` is created (mode 0400) and removed again; the daemon
+    unmounts it when it ends, and is killed if this process is (PR_SET_PDEATHSIG)."""
+    node = {"node-name": "view", "driver": "raw", "read-only": True,
+            "file": {"driver": "nbd", "read-only": True,
+                     "server": {"type": "unix", "path": socket}}}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+    os.close(fd)
+    args = [QSD, "--blockdev", json.dumps(node), "--export",
+            f"type=fuse,id=raw{secrets.token_hex(3)},node-name=view,mountpoint={path},"
+            "writable=off"]
+    daemon: Optional[subprocess.Popen[bytes]] = None
+    try:
+        daemon = _start(args, [(path, "raw")], path, log, with_parent=True)
+        yield daemon.pid
+    finally:
+        if daemon is not None:
+            _end(daemon)
+        if _mounted(path):
+            subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True, check=False)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux prctl)."""
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)          # PR_SET_PDEATHSIG
+
+
 def _start(args: Sequence[str], chain: Chain, mountpoint: str,
-           log: str) -> "subprocess.Popen[bytes]":
+           log: str, with_parent: bool = False) -> "subprocess.Popen[bytes]":
     """qemu-storage-daemon as a child of this process (reaped by it), once its export is
     mounted; what it prints goes to ``log``."""
     try:
-        with open(log, "wb") as output:
+        with open(log, "ab" if with_parent else "wb") as output:
             daemon = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=output,
-                                      stderr=output)
+                                      stderr=output,
+                                      preexec_fn=_die_with_parent if with_parent else None)
     except FileNotFoundError:
         raise ImageToolError("qemu-storage-daemon is not installed (Debian package "
                              "qemu-system-common); run scripts/setup-host.sh") from None

@@ -88,3 +88,41 @@ def test_a_store_that_cannot_be_opened_is_a_clear_error(lab, tmp_path):
         with nbdkit.served(ServedDisk(str(tmp_path / "nothing"), "0" * 64, MiB),
                            str(tmp_path), "vda"):
             pass
+
+
+@pytest.mark.parametrize("store3", ["dir-plain"], indirect=True)
+def test_mount_raw_shows_each_disk_as_a_read_only_file(lab, store3):  # noqa: F811
+    location, env = store3
+    dom = lab.domain(disks=(DiskDef("vda", "qcow2", 16 * MiB), DiskDef("vdb", "raw", 8 * MiB)),
+                     start=False)
+    dom.write("vda", 0x61, 3 * MiB, 2 * MiB)
+    dom.write("vdb", 0x62, 1 * MiB, MiB)
+    lab.cli("snapshot", "-d", dom.name, "-b", location, env=env)
+    expected = dom.expected_now()
+    mountpoint = lab.path("raw disks")
+    os.makedirs(mountpoint)
+    mounted = lab.cli("mount", "-d", dom.name, "-b", location, "--raw", mountpoint, "--json",
+                      env=env).json()
+    try:
+        assert mounted["raw"] is True
+        assert sorted(item["path"] for item in mounted["shown"]) == ["/vda.raw", "/vdb.raw"]
+        for target in ("vda", "vdb"):
+            path = os.path.join(mountpoint, f"{target}.raw")
+            assert os.path.getsize(path) == len(expected[target])
+            with open(path, "rb") as handle:
+                assert handle.read() == bytes(expected[target]), target
+            with pytest.raises(OSError):                   # read-only, also for root
+                with open(path, "r+b") as handle:
+                    handle.write(b"x" * 4096)
+                    handle.flush()
+            with open(path, "rb") as handle:
+                assert handle.read(4096) == bytes(expected[target][:4096])
+        listed = lab.cli("mount", "--list", "--json").json()
+        assert [item["raw"] for item in listed if item["mountpoint"] == mountpoint] == [True]
+    finally:
+        lab.cli("umount", mountpoint, expect=None)
+    assert os.listdir(mountpoint) == []
+    assert lab.cli("mount", "--list", "--json").json() == []
+    out = subprocess.run(["pgrep", "-af", "qemu-storage-daemon"], capture_output=True,
+                         text=True).stdout
+    assert mountpoint not in out
