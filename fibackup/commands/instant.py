@@ -121,7 +121,8 @@ class InstantResult:
                 "disks": {target: disk.overlay for target, disk in sorted(record.disks.items())},
                 "chains": {target: [layer.path for layer in disk.layers]
                            for target, disk in sorted(record.disks.items())},
-                "granted": sorted(record.grants)}
+                "granted": sorted(record.grants),
+                "served": record.served is not None}
 
 
 def instant_restore(options: InstantOptions, connect: Callable[[], Connection],

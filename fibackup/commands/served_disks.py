@@ -81,6 +81,14 @@ def repair_served(domain: Domain, report: Reporter) -> list[str]:
         actions.append(f"started the servers of {', '.join(started)} again")
         report.info(f"{domain.name}: the servers of its disks {', '.join(started)} run again "
                     f"(from {record.served.location})")
+    if started and domain.is_active():
+        # QEMU's NBD client does not reconnect (libvirt 9.0 cannot ask it to)
+        actions.append("the running guest lost its served disks: restart it")
+        report.warn(f"{domain.name} ran while the servers of {', '.join(started)} were gone: "
+                    "QEMU does not reconnect to a restarted server, so the guest stays paused "
+                    f"on I/O errors; restart it ('virsh destroy {domain.name}; virsh start "
+                    f"{domain.name}': like a power cut, its writes so far are in the overlays)")
+        return actions
     state, reason = domain.handle.state()
     if state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_IOERROR:
         try:

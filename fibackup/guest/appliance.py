@@ -13,7 +13,7 @@ import sys
 from typing import Any, Optional, Sequence
 
 from fibackup.errors import ApplianceError
-from fibackup.model.fslayout import GuestFilesystem, Placement, Skipped
+from fibackup.model.fslayout import GuestFilesystem, Placement, Skipped, place_device
 
 DEBIAN_BINDINGS = "/usr/lib/python3/dist-packages"
 INSTALL_HINT = ("apt-get install libguestfs-tools python3-guestfs, and a kernel in /boot "
@@ -68,9 +68,17 @@ class Appliance:
                                  f"{TCG_HINT}") from None
 
     def filesystems(self) -> list[GuestFilesystem]:
+        """Every filesystem, with where it lies.  Each appliance call costs ~0.3 s under
+        TCG: the places come from one list of the disks and one of the LVs, by name
+        (fslayout.place_device), and only a name that does not parse asks per device."""
+        listed = sorted(self.g.list_filesystems().items())
+        devices = self.g.list_devices()
+        volumes = set(self.g.lvs()) if any(not name.startswith("/dev/sd")
+                                           for name, _type in listed) else set()
         found = []
-        for device, fstype in sorted(self.g.list_filesystems().items()):
-            found.append(self._describe(device, fstype))
+        for device, fstype in listed:
+            placed = place_device(device, fstype, devices, self.targets, volumes)
+            found.append(placed if placed is not None else self._describe(device, fstype))
         return found
 
     def _describe(self, device: str, fstype: str) -> GuestFilesystem:

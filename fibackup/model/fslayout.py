@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Collection, Mapping, Optional, Sequence
 
 UNREADABLE = {"swap": "swap space", "crypto_LUKS": "encrypted (LUKS): not opened",
               "unknown": "no filesystem the appliance knows", "": "no filesystem"}
@@ -29,6 +29,29 @@ class GuestFilesystem:
     """The partition number; None for a whole disk or a logical volume."""
     volume: Optional[tuple[str, str]] = None
     """(volume group, logical volume) of an LV."""
+
+
+_PARTITION = re.compile(r"^(/dev/sd[a-z]+)([0-9]+)$")
+
+
+def place_device(device: str, fstype: str, devices: Sequence[str], targets: Sequence[str],
+                 volumes: Collection[str]) -> Optional[GuestFilesystem]:
+    """Where the appliance's ``device`` lies, from its name: a logical volume
+    (``/dev/VG/LV`` in ``volumes``), a whole disk or a partition (``/dev/sdXN``) of
+    the ``devices`` the appliance lists, which are the ``targets`` in the order they
+    were added; None when the name does not say (ask the appliance)."""
+    if device in volumes:
+        parts = device.split("/")
+        return GuestFilesystem(device, fstype, volume=(parts[2], parts[3])) \
+            if len(parts) == 4 else None
+    whole, partition = device, None
+    match = _PARTITION.match(device)
+    if device not in devices and match is not None:
+        whole, partition = match.group(1), int(match.group(2))
+    if whole not in devices or len(devices) != len(targets):
+        return None
+    return GuestFilesystem(device, fstype, disk=targets[list(devices).index(whole)],
+                           partition=partition)
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,11 @@ small file) and ``big.bin``, 1 GiB (--quick: 64 MiB) of the host's real files
 concatenated (stores.DATA_ROOTS, sorted).  It is the only disk of a shut-off throwaway
 domain, backed up once into a format-3 directory store (and a copy on S3 when the RGW
 of scripts/setup-s3.sh runs); the point is restored with ``restore --no-define`` to a
-local raw image for the baseline (untimed).
+local standalone image for the baseline (untimed; qcow2 or raw, as restore writes it).
 
 - **first read**: from the start of the mount command to the end of reading
   ``first.txt``: ``fibackup mount -d DOM -b STORE MP`` then ``MP/vda/disk/first.txt``,
-  against ``guestmount --ro -a IMAGE --format=raw -m /dev/sda MP`` then
+  against ``guestmount --ro --format=FMT -a IMAGE -m /dev/sda MP`` then
   ``MP/first.txt``.  Target: at most 1.3x (local store); S3 reported against the same
   baseline.
 - **1 GiB read**: reading ``big.bin`` once through each mount, right after it came up
@@ -98,7 +98,9 @@ class Mounts:
         return mount
 
     def bare(self) -> str:
-        subprocess.run(["guestmount", "--ro", "-a", self.image, "--format=raw", "-m", "/dev/sda",
+        image_format = "qcow2" if self.image.endswith(".qcow2") else "raw"
+        subprocess.run(["guestmount", "--ro", f"--format={image_format}", "-a", self.image,
+                        "-m", "/dev/sda",
                         self.mountpoint], check=True, env={**os.environ, **ENV})
         return self.mountpoint
 

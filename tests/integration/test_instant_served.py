@@ -94,7 +94,7 @@ def test_served_instant_from_a_directory_store_finalize_live_and_after_a_reboot(
     started = lab.cli("restore", "-d", dom.name, "-b", location, "--instant", "--as", name,
                       "--to", to, "--at", first["point"], "--json", env=env).json()
     copy = lab.conn.lookupByName(name)
-    assert copy.isActive() and started["instant"] is True
+    assert copy.isActive() and started["instant"] is True and started["served"] is True
     record_uuid = copy.UUIDString()
     # the definition: each disk's backing is its served raw disk; QEMU pauses on errors
     for flags in (0, libvirt.VIR_DOMAIN_XML_INACTIVE):
@@ -150,6 +150,15 @@ def test_served_instant_after_a_reboot_repair_serves_again_and_offline_finalize(
             "--to", to, env=env)
     copy = lab.conn.lookupByName(name)
     record_uuid = copy.UUIDString()
+    # a server that dies under a running guest: QEMU does not reconnect; repair says so
+    for pid in _servers(record_uuid):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while copy.state()[0] != libvirt.VIR_DOMAIN_PAUSED and time.monotonic() < deadline:
+        time.sleep(0.2)                                 # the firmware reads the disk
+    told = lab.cli("repair", "-d", name, "--json", env=env)
+    assert "lost its served disks: restart it" in told.stdout
+    assert "virsh destroy" in told.stderr and len(_servers(record_uuid)) == 1
     copy.destroy()
     # a reboot: the servers die and /run is empty again
     for pid in _servers(record_uuid):

@@ -48,3 +48,17 @@ def test_restore_paths_may_not_climb_or_be_empty():
     for bad in ("", "/", "../x", "a/../../b"):
         with pytest.raises(ValueError):
             guest_path(bad)
+
+
+def test_place_device_from_names_and_when_to_ask():
+    from fibackup.model.fslayout import place_device
+    devices, targets = ["/dev/sda", "/dev/sdb"], ["vda", "vdb"]
+    assert place_device("/dev/sdb2", "xfs", devices, targets, set()) == \
+        GuestFilesystem("/dev/sdb2", "xfs", disk="vdb", partition=2)
+    assert place_device("/dev/sda", "ext4", devices, targets, set()) == \
+        GuestFilesystem("/dev/sda", "ext4", disk="vda", partition=None)
+    assert place_device("/dev/vg0/data", "btrfs", devices, targets, {"/dev/vg0/data"}) == \
+        GuestFilesystem("/dev/vg0/data", "btrfs", volume=("vg0", "data"))
+    assert place_device("/dev/md127", "ext4", devices, targets, set()) is None
+    assert place_device("/dev/sdc1", "ext4", devices, targets, set()) is None
+    assert place_device("/dev/sda1", "ext4", devices, ["vda"], set()) is None
