@@ -127,3 +127,41 @@ def test_record_round_trip_and_malformed_records(tmp_path, monkeypatch):
         handle.write('{"kind": "fibackup-instant", "version": 1}')
     with pytest.raises(CorruptStoreError, match="malformed"):
         records.load("bad")
+
+
+def test_a_served_disk_is_an_nbd_backing_and_pauses_on_errors():
+    socket = "/run/fibackup/instant/u/vda.sock"
+    xml = domxml.set_explicit_chains(XML, {"vda": ("/to/vda.qcow2", [(socket, "nbd")])})
+    xml = domxml.set_error_policy(xml, ["vda"], "stop")
+    disk = ET.fromstring(xml).find("./devices/disk")
+    backing = disk.find("backingStore")
+    assert backing.get("type") == "network" and backing.find("format").get("type") == "raw"
+    source = backing.find("source")
+    assert source.get("protocol") == "nbd"
+    assert (source.find("host").get("transport"), source.find("host").get("socket")) == \
+        ("unix", socket)
+    end = backing.find("backingStore")
+    assert end is not None and list(end) == [] and not end.attrib     # terminated
+    driver = disk.find("driver")
+    assert (driver.get("error_policy"), driver.get("rerror_policy")) == ("stop", "stop")
+    other = ET.fromstring(xml).findall("./devices/disk")[1].find("driver")
+    assert other.get("error_policy") is None                           # vdb untouched
+    assert domxml.backing_files(xml, ["vda"]) == {"vda": [socket]}
+
+
+def test_a_served_record_round_trips_and_names_no_stored_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("FIBACKUP_STATE_DIR", str(tmp_path))
+    layer = records.InstantLayer("ab" * 32, "/run/fibackup/instant/u/vda.sock",
+                                 records.SERVED_FORMAT)
+    record = records.InstantRecord(
+        domain_uuid="11111111-2222-4333-8444-555555555556", domain_name="web-now",
+        store_root="s3://bk/web", store_id="s", source_uuid="u", source_name="web",
+        point="20261201-000000", to="/to", qemu_user="libvirt-qemu",
+        disks={"vda": records.InstantDisk("vda", "/to/vda.qcow2", (layer,))},
+        served=records.ServedFrom("s3://bk/web", {"vda": 1 << 30}, "/etc/pass", "9c1d"))
+    record.save()
+    loaded = records.load(record.domain_uuid)
+    assert loaded == record and loaded.served.pin == "9c1d"
+    assert loaded.store_files() == set()                  # the socket is not a stored file
+    with open(record.path) as handle:
+        assert json.load(handle)["served"]["sizes"] == {"vda": 1 << 30}
