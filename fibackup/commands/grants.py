@@ -121,8 +121,9 @@ def release_gone(conn: Connection, report: Reporter,
                     remove_quietly(disk.overlay)
             else:
                 overlays = ", ".join(disk.overlay for disk in record.disks.values())
+                below = "served disks (stopped now)" if record.served else "stored layers"
                 report.warn(f"instant-recovery domain '{record.domain_name}' no longer exists; "
-                            f"its overlays ({overlays}) rest on stored layers of "
+                            f"its overlays ({overlays}) rest on {below} of "
                             f"{record.store_root} and are kept")
             revoked.extend(release(record)[0])
             if record.served is not None:

@@ -25,8 +25,9 @@ from fibackup.commands.instant import (InstantOptions, InstantResult, check_over
                                        remove_domain_and_overlays, require_new_name,
                                        start_domain)
 from fibackup.commands.restore_common import prepare_destination, stored_bytes
+from fibackup.commands.grants import grants_lock, release_gone
 from fibackup.commands.served_disks import bring_up, take_down
-from fibackup.errors import FibackupError, StoreUnavailableError, UsageError
+from fibackup.errors import FibackupError, StoreKeyError, StoreUnavailableError, UsageError
 from fibackup.fsutil import ensure_space, host_name
 from fibackup.host import acl
 from fibackup.host import instant as records
@@ -67,10 +68,10 @@ def served_instant(options: InstantOptions, connect: Callable[[], Connection],
     store = BackupStore.open(options.backup_dir)
     assert store.chunks is not None
     if store.chunks.encrypted and not passwords.unattended():
-        raise UsageError(f"{store.root} is encrypted and the servers of an instant recovery "
-                         "run in the background (and again after a reboot), never prompting: "
-                         "pass --password-file or set [store] password_file in the "
-                         "configuration file")
+        raise StoreKeyError(f"{store.root} is encrypted and the servers of an instant "
+                            "recovery run in the background (and again after a reboot), never "
+                            "prompting: pass --password-file or set [store] password_file in "
+                            "the configuration file", path=store.root)
     store.chunks.keys()                              # the passphrase is right: fail now
     conn = connect()
     account = acl.qemu_account()
@@ -121,6 +122,8 @@ def _set_up(conn: Connection, store: BackupStore, point: RestorePoint, record: I
             xml: str, account: Optional[acl.Account], report: Reporter) -> None:
     """Record, pin, serve, create the overlays, define and start; on failure undo it all."""
     assert record.served is not None
+    with grants_lock():
+        release_gone(conn, report)                          # domains undefined by hand
     try:
         record.save()                                       # before anything changes
         record.served.pin = add_pin(store.backend, point,

@@ -146,6 +146,10 @@ def test_served_instant_after_a_reboot_repair_serves_again_and_offline_finalize(
     lab.cli("snapshot", "-d", dom.name, "-b", location, env=env)
     expected = bytes(dom.expected_now()["vda"])
     name, to = _new_name(lab), lab.path("served to")
+    no_key = lab.cli("restore", "-d", dom.name, "-b", location, "--instant", "--as", name,
+                     "--to", to, expect=None)
+    assert no_key.code != 0 and "never prompting" in no_key.stderr
+    assert _pins(lab, location, env) == []
     lab.cli("restore", "-d", dom.name, "-b", location, "--instant", "--as", name,
             "--to", to, env=env)
     copy = lab.conn.lookupByName(name)
@@ -216,6 +220,18 @@ def test_served_instant_refusals_leave_nothing_and_a_vanished_domain_is_released
     assert _pins(lab, location, env) == []
     assert not os.path.exists(daemons.domain_dir(started["uuid"]))
     assert _nbdkits_for(started["uuid"]) == []
+    # ... and the next --instant releases one undefined by hand, too
+    name = _new_name(lab)
+    first = lab.cli("restore", "-d", dom.name, "-b", location, "--instant", "--as", name,
+                    "--to", lab.path("first to"), "--json", env=env).json()
+    lab.conn.lookupByName(name).destroy()
+    lab.conn.lookupByName(name).undefine()
+    name = _new_name(lab)
+    lab.cli("restore", "-d", dom.name, "-b", location, "--instant", "--as", name,
+            "--to", lab.path("second to"), env=env)
+    assert _nbdkits_for(first["uuid"]) == [] and len(_pins(lab, location, env)) == 1
+    lab.cli("restore", "--finalize", name, env=env)
+    assert _pins(lab, location, env) == []
 
 
 @pytest.mark.guest
