@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -189,6 +190,8 @@ def cleanup(record: Optional[MountRecord], report: Optional[Reporter] = None) ->
                             f"be removed ({error}); 'fibackup pin remove -b {record.store} "
                             f"{record.pin}' once the store is reachable")
             return False
+    if record.sockets:
+        shutil.rmtree(record.sockets, ignore_errors=True)
     mounts.remove(record.id)
     remove_quietly(mounts.log_path(record.id))
     return True

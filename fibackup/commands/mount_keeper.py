@@ -78,14 +78,17 @@ def keep(spec: KeeperSpec, status: Status) -> None:
                                  f"mounted at {spec.mountpoint} on {host_name()}")
             mounts.save(record)
             stack.callback(remove_pin, store.backend, record.pin)
+            record.sockets = nbdkit.sockets_dir()
+            mounts.save(record)                     # a dead keeper's are found there
+            stack.callback(shutil.rmtree, record.sockets, True)
             if spec.raw:
-                _show_raw(stack, _servers(stack, store, point, spec), record)
+                _show_raw(stack, _servers(stack, store, point, spec, record.sockets), record)
                 record.state = "mounted"
                 mounts.save(record)
                 status({"ready": record.to_json()})
                 _until_stopped()
                 return
-            appliance = _appliance(stack, store, point, spec)
+            appliance = _appliance(stack, store, point, spec, record.sockets)
             _show(appliance, record)
             appliance.expose(spec.mountpoint)
             record.state = "mounted"
@@ -108,10 +111,9 @@ def _use_passphrase(spec: KeeperSpec) -> None:
 
 
 def _servers(stack: contextlib.ExitStack, store: BackupStore, point: RestorePoint,
-             spec: KeeperSpec) -> dict[str, nbdkit.Server]:
-    """Every disk of the point served by nbdkit (stopped when ``stack`` unwinds)."""
-    sockets = nbdkit.sockets_dir()
-    stack.callback(shutil.rmtree, sockets, True)
+             spec: KeeperSpec, sockets: str) -> dict[str, nbdkit.Server]:
+    """Every disk of the point served by nbdkit on sockets in ``sockets`` (stopped when
+    ``stack`` unwinds)."""
     servers = {}
     for target in sorted(point.disks):
         disk = point.disks[target]
@@ -141,9 +143,9 @@ def _until_stopped() -> None:
 
 
 def _appliance(stack: contextlib.ExitStack, store: BackupStore, point: RestorePoint,
-               spec: KeeperSpec) -> Appliance:
+               spec: KeeperSpec, sockets: str) -> Appliance:
     """Every disk served by nbdkit, and the appliance launched over them."""
-    servers = _servers(stack, store, point, spec)
+    servers = _servers(stack, store, point, spec, sockets)
     appliance = Appliance()
     stack.callback(appliance.close)                 # before the servers stop
     for target, server in servers.items():

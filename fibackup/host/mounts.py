@@ -41,6 +41,8 @@ class MountRecord:
     """{"path", "device", "fstype"} of each filesystem (or raw disk) shown."""
     skipped: list[dict[str, str]] = field(default_factory=list)
     """{"device", "fstype", "reason"} of each filesystem not shown."""
+    sockets: Optional[str] = None
+    """The directory of its NBD servers' sockets (removed with a dead keeper's mount)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": RECORD_KIND, **asdict(self)}

@@ -275,6 +275,7 @@ def test_a_point_holding_an_os_shows_its_tree_as_the_guest_mounts_it(history):
     assert lab.cli("mount", "--list", "--json").json() == []
     assert lab.cli("pin", "list", "-b", store, "--json").json() == []
     assert subprocess.run(["pgrep", "-f", f"nbdkit.*{store}"]).returncode == 1
+    assert shown["sockets"] and not os.path.exists(shown["sockets"])
     to = lab.path("os files")
     lab.cli("restore-files", "-d", dom.name, "-b", store, "--path", "/etc/hostname",
             "--path", "/home/ann", "--to", to)
