@@ -30,6 +30,7 @@ from fibackup.fsutil import make_private_dirs, remove_quietly
 from fibackup.host import mounts
 from fibackup.host.mounts import MountRecord, alive
 from fibackup.model.points import select_point
+from fibackup.qemu.view import is_daemon_pid
 from fibackup.report import Reporter
 from fibackup.store.repo import BackupStore
 from fibackup.store.v3 import passwords
@@ -203,19 +204,11 @@ def _end_raw_exports(record: MountRecord) -> None:
     for item in record.shown:
         path = os.path.join(record.mountpoint, item["path"].lstrip("/"))
         pid = int(item.get("pid", "0") or 0)
-        if pid > 0 and alive(pid) and _is_export_daemon(pid):
+        if pid > 0 and alive(pid) and is_daemon_pid(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True, check=False)
         remove_quietly(path)
-
-
-def _is_export_daemon(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return b"qemu-storage-daemon" in handle.read().split(b"\0")[0]
-    except OSError:
-        return False
 
 
 def _stale_mount(path: str) -> bool:

@@ -227,10 +227,17 @@ def _is_daemon(pidfile: str) -> bool:
     """Whether the pid file names a running qemu-storage-daemon (a pid may be reused)."""
     try:
         with open(pidfile) as handle:
-            pid = int(handle.read().strip())
+            return is_daemon_pid(int(handle.read().strip()))
+    except (OSError, ValueError):
+        return False
+
+
+def is_daemon_pid(pid: int) -> bool:
+    """Whether ``pid`` is a running qemu-storage-daemon."""
+    try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             return QSD.encode() in handle.read().split(b"\0")[0]
-    except (OSError, ValueError):
+    except OSError:
         return False
 
 

@@ -15,13 +15,13 @@ import site
 import subprocess
 import tempfile
 import time
-import urllib.parse
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import fibackup
 from fibackup.errors import ServeError
 from fibackup.host.state import runtime_dir
+from fibackup.qemu.img import nbd_uri
 from fibackup.serve.source import DEFAULT_CACHE_BYTES, ServedDisk
 
 NBDKIT = "nbdkit"
@@ -38,7 +38,7 @@ class Server:
 
     @property
     def uri(self) -> str:
-        return f"nbd+unix:///?socket={urllib.parse.quote(self.socket)}"
+        return nbd_uri(self.socket)
 
 
 def plugin_path() -> str:
